@@ -1,0 +1,10 @@
+"""skebrm: energy-based reward models on top of frozen LLM reward models."""
+
+from skebrm._version import __version__
+from skebrm.bradley_terry import BradleyTerryHead, fit_bradley_terry
+
+__all__ = [
+    "BradleyTerryHead",
+    "__version__",
+    "fit_bradley_terry",
+]
