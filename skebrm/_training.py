@@ -1,0 +1,108 @@
+"""The NCE+ training loop with pairwise-accuracy model selection."""
+
+from __future__ import annotations
+
+import copy
+import warnings
+from collections.abc import Callable
+from dataclasses import dataclass, field
+
+import numpy as np
+import torch
+
+from skebrm.energy import nce_plus_loss, sample_nce_noise
+from skebrm.exceptions import ConvergenceWarning
+
+__all__ = ["TrainingResult", "train_energy_model"]
+
+
+@dataclass
+class TrainingResult:
+    history: list[dict] = field(default_factory=list)
+    best_epoch: int | None = None
+    stopped_early: bool = False
+
+
+def _batches(n: int, batch_size: int, generator: torch.Generator):
+    perm = torch.randperm(n, generator=generator).numpy()
+    for start in range(0, n, batch_size):
+        yield np.sort(perm[start : start + batch_size])
+
+
+def train_energy_model(
+    net: torch.nn.Module,
+    X,
+    y: np.ndarray,
+    *,
+    sigmas: torch.Tensor,
+    beta: float,
+    n_negatives: int,
+    penalty: float,
+    learning_rate: float,
+    weight_decay: float,
+    batch_size: int,
+    max_epochs: int,
+    device: torch.device,
+    generator: torch.Generator,
+    validate: Callable[[torch.nn.Module], tuple[float, float]] | None = None,
+    n_iter_no_change: int | None = None,
+    tol: float = 0.0,
+    progress=None,
+) -> TrainingResult:
+    """Fit ``net`` in place by NCE+ on rows ``X`` (n, d; may be a memmap) with rewards ``y``.
+
+    ``validate(net)`` returns ``(refined_accuracy, base_accuracy)`` on held-out pairs;
+    when given, the epoch with the best refined accuracy is kept, and training stops
+    once it has not improved by more than ``tol`` for ``n_iter_no_change`` epochs.
+    """
+    opt = torch.optim.AdamW(net.parameters(), lr=learning_rate, weight_decay=weight_decay)
+    y_t = torch.as_tensor(y, dtype=torch.float32)
+    sigmas = sigmas.to(device)
+    result = TrainingResult()
+    best_score, best_state, since_best = -np.inf, None, 0
+    for epoch in range(1, max_epochs + 1):
+        net.train()
+        total, count = 0.0, 0
+        for idx in _batches(len(y_t), batch_size, generator):
+            xb = torch.from_numpy(np.asarray(X[idx], dtype=np.float32)).to(device)
+            yb = y_t[idx].to(device)
+            samples = sample_nce_noise(yb.cpu(), sigmas.cpu(), beta, n_negatives, generator)
+            samples = samples.to(device)
+            loss = nce_plus_loss(net(xb, samples), samples, yb, sigmas, penalty)
+            opt.zero_grad(set_to_none=True)
+            loss.backward()
+            opt.step()
+            total += loss.detach().item() * len(idx)
+            count += len(idx)
+        record = {"epoch": epoch, "train_loss": total / count}
+        if validate is not None:
+            refined, base = validate(net)
+            record["val_accuracy"] = refined
+            record["val_base_accuracy"] = base
+            if refined > best_score + tol:
+                best_score, since_best = refined, 0
+                best_state = copy.deepcopy(net.state_dict())
+                result.best_epoch = epoch
+            else:
+                since_best += 1
+        result.history.append(record)
+        if progress is not None:
+            progress.update(1)
+            progress.set_postfix({k: round(v, 4) for k, v in record.items() if k != "epoch"})
+        if validate is not None and n_iter_no_change is not None and since_best >= n_iter_no_change:
+            result.stopped_early = True
+            break
+    if validate is not None:
+        net.load_state_dict(best_state)
+        if n_iter_no_change is not None and not result.stopped_early:
+            warnings.warn(
+                f"EnergyRewardCalibrator: max_epochs={max_epochs} reached before validation "
+                f"accuracy stopped improving for n_iter_no_change={n_iter_no_change} epochs "
+                f"(best epoch {result.best_epoch}); consider raising max_epochs.",
+                ConvergenceWarning,
+                stacklevel=3,
+            )
+    else:
+        result.best_epoch = max_epochs
+    net.eval()
+    return result
