@@ -46,7 +46,8 @@ def _validate_record(record: object, index: int) -> dict:
         value = record[field]
         if not isinstance(value, str):
             raise TypeError(
-                f"pairs[{index}][{field!r}] must be a str, got {type(value).__name__}: {value!r:.60}."
+                f"pairs[{index}][{field!r}] must be a str, got "
+                f"{type(value).__name__}: {value!r:.60}."
             )
     out = dict(record)
     out.setdefault("id", str(index))
