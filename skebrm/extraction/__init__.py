@@ -1,0 +1,21 @@
+"""Embedding extraction from Hugging Face reward models, the embedding cache and backbones.
+
+``EmbeddingExtractor`` returns, for each (prompt, response) row, the reward model's
+embedding ``e`` (input of its final scoring layer) and its reward ``r``;
+``extract_to_cache`` / ``load_cache`` store them in a resumable sharded cache;
+``load_minilm`` / ``load_smollm2`` and ``build_reward_model`` give real reward models
+offline.
+"""
+
+from skebrm.extraction._formatting import DEFAULT_TEMPLATE
+from skebrm.extraction._heads import HeadAdapter, find_scoring_head
+from skebrm.extraction.extractor import EmbeddingExtractor, ExtractionResult, SelfCheckError
+
+__all__ = [
+    "DEFAULT_TEMPLATE",
+    "EmbeddingExtractor",
+    "ExtractionResult",
+    "HeadAdapter",
+    "SelfCheckError",
+    "find_scoring_head",
+]

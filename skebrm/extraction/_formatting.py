@@ -1,0 +1,254 @@
+"""Formatting (prompt, response) rows into token ids, with prompt-first truncation.
+
+A row becomes ``pre + prompt + mid + response + post``. With a chat template the three
+glue strings come from rendering a two-message conversation (user prompt, assistant
+response) with sentinels; otherwise from a format string such as
+:data:`DEFAULT_TEMPLATE`. The whole string is tokenized at once, so the ids are exactly
+those the tokenizer gives for the formatted text.
+
+Truncation (documented behaviour)
+---------------------------------
+When a row is longer than ``max_length`` tokens, the *prompt* is cut from the left, so
+its oldest turns go first; the cut point moves forward to the next whitespace so no word
+is split. The response is never cut while any prompt text is left. If the response
+alone (with the template and an empty prompt) still does not fit, ``long_response``
+decides: ``"truncate"`` keeps the start of the response and cuts its end,
+``"error"`` raises. Both counts are reported.
+
+Empty texts (documented behaviour)
+----------------------------------
+An empty prompt or an empty response is allowed (real preference data contains empty
+responses, and a reward model can score them); a row whose prompt and response are both
+empty or whitespace-only is refused with a ``ValueError``. Non-string texts raise
+``TypeError``.
+"""
+
+from __future__ import annotations
+
+import hashlib
+from dataclasses import dataclass
+
+import numpy as np
+
+__all__ = ["DEFAULT_TEMPLATE", "EncodedRows", "RowTemplate", "encode_rows", "resolve_template"]
+
+DEFAULT_TEMPLATE = "{prompt}\n\n{response}"
+"""Template for tokenizers without a chat template (special tokens are added by the tokenizer)."""
+
+_P, _R = "\x00SKEBRM_PROMPT\x00", "\x00SKEBRM_RESPONSE\x00"
+
+
+@dataclass(frozen=True)
+class RowTemplate:
+    """The glue around a row: ``pre + prompt + mid + response + post``.
+
+    ``add_special_tokens`` is False for chat templates (they render their own special
+    tokens) and True for format strings. ``name`` identifies the template in cache keys.
+    """
+
+    pre: str
+    mid: str
+    post: str
+    add_special_tokens: bool
+    name: str
+
+    def render(self, prompt: str, response: str) -> str:
+        return f"{self.pre}{prompt}{self.mid}{response}{self.post}"
+
+
+def _split_sentinels(text: str, source: str) -> tuple[str, str, str]:
+    if text.count(_P) != 1 or text.count(_R) != 1 or text.index(_P) > text.index(_R):
+        raise ValueError(
+            f"EmbeddingExtractor: the {source} does not place the prompt and the response "
+            "verbatim and in order (it rewrites or drops message content); pass "
+            "template='{prompt}...{response}' (a format string) instead."
+        )
+    pre, rest = text.split(_P)
+    mid, post = rest.split(_R)
+    return pre, mid, post
+
+
+def resolve_template(tokenizer, template: str | None = "auto") -> RowTemplate:
+    """Turn the ``template`` parameter into a :class:`RowTemplate`.
+
+    Parameters
+    ----------
+    tokenizer : PreTrainedTokenizerBase
+    template : {"auto", "chat"} or str or None
+        ``"auto"`` / ``None``: the tokenizer's chat template when it has one, else
+        :data:`DEFAULT_TEMPLATE`. ``"chat"``: the chat template (error if absent). Any
+        other string is a format string with exactly one ``{prompt}`` and one
+        ``{response}`` field.
+    """
+    if template is None:
+        template = "auto"
+    if not isinstance(template, str):
+        raise TypeError(
+            "EmbeddingExtractor: template must be 'auto', 'chat' or a format string with "
+            f"{{prompt}} and {{response}}, got {type(template).__name__}: {template!r}."
+        )
+    chat = getattr(tokenizer, "chat_template", None)
+    if template == "chat" and not chat:
+        raise ValueError(
+            "EmbeddingExtractor: template='chat' but the tokenizer has no chat_template; use "
+            "template='auto' or a format string."
+        )
+    if template in ("auto", "chat") and chat:
+        messages = [
+            {"role": "user", "content": _P},
+            {"role": "assistant", "content": _R},
+        ]
+        text = tokenizer.apply_chat_template(messages, tokenize=False)
+        pre, mid, post = _split_sentinels(text, "tokenizer's chat template")
+        digest = hashlib.sha256(str(chat).encode()).hexdigest()[:16]
+        return RowTemplate(pre, mid, post, add_special_tokens=False, name=f"chat:{digest}")
+    fmt = DEFAULT_TEMPLATE if template == "auto" else template
+    if fmt.count("{prompt}") != 1 or fmt.count("{response}") != 1:
+        raise ValueError(
+            "EmbeddingExtractor: template must contain '{prompt}' and '{response}' once "
+            f"each, got {fmt!r}."
+        )
+    try:
+        text = fmt.format(prompt=_P, response=_R)
+    except (KeyError, IndexError, ValueError) as exc:
+        raise ValueError(
+            f"EmbeddingExtractor: template {fmt!r} is not a valid format string ({exc}); "
+            "escape literal braces as '{{' and '}}'."
+        ) from exc
+    pre, mid, post = _split_sentinels(text, f"template {fmt!r}")
+    return RowTemplate(pre, mid, post, add_special_tokens=True, name=f"format:{fmt}")
+
+
+@dataclass
+class EncodedRows:
+    """Token ids per row plus truncation flags (``prompt_cut``, ``response_cut``: bool arrays)."""
+
+    input_ids: list[list[int]]
+    prompt_cut: np.ndarray
+    response_cut: np.ndarray
+
+
+def check_texts(prompts, responses) -> None:
+    """Type and emptiness checks with row-level messages (see module docstring)."""
+    if len(prompts) != len(responses):
+        raise ValueError(
+            f"EmbeddingExtractor: got {len(prompts)} prompts and {len(responses)} responses."
+        )
+    for i, (p, r) in enumerate(zip(prompts, responses)):
+        for name, value in (("prompt", p), ("response", r)):
+            if not isinstance(value, str):
+                raise TypeError(
+                    f"EmbeddingExtractor: row {i}: the {name} must be a str, got "
+                    f"{type(value).__name__}: {value!r:.60}."
+                )
+        if not p.strip() and not r.strip():
+            raise ValueError(
+                f"EmbeddingExtractor: row {i}: the prompt and the response are both empty; "
+                "there is nothing to score (drop the row)."
+            )
+
+
+def _next_space(text: str, start: int) -> int:
+    """First index >= start that begins a word (after whitespace), or len(text)."""
+    if start <= 0:
+        return 0
+    n = len(text)
+    i = start
+    if i < n and text[i - 1].isspace():
+        return i
+    while i < n and not text[i].isspace():
+        i += 1
+    while i < n and text[i].isspace():
+        i += 1
+    return i
+
+
+def _encode_one(tokenizer, text: str, add_special_tokens: bool) -> list[int]:
+    return tokenizer(text, add_special_tokens=add_special_tokens, truncation=False)["input_ids"]
+
+
+def _fit_row(
+    tokenizer,
+    tpl: RowTemplate,
+    prompt: str,
+    response: str,
+    max_length: int,
+    long_response: str,
+    row: int,
+):
+    """Cut one over-long row; returns (ids, prompt_cut, response_cut)."""
+
+    def ids_for(p: str, r: str) -> list[int]:
+        return _encode_one(tokenizer, tpl.render(p, r), tpl.add_special_tokens)
+
+    # Smallest left cut of the prompt (in characters) that fits: binary search, then
+    # move to the next word start and make sure it still fits.
+    n = len(prompt)
+    empty_prompt_ids = ids_for("", response)
+    if len(empty_prompt_ids) <= max_length:
+        lo, hi = 0, n  # ids_for(prompt[hi:]) fits, ids_for(prompt[lo:]) does not
+        while hi - lo > 1:
+            mid = (lo + hi) // 2
+            if len(ids_for(prompt[mid:], response)) <= max_length:
+                hi = mid
+            else:
+                lo = mid
+        cut = _next_space(prompt, hi)
+        ids = ids_for(prompt[cut:], response)
+        while len(ids) > max_length:  # tokenization is not exactly monotone
+            cut = _next_space(prompt, cut + 1)
+            ids = ids_for(prompt[cut:], response)
+        return ids, True, False
+    if long_response == "error":
+        raise ValueError(
+            f"EmbeddingExtractor: row {row}: the response alone is {len(empty_prompt_ids)} "
+            f"tokens with the template, above max_length={max_length}; raise max_length or "
+            "set long_response='truncate' to cut the end of such responses."
+        )
+    lo, hi = 0, len(response)  # response[:lo] fits, response[:hi] does not
+    if len(ids_for("", "")) > max_length:
+        raise ValueError(
+            f"EmbeddingExtractor: max_length={max_length} is shorter than the template "
+            f"itself ({len(ids_for('', ''))} tokens)."
+        )
+    while hi - lo > 1:
+        mid = (lo + hi) // 2
+        if len(ids_for("", response[:mid])) <= max_length:
+            lo = mid
+        else:
+            hi = mid
+    ids = ids_for("", response[:lo])
+    while len(ids) > max_length and lo > 0:
+        lo -= 1
+        ids = ids_for("", response[:lo])
+    return ids, bool(prompt), True
+
+
+def encode_rows(
+    tokenizer,
+    prompts,
+    responses,
+    *,
+    template: RowTemplate,
+    max_length: int,
+    long_response: str = "truncate",
+) -> EncodedRows:
+    """Tokenize rows with ``template``, cutting over-long ones (see module docstring)."""
+    check_texts(prompts, responses)
+    texts = [template.render(p, r) for p, r in zip(prompts, responses)]
+    ids = (
+        tokenizer(texts, add_special_tokens=template.add_special_tokens, truncation=False)[
+            "input_ids"
+        ]
+        if texts
+        else []
+    )
+    n = len(texts)
+    prompt_cut = np.zeros(n, dtype=bool)
+    response_cut = np.zeros(n, dtype=bool)
+    for i, row_ids in enumerate(ids):
+        if len(row_ids) > max_length:
+            ids[i], prompt_cut[i], response_cut[i] = _fit_row(
+                tokenizer, template, prompts[i], responses[i], max_length, long_response, i
+            )
+    return EncodedRows(list(ids), prompt_cut, response_cut)

@@ -1,0 +1,99 @@
+"""Shared fixtures: a tiny offline tokenizer and tiny random reward models built from configs."""
+
+from __future__ import annotations
+
+import os
+
+import pytest
+
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+
+EXTRACTION_SPECIALS = ["<pad>", "<s>", "</s>", "<unk>"]
+EXTRACTION_ARCHITECTURES = [
+    "gpt2",
+    "gpt_neox",
+    "llama",
+    "mistral",
+    "qwen2",
+    "gemma",
+    "deberta-v2",
+    "roberta",
+    "bert",
+]
+
+
+def extraction_make_tokenizer(chat_template: str | None = None, pad: bool = True):
+    """A byte-level tokenizer (no merges, 260 ids: 4 specials then 256 bytes), offline."""
+    from tokenizers import Tokenizer, decoders, models, pre_tokenizers, processors
+    from transformers import PreTrainedTokenizerFast
+
+    alphabet = pre_tokenizers.ByteLevel.alphabet()
+    vocab = {t: i for i, t in enumerate(EXTRACTION_SPECIALS)}
+    for ch in sorted(alphabet):
+        vocab[ch] = len(vocab)
+    tok = Tokenizer(models.BPE(vocab=vocab, merges=[], unk_token="<unk>"))
+    tok.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False, use_regex=True)
+    tok.decoder = decoders.ByteLevel()
+    tok.post_processor = processors.TemplateProcessing(
+        single="<s> $A </s>",
+        pair="<s> $A </s> $B </s>",
+        special_tokens=[("<s>", 1), ("</s>", 2)],
+    )
+    kwargs = {"bos_token": "<s>", "eos_token": "</s>", "unk_token": "<unk>"}
+    if pad:
+        kwargs["pad_token"] = "<pad>"
+    fast = PreTrainedTokenizerFast(tokenizer_object=tok, **kwargs)
+    if chat_template is not None:
+        fast.chat_template = chat_template
+    return fast
+
+
+EXTRACTION_CHAT_TEMPLATE = (
+    "{% for m in messages %}<|{{ m['role'] }}|>\n{{ m['content'] }}</s>\n{% endfor %}"
+)
+
+
+def extraction_make_model(model_type: str, *, seed: int = 0, **overrides):
+    """A tiny randomly initialised one-label ``*ForSequenceClassification`` model."""
+    import torch
+    from transformers import AutoConfig, AutoModelForSequenceClassification
+
+    kwargs = {
+        "vocab_size": 260,
+        "hidden_size": 32,
+        "num_hidden_layers": 2,
+        "num_attention_heads": 4,
+        "intermediate_size": 64,
+        "max_position_embeddings": 512,
+        "pad_token_id": 0,
+        "bos_token_id": 1,
+        "eos_token_id": 2,
+        "num_labels": 1,
+    }
+    if model_type == "gpt2":
+        kwargs.update(n_embd=32, n_layer=2, n_head=4, n_positions=512)
+    if model_type in ("llama", "mistral", "qwen2", "gemma"):
+        kwargs.update(num_key_value_heads=2, head_dim=8)
+    if model_type == "gemma":
+        kwargs.update(head_dim=8)
+    if model_type == "deberta-v2":
+        kwargs.update(
+            relative_attention=True, position_biased_input=False, pos_att_type=["p2c", "c2p"]
+        )
+    if model_type == "roberta":
+        kwargs.update(pad_token_id=0)
+    kwargs.update(overrides)
+    config = AutoConfig.for_model(model_type, **kwargs)
+    torch.manual_seed(seed)
+    model = AutoModelForSequenceClassification.from_config(config)
+    return model.eval()
+
+
+@pytest.fixture
+def extraction_tokenizer():
+    return extraction_make_tokenizer()
+
+
+@pytest.fixture
+def extraction_chat_tokenizer():
+    return extraction_make_tokenizer(EXTRACTION_CHAT_TEMPLATE)
