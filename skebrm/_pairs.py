@@ -68,7 +68,7 @@ def check_pairs(pair_id, chosen, n_samples: int, *, caller: str = "fit") -> tupl
         uniq = np.unique(pair_id)
         raise ValueError(
             f"{caller}: every pair_id must appear on exactly two rows; pair_id "
-            f"{uniq[bad[0]]!r} appears on {counts[bad[0]]} row(s) "
+            f"{uniq[bad[0]].item()!r} appears on {counts[bad[0]]} row(s) "
             f"({bad.size} pair(s) affected)."
         )
     n_chosen = np.bincount(inverse, weights=chosen_arr, minlength=counts.size)
@@ -77,7 +77,7 @@ def check_pairs(pair_id, chosen, n_samples: int, *, caller: str = "fit") -> tupl
         uniq = np.unique(pair_id)
         raise ValueError(
             f"{caller}: each pair needs one chosen and one rejected row; pair_id "
-            f"{uniq[bad[0]]!r} has {int(n_chosen[bad[0]])} chosen row(s) "
+            f"{uniq[bad[0]].item()!r} has {int(n_chosen[bad[0]])} chosen row(s) "
             f"({bad.size} pair(s) affected)."
         )
     idx_chosen = np.empty(counts.size, dtype=np.int64)

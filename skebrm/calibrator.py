@@ -582,7 +582,7 @@ class EnergyRewardCalibrator(RegressorMixin, BaseEstimator):
             return base.copy()
         return self._to_raw(self._refine_s(X, self._to_std(base)))
 
-    def energy(self, X, r):
+    def predict_energy(self, X, r):
         """The (unnormalised) log-density ``f(e, r)``.
 
         Parameters
@@ -595,7 +595,7 @@ class EnergyRewardCalibrator(RegressorMixin, BaseEstimator):
         -------
         ndarray of the shape of ``r``
         """
-        caller = "EnergyRewardCalibrator.energy"
+        caller = "EnergyRewardCalibrator.predict_energy"
         X = self._check_X(X, caller)
         r = np.asarray(r, dtype=np.float64)
         if r.ndim not in (1, 2) or r.shape[0] != X.shape[0]:
@@ -637,7 +637,7 @@ class EnergyRewardCalibrator(RegressorMixin, BaseEstimator):
         f_grid = self._grid_energies_np(X)
         m = f_grid.max(axis=1)
         log_z = m + np.log(np.exp(f_grid - m[:, None]).sum(axis=1)) + np.log(self._grid_width_s)
-        f = self.energy(X, r)
+        f = self.predict_energy(X, r)
         out = f - log_z - np.log(self.reward_scale_)
         half = self._grid_width_s * self.grid_size / 2
         centre = (self._grid_s[0] + self._grid_s[-1]) / 2
