@@ -300,13 +300,21 @@ class EmbeddingExtractor(TransformerMixin, BaseEstimator):
         dtype = _resolve_dtype(self.dtype)
         if isinstance(self.model, (str, os.PathLike)):
             from transformers import AutoModelForSequenceClassification, AutoTokenizer
+            from transformers.utils import logging as hf_logging
 
             path = os.fspath(self.model)
-            model = AutoModelForSequenceClassification.from_pretrained(
-                path,
-                trust_remote_code=self.trust_remote_code,
-                dtype=dtype or torch.float32,
-            )
+            bars = hf_logging.is_progress_bar_enabled()
+            if not self.verbose:
+                hf_logging.disable_progress_bar()
+            try:
+                model = AutoModelForSequenceClassification.from_pretrained(
+                    path,
+                    trust_remote_code=self.trust_remote_code,
+                    dtype=dtype or torch.float32,
+                )
+            finally:
+                if bars:
+                    hf_logging.enable_progress_bar()
             tok_src = self.tokenizer if self.tokenizer is not None else path
             tokenizer = (
                 AutoTokenizer.from_pretrained(
