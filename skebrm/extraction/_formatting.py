@@ -35,7 +35,7 @@ __all__ = ["DEFAULT_TEMPLATE", "EncodedRows", "RowTemplate", "encode_rows", "res
 DEFAULT_TEMPLATE = "{prompt}\n\n{response}"
 """Template for tokenizers without a chat template (special tokens are added by the tokenizer)."""
 
-_P, _R = "\x00SKEBRM_PROMPT\x00", "\x00SKEBRM_RESPONSE\x00"
+_P, _R = "\x00skebrm_prompt\x00", "\x00skebrm_response\x00"
 
 
 @dataclass(frozen=True)
