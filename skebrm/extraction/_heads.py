@@ -110,8 +110,9 @@ def find_scoring_head(model: nn.Module, head=None) -> tuple[str, nn.Linear, str]
     ----------
     model : nn.Module
     head : None, str, callable or HeadAdapter
-        ``None``: the generic rule (module docstring). A str or callable is wrapped in
-        ``HeadAdapter(head)``.
+        ``None``: the generic rule (module docstring), which also requires
+        ``config.num_labels == 1`` when the model has a config. A str or callable is
+        wrapped in ``HeadAdapter(head)``; the adapter's layer must have one output.
 
     Returns
     -------
@@ -120,6 +121,10 @@ def find_scoring_head(model: nn.Module, head=None) -> tuple[str, nn.Linear, str]
     layer : nn.Linear
     pooling : {"auto", "last_token", "model"}
     """
+    if head is not None:
+        adapter = head if isinstance(head, HeadAdapter) else HeadAdapter(head)
+        name, layer = adapter.find(model)
+        return name, layer, adapter.pooling
     config = getattr(model, "config", None)
     num_labels = getattr(config, "num_labels", 1) if config is not None else 1
     if num_labels != 1:
@@ -128,10 +133,6 @@ def find_scoring_head(model: nn.Module, head=None) -> tuple[str, nn.Linear, str]
             "reward model has exactly one label. Load it with num_labels=1 or pass a "
             "one-output head through head=HeadAdapter(...)."
         )
-    if head is not None:
-        adapter = head if isinstance(head, HeadAdapter) else HeadAdapter(head)
-        name, layer = adapter.find(model)
-        return name, layer, adapter.pooling
 
     candidates = [
         (n, m) for n, m in model.named_modules() if isinstance(m, nn.Linear) and m.out_features == 1
