@@ -328,6 +328,11 @@ class EnergyRewardCalibrator(RegressorMixin, BaseEstimator):
         self : EnergyRewardCalibrator
         """
         caller = "EnergyRewardCalibrator.fit"
+        if y is None:
+            raise ValueError(
+                f"{caller} requires y to be passed, but the target y is None: pass the "
+                "frozen reward model's reward of every row."
+            )
         X, y = self._validate_X(X, reset=True, y=y, caller=caller)
         n = X.shape[0]
         sigmas = self._sigmas_array()
@@ -407,7 +412,7 @@ class EnergyRewardCalibrator(RegressorMixin, BaseEstimator):
 
                 def validate(net):
                     net.eval()
-                    refined = self._refine_s(X_val, y_val, net=net)
+                    refined = self._refine_s(X_val, y_val, net=_inference_copy(net))
                     return _pair_accuracy(refined, *pos), base_acc
 
             progress = None
@@ -440,6 +445,7 @@ class EnergyRewardCalibrator(RegressorMixin, BaseEstimator):
                     progress.close()
         for p in self.module_.parameters():
             p.requires_grad_(False)
+        self._inference_module = _inference_copy(self.module_)
         self.history_ = result.history
         self.best_epoch_ = result.best_epoch
         self.refinement_helps_ = None
@@ -466,16 +472,24 @@ class EnergyRewardCalibrator(RegressorMixin, BaseEstimator):
         return (np.asarray(r, dtype=np.float64) - self.reward_mean_) / self.reward_scale_
 
     def _device_module(self):
+        """The float64 inference copy of ``module_`` on the requested device.
+
+        Inference runs in float64 so that accept/reject decisions of the ascent, and
+        hence the refined rewards, do not depend on batch size or row order (float32
+        matrix products round differently for different batch shapes).
+        """
         device = _resolve_device(self.device)
-        if next(self.module_.parameters()).device != device:
-            self.module_.to(device)
-        return self.module_, device
+        net = self._inference_module
+        if next(net.parameters()).device != device:
+            net.to(device)
+        return net, device
 
     def _chunks(self, X, net, device):
         """Yield (slice, embedded rows) in chunks of ``inference_batch_size``."""
+        dtype = next(net.parameters()).dtype
         for start in range(0, X.shape[0], self.inference_batch_size):
             sl = slice(start, start + self.inference_batch_size)
-            xb = torch.from_numpy(np.asarray(X[sl], dtype=np.float32)).to(device)
+            xb = torch.from_numpy(np.asarray(X[sl])).to(device, dtype)
             with torch.no_grad():
                 yield sl, net.embed(xb)
 
@@ -497,11 +511,12 @@ class EnergyRewardCalibrator(RegressorMixin, BaseEstimator):
             net, device = self._device_module()
         else:
             device = next(net.parameters()).device
-        grid_t = torch.as_tensor(self._grid_s, dtype=torch.float32, device=device)
+        dtype = next(net.parameters()).dtype
+        grid_t = torch.as_tensor(self._grid_s, dtype=dtype, device=device)
         lo, hi = self._trusted_s
         out = np.empty(X.shape[0])
         for sl, h in self._chunks(X, net, device):
-            start = torch.as_tensor(base_s[sl], dtype=torch.float32, device=device)
+            start = torch.as_tensor(base_s[sl], dtype=dtype, device=device)
             outside = (start < lo) | (start > hi)
             if bool(outside.any()):
                 r_g, f_g = self._global_mode_s(net, h[outside], grid_t)
@@ -524,7 +539,7 @@ class EnergyRewardCalibrator(RegressorMixin, BaseEstimator):
 
     def _grid_energies_np(self, X) -> np.ndarray:
         net, device = self._device_module()
-        grid_t = torch.as_tensor(self._grid_s, dtype=torch.float32, device=device)
+        grid_t = torch.as_tensor(self._grid_s, dtype=torch.float64, device=device)
         out = np.empty((X.shape[0], self.grid_size))
         for sl, h in self._chunks(X, net, device):
             out[sl] = inf.grid_energies(net, h, grid_t).double().cpu().numpy()
@@ -572,7 +587,7 @@ class EnergyRewardCalibrator(RegressorMixin, BaseEstimator):
         X = self._check_X(X, caller)
         if base_reward is None:
             net, device = self._device_module()
-            grid_t = torch.as_tensor(self._grid_s, dtype=torch.float32, device=device)
+            grid_t = torch.as_tensor(self._grid_s, dtype=torch.float64, device=device)
             out = np.empty(X.shape[0])
             for sl, h in self._chunks(X, net, device):
                 out[sl] = self._global_mode_s(net, h, grid_t)[0].double().cpu().numpy()
@@ -606,7 +621,7 @@ class EnergyRewardCalibrator(RegressorMixin, BaseEstimator):
         net, device = self._device_module()
         out = np.empty(r2.shape)
         for sl, h in self._chunks(X, net, device):
-            rr = torch.as_tensor(r2[sl], dtype=torch.float32, device=device)
+            rr = torch.as_tensor(r2[sl], dtype=torch.float64, device=device)
             with torch.no_grad():
                 out[sl] = net.energy_from_embedded(h, rr).double().cpu().numpy()
         return out.reshape(r.shape)
@@ -696,14 +711,28 @@ class EnergyRewardCalibrator(RegressorMixin, BaseEstimator):
     # ------------------------------------------------------------ persistence
     def __getstate__(self):
         state = self.__dict__.copy()
+        state.pop("_inference_module", None)
         if "module_" in state:
             state["module_"] = copy.deepcopy(state["module_"]).to("cpu")
         return state
+
+    def __setstate__(self, state):
+        self.__dict__.update(state)
+        if "module_" in state:
+            self._inference_module = _inference_copy(self.module_)
 
     def __sklearn_tags__(self):
         tags = super().__sklearn_tags__()
         tags.non_deterministic = False
         return tags
+
+
+def _inference_copy(net: torch.nn.Module) -> torch.nn.Module:
+    """A float64, eval-mode, gradient-free copy of ``net``."""
+    out = copy.deepcopy(net).double().eval()
+    for p in out.parameters():
+        p.requires_grad_(False)
+    return out
 
 
 class _RowSubset:
