@@ -175,6 +175,7 @@ def _fit_row(
     max_length: int,
     long_response: str,
     row: int,
+    offsets=None,
 ):
     """Cut one over-long row; returns (ids, prompt_cut, response_cut)."""
 
@@ -187,6 +188,18 @@ def _fit_row(
     empty_prompt_ids = ids_for("", response)
     if len(empty_prompt_ids) <= max_length:
         lo, hi = 0, n  # ids_for(prompt[hi:]) fits, ids_for(prompt[lo:]) does not
+        if offsets is not None:
+            # Narrow the search with the full text's token offsets: dropping the first
+            # `excess` prompt tokens should just fit.
+            start = len(tpl.pre)
+            starts = [a - start for a, b in offsets if b > a and start <= a < start + n]
+            excess = len(offsets) - max_length
+            if 0 < excess < len(starts):
+                guess, before = starts[excess], starts[excess - 1]
+                if len(ids_for(prompt[guess:], response)) <= max_length:
+                    hi = guess
+                    if len(ids_for(prompt[before:], response)) > max_length:
+                        lo = before
         while hi - lo > 1:
             mid = (lo + hi) // 2
             if len(ids_for(prompt[mid:], response)) <= max_length:
@@ -211,6 +224,23 @@ def _fit_row(
             f"EmbeddingExtractor: max_length={max_length} is shorter than the template "
             f"itself ({len(ids_for('', ''))} tokens)."
         )
+    if getattr(tokenizer, "is_fast", False):
+        # Narrow the search with the token offsets of the response without its prompt.
+        enc = tokenizer(
+            tpl.render("", response),
+            add_special_tokens=tpl.add_special_tokens,
+            return_offsets_mapping=True,
+        )
+        start = len(tpl.pre) + len(tpl.mid)
+        ends = [b - start for a, b in enc["offset_mapping"] if b > a and start <= a]
+        ends = [e for e in ends if e <= len(response)]
+        keep = len(ends) - (len(enc["input_ids"]) - max_length)
+        if 0 < keep < len(ends):
+            guess, after = ends[keep - 1], ends[keep]
+            if len(ids_for("", response[:guess])) <= max_length:
+                lo = guess
+                if len(ids_for("", response[:after])) > max_length:
+                    hi = after
     while hi - lo > 1:
         mid = (lo + hi) // 2
         if len(ids_for("", response[:mid])) <= max_length:
@@ -236,19 +266,32 @@ def encode_rows(
     """Tokenize rows with ``template``, cutting over-long ones (see module docstring)."""
     check_texts(prompts, responses)
     texts = [template.render(p, r) for p, r in zip(prompts, responses)]
-    ids = (
-        tokenizer(texts, add_special_tokens=template.add_special_tokens, truncation=False)[
-            "input_ids"
-        ]
+    fast = bool(getattr(tokenizer, "is_fast", False))
+    enc = (
+        tokenizer(
+            texts,
+            add_special_tokens=template.add_special_tokens,
+            truncation=False,
+            return_offsets_mapping=fast,
+        )
         if texts
-        else []
+        else {"input_ids": []}
     )
+    ids = enc["input_ids"]
+    offsets = enc.get("offset_mapping") if fast else None
     n = len(texts)
     prompt_cut = np.zeros(n, dtype=bool)
     response_cut = np.zeros(n, dtype=bool)
     for i, row_ids in enumerate(ids):
         if len(row_ids) > max_length:
             ids[i], prompt_cut[i], response_cut[i] = _fit_row(
-                tokenizer, template, prompts[i], responses[i], max_length, long_response, i
+                tokenizer,
+                template,
+                prompts[i],
+                responses[i],
+                max_length,
+                long_response,
+                i,
+                None if offsets is None else offsets[i],
             )
     return EncodedRows(list(ids), prompt_cut, response_cut)

@@ -58,6 +58,9 @@ class ExtractionResult:
         Rows whose prompt was cut (from the left) to fit ``max_length``.
     n_response_truncated : int
         Rows whose response also had to be cut (``long_response="truncate"``).
+    info : dict
+        ``n_tokens`` (real tokens), ``n_batch_tokens`` (tokens run, padding included),
+        ``max_tokens``; for a loaded cache, its directory and key.
     """
 
     embeddings: np.ndarray
@@ -209,6 +212,9 @@ class EmbeddingExtractor(TransformerMixin, BaseEstimator):
         tokenizer's. Results are the same either way: with left padding, models that take
         ``position_ids`` get positions counted from the first real token. Models that pool
         themselves (BERT-like CLS poolers read position 0) are always padded on the right.
+    sort_by_length : bool, default=True
+        Form batches from length-sorted rows (less padding); False batches rows in input
+        order (for benchmarks). The output is in input order either way.
     trust_remote_code : bool, default=False
         Passed to ``from_pretrained`` when ``model`` is a path; off unless you turn it on.
     device : str, default="cpu"
@@ -251,6 +257,7 @@ class EmbeddingExtractor(TransformerMixin, BaseEstimator):
         head=None,
         long_response: str = "truncate",
         padding_side: str | None = None,
+        sort_by_length: bool = True,
         trust_remote_code: bool = False,
         device: str = "cpu",
         dtype=None,
@@ -264,6 +271,7 @@ class EmbeddingExtractor(TransformerMixin, BaseEstimator):
         self.head = head
         self.long_response = long_response
         self.padding_side = padding_side
+        self.sort_by_length = sort_by_length
         self.trust_remote_code = trust_remote_code
         self.device = device
         self.dtype = dtype
@@ -558,16 +566,18 @@ class EmbeddingExtractor(TransformerMixin, BaseEstimator):
         )
         n = len(rows)
         lengths = np.fromiter((len(x) for x in enc.input_ids), dtype=np.int64, count=n)
-        order = np.argsort(-lengths, kind="stable")
+        order = np.argsort(-lengths, kind="stable") if self.sort_by_length else np.arange(n)
         emb = np.empty((n, self.n_features_out_), dtype=np.float32)
         rew = np.empty(n, dtype=np.float32)
         bs = int(self.batch_size)
+        batch_tokens = 0
         with tqdm(
             total=n, unit="text", desc="extract", disable=not self.verbose, leave=False
         ) as bar:
             for start in range(0, n, bs):
                 sel = order[start : start + bs]
                 ids = [enc.input_ids[i] for i in sel]
+                batch_tokens += len(ids) * max(len(x) for x in ids)
                 e, r, _ = self._forward(ids)
                 if start == 0:
                     self._self_check(ids, e, r)
@@ -583,7 +593,11 @@ class EmbeddingExtractor(TransformerMixin, BaseEstimator):
             section=rows.section,
             n_truncated=int(enc.prompt_cut.sum()),
             n_response_truncated=int(enc.response_cut.sum()),
-            info={"n_tokens": int(lengths.sum()), "max_tokens": int(lengths.max())},
+            info={
+                "n_tokens": int(lengths.sum()),
+                "n_batch_tokens": int(batch_tokens),
+                "max_tokens": int(lengths.max()),
+            },
         )
 
     def transform(self, X) -> np.ndarray:
