@@ -489,7 +489,7 @@ class EnergyRewardCalibrator(RegressorMixin, BaseEstimator):
         dtype = next(net.parameters()).dtype
         for start in range(0, X.shape[0], self.inference_batch_size):
             sl = slice(start, start + self.inference_batch_size)
-            xb = torch.from_numpy(np.asarray(X[sl])).to(device, dtype)
+            xb = torch.from_numpy(np.array(X[sl])).to(device, dtype)
             with torch.no_grad():
                 yield sl, net.embed(xb)
 
