@@ -100,6 +100,15 @@ def test_tokenizer_and_model_without_pad_token():
     assert model.config.pad_token_id is None  # lent for batches only
 
 
+def test_tokenizer_without_pad_token_uses_the_model_pad_id():
+    """Llama style: the config names a pad id, the tokenizer has none: pad with the model's."""
+    model = extraction_make_model("llama")
+    tok = extraction_make_tokenizer(pad=False)
+    ext = EmbeddingExtractor(model, tok, batch_size=4, padding_side="left").fit()
+    assert ext.pad_token_id_ == model.config.pad_token_id == 0
+    np.testing.assert_allclose(ext.extract(ROWS).rewards, _alone(model, tok, ext, ROWS), atol=2e-6)
+
+
 def test_self_check_fails_loudly_when_the_head_is_not_the_reward():
     model = extraction_make_model("llama")
     model.score.register_forward_hook(lambda module, args, output: output * 2 + 1)
