@@ -5,6 +5,7 @@ from __future__ import annotations
 import contextlib
 import hashlib
 import inspect
+import json
 import os
 from collections.abc import Sequence
 from dataclasses import dataclass, field
@@ -175,6 +176,17 @@ def weights_fingerprint(model: nn.Module) -> str:
         h.update(f"{name}|{t.dtype}|{tuple(t.shape)}".encode())
         h.update(t.reshape(-1).view(torch.uint8).numpy().tobytes())
     return h.hexdigest()
+
+
+def _tokenizer_fingerprint(tokenizer) -> str:
+    """SHA-256 of a fast tokenizer's full definition (else of its vocabulary)."""
+    backend = getattr(tokenizer, "backend_tokenizer", None)
+    if backend is not None:
+        text = backend.to_str()
+    else:
+        text = json.dumps(sorted(tokenizer.get_vocab().items()))
+    special = json.dumps(getattr(tokenizer, "special_tokens_map", {}), sort_keys=True, default=str)
+    return hashlib.sha256((text + special).encode("utf-8")).hexdigest()
 
 
 class EmbeddingExtractor(TransformerMixin, BaseEstimator):
@@ -419,7 +431,7 @@ class EmbeddingExtractor(TransformerMixin, BaseEstimator):
             "model_class": type(self.model_).__name__,
             "weights_sha256": self.weights_fingerprint(),
             "tokenizer": type(self.tokenizer_).__name__,
-            "vocab_size": len(self.tokenizer_),
+            "tokenizer_sha256": _tokenizer_fingerprint(self.tokenizer_),
             "head": self.head_name_,
             "template": self.template_.name,
             "max_length": int(self.max_length),

@@ -16,6 +16,7 @@ import pytest
 from conftest import extraction_make_model, extraction_make_tokenizer
 
 from skebrm import BradleyTerryHead
+from skebrm.calibrator import EnergyRewardCalibrator
 from skebrm.extraction import (
     CacheCorruptError,
     CacheIncompleteError,
@@ -69,8 +70,13 @@ def test_round_trip_matches_direct_extraction(tmp_path):
         assert res.subset.tolist() == direct.subset.tolist()
         assert res.section.tolist() == [None] * 22
         assert res.n_truncated == direct.n_truncated
-    # ready for a pairwise estimator's fit
+    # memory-mapped arrays and pair metadata go straight into the calibrator's fit
+    res = load_cache(tmp_path)
     BradleyTerryHead().fit(res.embeddings, res.rewards, **res.fit_params())
+    fast = {"hidden": (8,), "reward_hidden": (4,), "n_negatives": 8, "max_epochs": 1}
+    cal = EnergyRewardCalibrator(**fast, grid_size=32, random_state=0)
+    cal.fit(res.embeddings, res.rewards, **res.fit_params())
+    assert cal.predict(res.embeddings).shape == (22,)
     manifest = json.loads((tmp_path / "manifest.json").read_text())
     for field in (
         "model",
