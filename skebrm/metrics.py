@@ -494,7 +494,7 @@ def plot_reliability_diagram(
     """
     from matplotlib.figure import Figure
 
-    fig = Figure(figsize=(4.8, 4.4))
+    fig = Figure(figsize=(5.2, 4.8))
     ax = fig.add_subplot()
     ax.plot([0, 1], [0, 1], ls="--", color="grey", lw=1, label="perfect")
     for name, c in curves.items():
@@ -502,7 +502,7 @@ def plot_reliability_diagram(
         ax.plot(c.mean_predicted[filled], c.fraction_positive[filled], marker="o", label=name)
     ax.set(xlim=(0, 1), ylim=(0, 1), xlabel="predicted probability", ylabel="observed frequency")
     ax.set_title(title, fontsize=10)
-    ax.legend(fontsize=8)
+    ax.legend(fontsize=7)
     fig.tight_layout()
     if path is not None:
         _save_figure(fig, path)
@@ -530,14 +530,14 @@ def plot_abstention(
     """
     from matplotlib.figure import Figure
 
-    fig = Figure(figsize=(4.8, 4.0))
+    fig = Figure(figsize=(6.0, 4.4))
     ax = fig.add_subplot()
     for name, acc in curves.items():
         xs = sorted(acc)
         ax.plot([100 * x for x in xs], [acc[x] for x in xs], marker="o", label=name)
     ax.set(xlabel="abstained pairs (%)", ylabel="accuracy on kept pairs")
     ax.set_title(title, fontsize=10)
-    ax.legend(fontsize=8)
+    ax.legend(fontsize=7)
     fig.tight_layout()
     if path is not None:
         _save_figure(fig, path)

@@ -1,0 +1,253 @@
+"""Embedded preference pairs: the extraction step (cached), prompt splits and label noise.
+
+:class:`EmbeddedPairs` keeps two rows per pair, **chosen first** (row ``2i`` is the
+chosen response of pair ``i``, row ``2i + 1`` the rejected one), which is the layout of
+:func:`skebrm.datasets.pairs_to_rows` and of the extractor's output.
+:func:`embed_pairs` is the only function of the experiments that touches the extractor.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, replace
+from pathlib import Path
+
+import numpy as np
+
+from skebrm.datasets import dataset_fingerprint, split_by_prompt
+
+__all__ = [
+    "EmbeddedPairs",
+    "embed_pairs",
+    "flip_labels",
+    "load_pairs_coercing_texts",
+    "split_pairs",
+]
+
+
+@dataclass
+class EmbeddedPairs:
+    """Embeddings (and optionally the backbone's own rewards) of preference pairs.
+
+    Attributes
+    ----------
+    embeddings : ndarray of shape (2 * n_pairs, d)
+        Rows ``2i`` (chosen) and ``2i + 1`` (rejected) of pair ``i``.
+    rewards : ndarray of shape (2 * n_pairs,) or None
+        The backbone's own reward per row, where it has a trained scoring head.
+    prompt, subset, section : object ndarray of shape (n_pairs,)
+    """
+
+    embeddings: np.ndarray
+    rewards: np.ndarray | None
+    prompt: np.ndarray
+    subset: np.ndarray
+    section: np.ndarray
+
+    def __post_init__(self):
+        n = len(self.prompt)
+        if self.embeddings.ndim != 2 or self.embeddings.shape[0] != 2 * n:
+            raise ValueError(
+                f"EmbeddedPairs: embeddings must have shape ({2 * n}, d) for {n} pairs, got "
+                f"{self.embeddings.shape}."
+            )
+        for name in ("subset", "section"):
+            if len(getattr(self, name)) != n:
+                raise ValueError(
+                    f"EmbeddedPairs: {name} must have {n} entries (one per pair), got "
+                    f"{len(getattr(self, name))}."
+                )
+        if self.rewards is not None and self.rewards.shape != (2 * n,):
+            raise ValueError(
+                f"EmbeddedPairs: rewards must have shape ({2 * n},), got {self.rewards.shape}."
+            )
+
+    @property
+    def n_pairs(self) -> int:
+        return len(self.prompt)
+
+    @property
+    def pair_id(self) -> np.ndarray:
+        return np.repeat(np.arange(self.n_pairs), 2)
+
+    @property
+    def chosen(self) -> np.ndarray:
+        return np.tile(np.array([True, False]), self.n_pairs)
+
+    def take(self, pairs: np.ndarray) -> EmbeddedPairs:
+        """The pairs at positions ``pairs`` (in that order)."""
+        pairs = np.asarray(pairs, dtype=np.int64)
+        rows = np.stack([2 * pairs, 2 * pairs + 1], axis=1).ravel()
+        return EmbeddedPairs(
+            embeddings=self.embeddings[rows],
+            rewards=None if self.rewards is None else self.rewards[rows],
+            prompt=self.prompt[pairs],
+            subset=self.subset[pairs],
+            section=self.section[pairs],
+        )
+
+    @classmethod
+    def concat(cls, parts: Sequence[EmbeddedPairs]) -> EmbeddedPairs:
+        rewards = [p.rewards for p in parts]
+        return cls(
+            embeddings=np.concatenate([p.embeddings for p in parts]),
+            rewards=None if any(r is None for r in rewards) else np.concatenate(rewards),
+            prompt=np.concatenate([p.prompt for p in parts]),
+            subset=np.concatenate([p.subset for p in parts]),
+            section=np.concatenate([p.section for p in parts]),
+        )
+
+
+def split_pairs(
+    data: EmbeddedPairs, fractions: Sequence[float], *, random_state: int | None = 0
+) -> list[EmbeddedPairs]:
+    """Split by prompt with :func:`skebrm.datasets.split_by_prompt` (no prompt in two parts)."""
+    records = [{"prompt": str(p), "index": i} for i, p in enumerate(data.prompt)]
+    parts = split_by_prompt(records, fractions, random_state=random_state)
+    return [data.take([r["index"] for r in part]) for part in parts]
+
+
+def flip_labels(data: EmbeddedPairs, fraction: float, *, random_state=None) -> EmbeddedPairs:
+    """Swap chosen and rejected in ``round(fraction * n_pairs)`` random pairs (label noise)."""
+    if not 0.0 <= fraction <= 1.0:
+        raise ValueError(f"flip_labels: fraction must be in [0, 1], got {fraction!r}.")
+    rng = np.random.default_rng(random_state)
+    flip = rng.choice(data.n_pairs, size=round(fraction * data.n_pairs), replace=False)
+    rows = np.arange(2 * data.n_pairs)
+    rows[2 * flip], rows[2 * flip + 1] = 2 * flip + 1, 2 * flip
+    return replace(
+        data,
+        embeddings=data.embeddings[rows],
+        rewards=None if data.rewards is None else data.rewards[rows],
+    )
+
+
+def load_pairs_coercing_texts(
+    path: str | os.PathLike, *, n: int | None = None, random_state: int | None = None
+) -> list[dict]:
+    """:func:`skebrm.datasets.load_pairs`, after turning scalar texts back into strings.
+
+    Some normalised files hold a response such as ``"True"`` as the JSON value ``true``
+    (``pandalm_testset_v1_majority.jsonl.gz`` has six). This loader writes ``str(value)``
+    for booleans and numbers in ``prompt`` / ``chosen`` / ``rejected`` and then loads the
+    corrected lines with ``load_pairs`` (same validation and subsetting).
+    """
+    import gzip
+    import tempfile
+
+    from skebrm.datasets import load_pairs
+
+    path = Path(path)
+    if not path.exists():
+        raise FileNotFoundError(f"load_pairs_coercing_texts: no file at path={str(path)!r}.")
+    opener = gzip.open if path.suffix == ".gz" else open
+    lines = []
+    with opener(path, "rt", encoding="utf-8") as fh:
+        for line in fh:
+            if not line.strip():
+                continue
+            record = json.loads(line)
+            for field in ("prompt", "chosen", "rejected"):
+                value = record.get(field)
+                if isinstance(value, (bool, int, float)):
+                    record[field] = str(value)
+            lines.append(json.dumps(record))
+    with tempfile.TemporaryDirectory() as tmp:
+        fixed = Path(tmp) / "pairs.jsonl"
+        fixed.write_text("\n".join(lines) + "\n", encoding="utf-8")
+        return load_pairs(fixed, n=n, random_state=random_state)
+
+
+def _labels(values) -> np.ndarray:
+    return np.array([None if v in (None, "", "None") else str(v) for v in values], dtype=object)
+
+
+def cache_key(pairs: Sequence[dict], identity: dict) -> str:
+    """SHA-256 of the pairs' texts and of everything that determines the embeddings."""
+    from skebrm import __version__
+
+    h = hashlib.sha256()
+    h.update(dataset_fingerprint(pairs).encode())
+    h.update(json.dumps(identity, sort_keys=True, default=str).encode())
+    h.update(__version__.encode())
+    return h.hexdigest()
+
+
+def embed_pairs(
+    pairs: Sequence[dict],
+    load_model: Callable[[], tuple],
+    *,
+    identity: dict,
+    cache_dir: str | os.PathLike | None,
+    max_length: int = 512,
+    batch_size: int = 16,
+    device: str = "cpu",
+    verbose: bool = False,
+) -> EmbeddedPairs:
+    """Embed preference pairs with a backbone, through the embedding cache.
+
+    The cache folder ``cache_dir/<name>-<key>`` is named by :func:`cache_key` of the
+    pairs and ``identity`` (the backbone's resolved config plus the extraction settings),
+    so a complete cache is loaded with :func:`skebrm.extraction.load_cache` without
+    building the model; otherwise the model is built and
+    :func:`skebrm.extraction.extract_to_cache` fills (or resumes) the cache, which also
+    checks the model's weights and the texts against the cache's own key.
+
+    Parameters
+    ----------
+    pairs : sequence of dict
+        Records in the shared schema.
+    load_model : callable
+        Returns ``(model, tokenizer)``; called only on a cache miss.
+    identity : dict
+        JSON-serialisable description of the backbone (its ``name`` names the folder).
+    cache_dir : path-like or None
+        None disables the cache.
+    max_length, batch_size, device, verbose
+        Passed to :class:`skebrm.extraction.EmbeddingExtractor`.
+
+    Returns
+    -------
+    EmbeddedPairs
+    """
+    from skebrm.extraction import (
+        CacheIncompleteError,
+        EmbeddingExtractor,
+        extract_to_cache,
+        load_cache,
+    )
+
+    pairs = list(pairs)
+    identity = {**identity, "max_length": int(max_length)}
+
+    def extractor():
+        model, tokenizer = load_model()
+        return EmbeddingExtractor(
+            model,
+            tokenizer,
+            max_length=max_length,
+            batch_size=batch_size,
+            device=device,
+            verbose=verbose,
+        )
+
+    if cache_dir is None:
+        result = extractor().extract(pairs)
+    else:
+        name = str(identity.get("name", "backbone"))
+        folder = Path(cache_dir) / f"{name}-{cache_key(pairs, identity)[:24]}"
+        try:
+            result = load_cache(folder)
+        except (FileNotFoundError, CacheIncompleteError):
+            extract_to_cache(extractor(), pairs, folder, overwrite=True, verbose=verbose)
+            result = load_cache(folder)
+    return EmbeddedPairs(
+        embeddings=np.array(result.embeddings, dtype=np.float32),
+        rewards=np.array(result.rewards, dtype=np.float32),
+        prompt=np.array([p["prompt"] for p in pairs], dtype=object),
+        subset=_labels(p.get("subset") for p in pairs),
+        section=_labels(p.get("section") for p in pairs),
+    )

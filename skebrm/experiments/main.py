@@ -1,0 +1,39 @@
+"""Entry point of ``skebrm-experiment``: compose ``conf/`` with Hydra and run the pipeline.
+
+Examples
+--------
+The default main job (MiniLM + the bundled HH-RLHF harmless sample, fully offline)::
+
+    skebrm-experiment
+
+A study, as a Hydra multirun (its sweep is declared in ``conf/experiment/``)::
+
+    skebrm-experiment -m experiment=label_noise
+"""
+
+from __future__ import annotations
+
+import os
+
+import hydra
+from hydra.core.hydra_config import HydraConfig
+from omegaconf import DictConfig
+
+from skebrm.experiments import conf_dir, register_resolvers
+from skebrm.experiments.pipeline import run_experiment
+
+__all__ = ["main"]
+
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+register_resolvers()
+
+
+@hydra.main(config_path=str(conf_dir()), config_name="config", version_base="1.3")
+def main(cfg: DictConfig) -> float:
+    """Run one job; returns the EBRM test accuracy (for Hydra sweepers that optimise)."""
+    results = run_experiment(cfg, HydraConfig.get().runtime.output_dir)
+    return float(results["test"]["methods"]["ebrm"]["accuracy"])
+
+
+if __name__ == "__main__":
+    main()

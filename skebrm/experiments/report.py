@@ -1,0 +1,157 @@
+"""Results files and tables: atomic JSON, the per-run table and the multirun summary."""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import tempfile
+from collections.abc import Iterable
+from pathlib import Path
+
+import numpy as np
+
+__all__ = ["format_table", "load_runs", "summary_table", "write_json", "write_text"]
+
+
+def _jsonable(obj):
+    if isinstance(obj, dict):
+        return {str(k): _jsonable(v) for k, v in obj.items()}
+    if isinstance(obj, (list, tuple)):
+        return [_jsonable(v) for v in obj]
+    if isinstance(obj, np.ndarray):
+        return _jsonable(obj.tolist())
+    if isinstance(obj, np.generic):
+        obj = obj.item()
+    if isinstance(obj, float) and not math.isfinite(obj):
+        return None
+    return obj
+
+
+def write_text(text: str, path: str | os.PathLike) -> Path:
+    """Write ``text`` to a temporary file next to ``path``, then rename it."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.")
+    try:
+        with os.fdopen(fd, "w", encoding="utf-8") as fh:
+            fh.write(text)
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+    return path
+
+
+def write_json(obj, path: str | os.PathLike) -> Path:
+    """Atomic, strict JSON (NaN and infinities become ``null``; numpy becomes Python)."""
+    return write_text(json.dumps(_jsonable(obj), indent=2, allow_nan=False) + "\n", path)
+
+
+def _fmt(x, digits: int = 3) -> str:
+    return "–" if x is None or (isinstance(x, float) and math.isnan(x)) else f"{x:.{digits}f}"
+
+
+def _method_rows(methods: dict, reference: str = "base") -> tuple[list[str], list[list[str]]]:
+    sections = sorted({s for m in methods.values() for s in m["rewardbench"]["sections"]})
+    header = ["method", "accuracy", f"Δ vs {reference} [95% CI]"]
+    if len(sections) > 1:
+        header += sections
+    header += ["AUROC base errors", "acc. @20% abstain", "ECE"]
+    rows = []
+    for name, m in methods.items():
+        vs = m.get(f"vs_{reference}")
+        delta = f"{vs['difference']:+.3f} [{vs['ci_low']:+.3f}, {vs['ci_high']:+.3f}]" if vs else ""
+        row = [name, _fmt(m["accuracy"]), delta]
+        if len(sections) > 1:
+            secs = m["rewardbench"]["sections"]
+            row += [_fmt(secs[s]["accuracy"]) if s in secs else "–" for s in sections]
+        abst = m.get("abstention", {})
+        row += [
+            _fmt(m.get(f"misorder_auroc_{reference}")),
+            _fmt(abst.get(0.2, abst.get("0.2"))),
+            _fmt(m.get("ece")),
+        ]
+        rows.append(row)
+    return header, rows
+
+
+def markdown_table(header: list[str], rows: Iterable[list[str]]) -> str:
+    """A GitHub-flavoured markdown table."""
+    lines = ["| " + " | ".join(header) + " |", "|" + "|".join("---" for _ in header) + "|"]
+    lines += ["| " + " | ".join(r) + " |" for r in rows]
+    return "\n".join(lines)
+
+
+def format_table(results: dict) -> str:
+    """The per-run results as markdown tables (test split, then each OOD set)."""
+    title = (
+        f"experiment={results['experiment']} backbone={results['backbone']} "
+        f"data={results['data']} calibrator={results['calibrator']} "
+        f"label_noise={results['label_noise']} calibrator_fit_on={results['calibrator_fit_on']}"
+    )
+    parts = [title, "", f"test split ({results['n_pairs']['test']} pairs)", ""]
+    parts.append(markdown_table(*_method_rows(results["test"]["methods"])))
+    for name, ood in results.get("ood", {}).items():
+        parts += ["", f"out of distribution: {name} ({ood['n_pairs']} pairs)", ""]
+        parts.append(markdown_table(*_method_rows(ood["methods"])))
+    return "\n".join(parts)
+
+
+def load_runs(root: str | os.PathLike) -> list[tuple[Path, dict]]:
+    """Every ``results.json`` below ``root`` (sorted by path), with its parsed content."""
+    return [
+        (p.parent, json.loads(p.read_text(encoding="utf-8")))
+        for p in sorted(Path(root).rglob("results.json"))
+    ]
+
+
+def summary_table(
+    runs: list[tuple[Path, dict]],
+    *,
+    keys: tuple[str, ...] = (
+        "backbone",
+        "data",
+        "calibrator",
+        "label_noise",
+        "filter_conflicts",
+        "calibrator_fit_on",
+    ),
+    methods: tuple[str, ...] | None = None,
+    split: str = "test",
+) -> str:
+    """One markdown row per run: its settings, then each method's accuracy.
+
+    Keys that are the same in every run are left out. ``split`` is ``"test"`` or the name
+    of an out-of-distribution set. The EBRM column shows the paired-bootstrap difference
+    to the base RM with its interval.
+    """
+    if not runs:
+        return "(no runs)"
+    varying = [k for k in keys if len({str(r.get(k)) for _, r in runs}) > 1] or list(keys[:2])
+
+    def block(r):
+        return r["test"] if split == "test" else r.get("ood", {}).get(split)
+
+    names: list[str] = list(methods) if methods else []
+    if not names:
+        for _, r in runs:
+            b = block(r)
+            for n in b["methods"] if b else []:
+                if n not in names:
+                    names.append(n)
+    header = [*varying, *names, "EBRM − base [95% CI]"]
+    rows = []
+    for _, r in runs:
+        b = block(r)
+        if b is None:
+            continue
+        ms = b["methods"]
+        row = [str(r.get(k)) for k in varying]
+        row += [_fmt(ms[n]["accuracy"]) if n in ms else "–" for n in names]
+        vs = ms.get("ebrm", {}).get("vs_base")
+        row.append(
+            f"{vs['difference']:+.3f} [{vs['ci_low']:+.3f}, {vs['ci_high']:+.3f}]" if vs else "–"
+        )
+        rows.append(row)
+    return markdown_table(header, rows)

@@ -1,0 +1,201 @@
+"""The experiment pipeline end to end on synthetic data, a real MiniLM run and a multirun."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+from hydra import compose, initialize_config_dir
+from hydra.core.global_hydra import GlobalHydra
+
+from skebrm.experiments import conf_dir, register_resolvers
+from skebrm.experiments.pipeline import run_experiment
+from skebrm.experiments.report import load_runs, summary_table
+
+REPO = Path(__file__).resolve().parents[2]
+# a small, fast calibrator and baselines: these tests check the machinery, not the method
+TINY_CALIBRATOR = [
+    "calibrator.estimator.hidden=[32,16]",
+    "calibrator.estimator.reward_hidden=[8,8,8]",
+    "calibrator.estimator.n_negatives=32",
+    "calibrator.estimator.max_epochs=3",
+    "calibrator.estimator.learning_rate=1e-3",
+    "++calibrator.estimator.grid_size=64",
+]
+TINY_MLP = [
+    "baselines.mlp_filtered.estimator.max_epochs=3",
+    "baselines.mlp_filtered.estimator.hidden=[8]",
+]
+FAST = ["evaluation.n_bootstrap=50", "progress=false", "torch_threads=1"]
+NO_BASELINES = ["baselines=none", *TINY_CALIBRATOR, *FAST]
+TINY = [*TINY_CALIBRATOR, *TINY_MLP, *FAST]
+
+
+def _compose(overrides):
+    register_resolvers()
+    GlobalHydra.instance().clear()
+    try:
+        with initialize_config_dir(config_dir=str(conf_dir()), version_base="1.3"):
+            return compose("config", overrides=overrides)
+    finally:
+        GlobalHydra.instance().clear()
+
+
+@pytest.fixture
+def echo():
+    lines = []
+    return lines, lines.append
+
+
+def _check_method_block(methods):
+    assert {"base", "ebrm", "ebrm_global", "ebrm_mean"} <= set(methods)
+    assert {"bt_ensemble_mean", "bt_ensemble_worst_case", "mlp_filtered"} <= set(methods)
+    for name, m in methods.items():
+        assert 0.0 <= m["accuracy"] <= 1.0, name
+        assert set(m["rewardbench"]["sections"]) == {"A", "B"}
+        if name != "base":
+            vs = m["vs_base"]
+            assert vs["ci_low"] <= vs["difference"] <= vs["ci_high"], name
+    ebrm = methods["ebrm"]
+    assert 0.0 <= ebrm["misorder_auroc_base"] <= 1.0
+    assert set(ebrm["abstention"]) == {"0.0", "0.1", "0.2", "0.3"}
+    assert 0.0 <= ebrm["ece"] <= 1.0
+    assert "ece" in methods["base"] and "misorder_auroc_base" not in methods["base"]
+    assert "misorder_auroc_base" in methods["bt_ensemble_mean"]
+
+
+def test_synthetic_run_writes_results_table_and_plots(tmp_path, echo):
+    lines, say = echo
+    cfg = _compose(["data=synthetic", *TINY])
+    results = run_experiment(cfg, tmp_path, echo=say)
+    on_disk = json.loads((tmp_path / "results.json").read_text())
+    assert on_disk["data"] == "synthetic" and on_disk["backbone"] == "minilm"
+    assert on_disk["n_pairs"] == {"head": 240, "calibrator": 80, "test": 80}
+    _check_method_block(on_disk["test"]["methods"])
+    # a linear reward on 240 clean-ish pairs: the base head is far above chance
+    assert on_disk["test"]["methods"]["base"]["accuracy"] > 0.75
+    assert results["test"]["methods"]["ebrm"]["accuracy"] == pytest.approx(
+        on_disk["test"]["methods"]["ebrm"]["accuracy"]
+    )
+    for png in ("reliability.png", "abstention.png"):
+        assert (tmp_path / png).read_bytes()[:4] == b"\x89PNG"
+    assert not list(tmp_path.glob(".*")), "temporary files left behind"
+    table = "\n".join(lines)
+    assert "| ebrm |" in table and "| base |" in table and "Δ vs base" in table
+
+
+def test_label_noise_head_split_and_ood(tmp_path, echo):
+    _, say = echo
+    cfg = _compose(
+        [
+            "data=synthetic",
+            "label_noise=0.3",
+            "split.calibrator_fit_on=head",
+            "calibrator.estimator.filter_conflicts=false",
+            "+ood.shifted={name: shifted, loader: {_target_: "
+            "skebrm.experiments.synthetic.make_synthetic_pairs, n_pairs: 60, "
+            "n_features: 16, random_state: 0, rm_noise: 2.0}}",
+            *NO_BASELINES,
+        ]
+    )
+    results = run_experiment(cfg, tmp_path, echo=say)
+    assert results["label_noise"] == 0.3
+    assert results["calibrator_fit_on"] == "head"
+    assert results["calibrator_fit"]["n_pairs_dropped"] == 0  # filtering is off
+    assert set(results["test"]["methods"]) == {"base", "ebrm", "ebrm_global", "ebrm_mean"}
+    assert results["ood"]["shifted"]["n_pairs"] == 60
+    assert "ebrm" in results["ood"]["shifted"]["methods"]
+
+
+def test_label_noise_hurts_the_base_head(tmp_path):
+    accs = {}
+    for noise in (0.0, 0.45):
+        cfg = _compose(
+            [
+                "data=synthetic",
+                "data.loader.n_pairs=600",
+                f"label_noise={noise}",
+                "evaluation.plots=false",
+                *NO_BASELINES,
+            ]
+        )
+        res = run_experiment(cfg, tmp_path / str(noise), echo=lambda s: None)
+        accs[noise] = res["test"]["methods"]["base"]["accuracy"]
+    assert accs[0.45] < accs[0.0] - 0.05
+
+
+def test_bad_split_name_is_refused(tmp_path):
+    cfg = _compose(["data=synthetic", "split.calibrator_fit_on=test", *TINY])
+    with pytest.raises(ValueError, match="calibrator_fit_on must be 'head' or 'calibrator'"):
+        run_experiment(cfg, tmp_path, echo=lambda s: None)
+
+
+def test_native_base_reward_without_rewards_is_refused(tmp_path):
+    from skebrm.experiments.data import EmbeddedPairs
+    from skebrm.experiments.pipeline import _base_model
+
+    cfg = _compose(["data=synthetic", "base_reward=native", *TINY])
+    data = EmbeddedPairs(
+        np.zeros((4, 2)),
+        None,
+        np.array(["a", "b"], object),
+        np.array(["s", "s"], object),
+        np.array([None, None], object),
+    )
+    with pytest.raises(ValueError, match="base_reward='native' needs rewards"):
+        _base_model(cfg, data)
+
+
+def _env():
+    env = dict(os.environ, HF_HUB_OFFLINE="1", PYTHONWARNINGS="ignore")
+    env["PYTHONPATH"] = os.pathsep.join([str(REPO), env.get("PYTHONPATH", "")])
+    return env
+
+
+def test_tiny_multirun_writes_one_summary(tmp_path):
+    sweep = tmp_path / "sweep"
+    cmd = [
+        sys.executable,
+        "-m",
+        "skebrm.experiments.main",
+        "-m",
+        "data=synthetic",
+        "label_noise=0.0,0.3",
+        "evaluation.plots=false",
+        "hydra.launcher.n_jobs=1",
+        f"hydra.sweep.dir={sweep}",
+        *NO_BASELINES,
+    ]
+    proc = subprocess.run(
+        cmd, cwd=tmp_path, env=_env(), capture_output=True, text=True, timeout=600
+    )
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    runs = load_runs(sweep)
+    assert sorted(r["label_noise"] for _, r in runs) == [0.0, 0.3]
+    summary = (sweep / "summary.md").read_text()
+    assert "label_noise" in summary and summary.count("\n| 0.") == 2
+    assert summary_table(runs) in summary
+    assert "| ebrm |" in proc.stdout
+
+
+@pytest.mark.slow  # about 10 s on an idle 2-core machine, 30 s on a busy one
+def test_default_main_job_on_a_small_minilm_sample(tmp_path):
+    """The real offline path: MiniLM embeddings of bundled pairs, cached, then reused."""
+    cache = tmp_path / "cache"
+    overrides = ["data.loader.n=60", f"cache_dir={cache}", *TINY]
+    a = run_experiment(_compose(overrides), tmp_path / "a", echo=lambda s: None)
+    shards = sorted(p.name for p in cache.rglob("*"))
+    run_experiment(_compose(overrides), tmp_path / "b", echo=lambda s: None)
+    assert a["backbone"] == "minilm" and a["data"] == "hh_rlhf_bundled"
+    assert sum(a["n_pairs"].values()) == 60
+    assert len(list(cache.iterdir())) == 1
+    assert sorted(p.name for p in cache.rglob("*")) == shards  # the second run only read
+    # cached embeddings and the same seeds: the same results (compared as written, NaN as null)
+    on_disk = [json.loads((tmp_path / d / "results.json").read_text()) for d in "ab"]
+    assert on_disk[0]["test"] == on_disk[1]["test"]
+    assert (tmp_path / "a" / "reliability.png").exists()
