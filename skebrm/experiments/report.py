@@ -99,10 +99,14 @@ def format_table(results: dict) -> str:
 
 
 def load_runs(root: str | os.PathLike) -> list[tuple[Path, dict]]:
-    """Every ``results.json`` below ``root`` (sorted by path), with its parsed content."""
+    """Every ``results.json`` below ``root`` (job folders in numeric order), parsed."""
+
+    def order(path: Path):
+        return [(0, int(part), "") if part.isdigit() else (1, 0, part) for part in path.parts]
+
     return [
         (p.parent, json.loads(p.read_text(encoding="utf-8")))
-        for p in sorted(Path(root).rglob("results.json"))
+        for p in sorted(Path(root).rglob("results.json"), key=order)
     ]
 
 

@@ -82,7 +82,7 @@ def test_default_composition_is_the_main_job():
     cfg = compose("config", return_hydra_config=True)
     assert cfg.backbone.name == "minilm"
     assert cfg.data.name == "hh_rlhf_bundled"
-    assert cfg.calibrator.name == "paper"
+    assert cfg.calibrator.name == "basis"
     assert cfg.experiment_name == "default"
     assert cfg.base_reward == "head"
     assert list(cfg.split.fractions) == [0.6, 0.2, 0.2]

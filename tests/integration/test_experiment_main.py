@@ -14,8 +14,15 @@ from hydra import compose, initialize_config_dir
 from hydra.core.global_hydra import GlobalHydra
 
 from skebrm.experiments import conf_dir, register_resolvers
+from skebrm.experiments.data import (
+    EmbeddedPairs,
+    flip_labels,
+    load_pairs_coercing_texts,
+    split_pairs,
+)
 from skebrm.experiments.pipeline import run_experiment
 from skebrm.experiments.report import load_runs, summary_table
+from skebrm.experiments.synthetic import make_synthetic_pairs
 
 REPO = Path(__file__).resolve().parents[2]
 # a small, fast calibrator and baselines: these tests check the machinery, not the method
@@ -88,6 +95,21 @@ def test_synthetic_run_writes_results_table_and_plots(tmp_path, echo):
     table = "\n".join(lines)
     assert "| ebrm |" in table and "| base |" in table and "Δ vs base" in table
 
+    # the README tables and figures regenerate from this run
+    sys.path.insert(0, str(REPO / "scripts"))
+    try:
+        from make_results_tables import main as make_tables
+    finally:
+        sys.path.remove(str(REPO / "scripts"))
+    out = tmp_path / "docs" / "results.md"
+    assert make_tables([str(tmp_path), "--output", str(out)]) == 0
+    text = out.read_text()
+    assert "| ebrm |" in text and "figures/default-" in text
+    assert sorted(p.name for p in (tmp_path / "docs" / "figures").iterdir()) == [
+        f"default-{tmp_path.name}-abstention.png",
+        f"default-{tmp_path.name}-reliability.png",
+    ]
+
 
 def test_label_noise_head_split_and_ood(tmp_path, echo):
     _, say = echo
@@ -127,6 +149,65 @@ def test_label_noise_hurts_the_base_head(tmp_path):
         res = run_experiment(cfg, tmp_path / str(noise), echo=lambda s: None)
         accs[noise] = res["test"]["methods"]["base"]["accuracy"]
     assert accs[0.45] < accs[0.0] - 0.05
+
+
+def test_split_pairs_keeps_prompts_apart():
+    data = make_synthetic_pairs(n_pairs=90, pairs_per_prompt=3, random_state=1)
+    parts = split_pairs(data, [0.6, 0.2, 0.2], random_state=0)
+    assert sum(p.n_pairs for p in parts) == 90
+    prompts = [set(p.prompt) for p in parts]
+    assert not (prompts[0] & prompts[1] or prompts[0] & prompts[2] or prompts[1] & prompts[2])
+    # rows follow their pairs: chosen first, embeddings and rewards aligned
+    for part in parts:
+        for i in range(part.n_pairs):
+            j = int(np.flatnonzero(data.prompt == part.prompt[i])[0])
+            rows = np.flatnonzero((data.embeddings == part.embeddings[2 * i]).all(axis=1))
+            assert rows.size == 1 and rows[0] % 2 == 0
+            assert data.prompt[rows[0] // 2] == part.prompt[i] == data.prompt[j]
+            assert data.rewards[rows[0]] == part.rewards[2 * i]
+
+
+def test_flip_labels_swaps_exactly_the_requested_pairs():
+    data = make_synthetic_pairs(n_pairs=40, random_state=2)
+    flipped = flip_labels(data, 0.25, random_state=0)
+    swapped = [
+        i
+        for i in range(40)
+        if np.array_equal(flipped.embeddings[2 * i], data.embeddings[2 * i + 1])
+        and np.array_equal(flipped.embeddings[2 * i + 1], data.embeddings[2 * i])
+        and flipped.rewards[2 * i] == data.rewards[2 * i + 1]
+    ]
+    same = [
+        i for i in range(40) if np.array_equal(flipped.embeddings[2 * i], data.embeddings[2 * i])
+    ]
+    assert len(swapped) == 10 and len(same) == 30
+    assert flip_labels(data, 0.0).embeddings.tobytes() == data.embeddings.tobytes()
+    with pytest.raises(ValueError, match=r"fraction must be in \[0, 1\]"):
+        flip_labels(data, 1.5)
+
+
+def test_embedded_pairs_checks_shapes():
+    obj = np.array(["a"], dtype=object)
+    with pytest.raises(ValueError, match=r"embeddings must have shape \(2, d\) for 1 pairs"):
+        EmbeddedPairs(np.zeros((3, 2)), None, obj, obj, obj)
+    with pytest.raises(ValueError, match=r"rewards must have shape \(2,\)"):
+        EmbeddedPairs(np.zeros((2, 2)), np.zeros(3), obj, obj, obj)
+    with pytest.raises(ValueError, match="subset must have 1 entries"):
+        EmbeddedPairs(np.zeros((2, 2)), None, obj, np.array([], object), obj)
+
+
+def test_load_pairs_coercing_texts(tmp_path):
+    path = tmp_path / "pairs.jsonl"
+    rows = [
+        {"id": "1", "prompt": "Is 2 even?", "chosen": True, "rejected": "No."},
+        {"id": "2", "prompt": "Count", "chosen": "3", "rejected": 4},
+    ]
+    path.write_text("\n".join(json.dumps(r) for r in rows) + "\n")
+    pairs = load_pairs_coercing_texts(path)
+    assert [(p["chosen"], p["rejected"]) for p in pairs] == [("True", "No."), ("3", "4")]
+    assert len(load_pairs_coercing_texts(path, n=1, random_state=0)) == 1
+    with pytest.raises(FileNotFoundError, match="no file at path"):
+        load_pairs_coercing_texts(tmp_path / "missing.jsonl")
 
 
 def test_bad_split_name_is_refused(tmp_path):
