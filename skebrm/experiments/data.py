@@ -165,14 +165,32 @@ def _labels(values) -> np.ndarray:
     return np.array([None if v in (None, "", "None") else str(v) for v in values], dtype=object)
 
 
+def _extraction_source_sha() -> str:
+    """SHA-256 of the extraction code, so that a change to it invalidates cached embeddings."""
+    import skebrm.extraction as extraction
+
+    h = hashlib.sha256()
+    for path in sorted(Path(extraction.__file__).parent.glob("*.py")):
+        h.update(path.name.encode())
+        h.update(path.read_bytes())
+    return h.hexdigest()
+
+
 def cache_key(pairs: Sequence[dict], identity: dict) -> str:
-    """SHA-256 of the pairs' texts and of everything that determines the embeddings."""
+    """SHA-256 of the pairs' texts, the backbone's identity and the extraction code.
+
+    The key names the cache folder, so that a warm cache is found without building the
+    model. It does not cover the model's weights on disk: a config whose ``model`` node
+    loads different weights under the same arguments (a moved hub branch) needs another
+    ``cache_dir``, or ``revision`` pinned in the config.
+    """
     from skebrm import __version__
 
     h = hashlib.sha256()
     h.update(dataset_fingerprint(pairs).encode())
     h.update(json.dumps(identity, sort_keys=True, default=str).encode())
     h.update(__version__.encode())
+    h.update(_extraction_source_sha().encode())
     return h.hexdigest()
 
 
