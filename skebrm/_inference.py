@@ -35,7 +35,13 @@ def make_grid(low: float, high: float, size: int) -> tuple[np.ndarray, float]:
 
 
 def _energy_and_slope(net, h: torch.Tensor, r: torch.Tensor):
-    """f(e, r) and ∂f/∂r for one candidate per row, by forward-mode differentiation."""
+    """f(e, r) and ∂f/∂r for one candidate per row, by forward-mode differentiation.
+
+    Uses the network's own ``energy_and_slope`` when it has one (both energy networks
+    do, written out so value and tangent share each matrix product), else ``jvp``.
+    """
+    if hasattr(net, "energy_and_slope") and not net.training:
+        return net.energy_and_slope(h, r)
     f, df = jvp(
         lambda rr: net.energy_from_embedded(h, rr.unsqueeze(1)).squeeze(1),
         (r,),
@@ -96,12 +102,23 @@ def ascend(
 
 @torch.no_grad()
 def grid_energies(net, h: torch.Tensor, grid: torch.Tensor, *, chunk: int = 65536):
-    """``f(e_i, grid_j)`` for all rows and grid points: (B, G), computed in row chunks."""
+    """``f(e_i, grid_j)`` for all rows and grid points: (B, G), computed in row chunks.
+
+    When the network splits into ``reward_features`` / ``energy_from_features`` (both
+    energy networks do), the reward features of the grid, shared by every row, are
+    computed once.
+    """
     rows_per_chunk = max(1, chunk // max(1, grid.numel()))
+    shared = None
+    if hasattr(net, "reward_features") and hasattr(net, "energy_from_features"):
+        shared = net.reward_features(grid.reshape(1, -1))
     out = []
     for start in range(0, h.shape[0], rows_per_chunk):
         hb = h[start : start + rows_per_chunk]
-        out.append(net.energy_from_embedded(hb, grid.expand(hb.shape[0], -1)))
+        if shared is not None:
+            out.append(net.energy_from_features(hb, shared))
+        else:
+            out.append(net.energy_from_embedded(hb, grid.expand(hb.shape[0], -1)))
     return torch.cat(out) if out else h.new_zeros((0, grid.numel()))
 
 

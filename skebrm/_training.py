@@ -13,7 +13,7 @@ import torch
 from skebrm.energy import nce_plus_loss, sample_nce_noise
 from skebrm.exceptions import ConvergenceWarning
 
-__all__ = ["TrainingResult", "train_energy_model"]
+__all__ = ["TrainingResult", "accumulate_nce_plus_gradients", "train_energy_model"]
 
 
 @dataclass
@@ -23,10 +23,49 @@ class TrainingResult:
     stopped_early: bool = False
 
 
+# Rows of a batch are pushed through the network in micro-batches whose widest
+# per-candidate activation, (rows, M + 1, width), holds about this many floats (128 MiB
+# in float32), with gradients accumulated. The loss is a mean over rows (and over all
+# candidates for the penalty), so the sum of the micro-batch losses, each weighted by its
+# share of the batch, is the batch loss, and its gradient is the batch gradient up to the
+# order of floating-point summation. Peak memory then no longer grows with the batch size.
+ACTIVATION_BUDGET = 1 << 25
+
+
 def _batches(n: int, batch_size: int, generator: torch.Generator):
     perm = torch.randperm(n, generator=generator).numpy()
     for start in range(0, n, batch_size):
         yield np.sort(perm[start : start + batch_size])
+
+
+def accumulate_nce_plus_gradients(
+    net: torch.nn.Module,
+    X: torch.Tensor,
+    samples: torch.Tensor,
+    y: torch.Tensor,
+    sigmas: torch.Tensor,
+    penalty: float,
+    *,
+    activation_budget: int = ACTIVATION_BUDGET,
+) -> float:
+    """Add the gradient of the batch's NCE+ loss to ``net``'s ``.grad``; return the loss.
+
+    The batch (X (B, d), samples (B, M + 1), y (B,)) is processed in micro-batches of
+    ``activation_budget // ((M + 1) · net.candidate_width)`` rows (at least 1), each
+    loss weighted by its share of the rows, so that the result is the full batch's loss
+    and gradient (up to the order of summation).
+    """
+    n_rows = X.shape[0]
+    width = int(getattr(net, "candidate_width", 1024))
+    rows = max(1, activation_budget // (samples.shape[1] * width))
+    total = 0.0
+    for start in range(0, n_rows, rows):
+        sl = slice(start, min(start + rows, n_rows))
+        weight = (sl.stop - sl.start) / n_rows
+        loss = nce_plus_loss(net(X[sl], samples[sl]), samples[sl], y[sl], sigmas, penalty)
+        (loss * weight).backward()
+        total += loss.detach().item() * weight
+    return total
 
 
 def train_energy_model(
@@ -68,11 +107,10 @@ def train_energy_model(
             yb = y_t[idx].to(device)
             samples = sample_nce_noise(yb.cpu(), sigmas.cpu(), beta, n_negatives, generator)
             samples = samples.to(device)
-            loss = nce_plus_loss(net(xb, samples), samples, yb, sigmas, penalty)
             opt.zero_grad(set_to_none=True)
-            loss.backward()
+            loss = accumulate_nce_plus_gradients(net, xb, samples, yb, sigmas, penalty)
             opt.step()
-            total += loss.detach().item() * len(idx)
+            total += loss * len(idx)
             count += len(idx)
         record = {"epoch": epoch, "train_loss": total / count}
         if validate is not None:

@@ -26,10 +26,83 @@ from torch.nn import functional as F
 __all__ = [
     "BasisEnergyNet",
     "EnergyNet",
+    "dropout_drop_mask",
     "mixture_log_density",
     "nce_plus_loss",
     "sample_nce_noise",
+    "tanh_dropout",
 ]
+
+
+_MASK_BITS = 16
+
+
+def dropout_drop_mask(shape: Sequence[int], p: float, *, device=None) -> torch.Tensor:
+    """A boolean mask of dropped entries, ``P(drop) = p``, from 16 random bits per entry.
+
+    Drawing 64-bit words and comparing their 16-bit pieces with a threshold is several
+    times cheaper on CPU than ``bernoulli_``; ``p`` is rounded to a multiple of ``2⁻¹⁶``
+    (exact for ``p = 0.5``). Uses the global torch generator, like ``nn.Dropout``.
+    """
+    numel = math.prod(shape)
+    n_keep = round((1.0 - p) * (1 << _MASK_BITS))
+    if n_keep >= 1 << _MASK_BITS:
+        return torch.zeros(tuple(shape), dtype=torch.bool, device=device)
+    if n_keep <= 0:
+        return torch.ones(tuple(shape), dtype=torch.bool, device=device)
+    threshold = n_keep - (1 << (_MASK_BITS - 1))
+    words = torch.empty((numel + 3) // 4, dtype=torch.int64, device=device)
+    words.random_(-(1 << 63), (1 << 63) - 1)
+    return words.view(torch.int16)[:numel].view(tuple(shape)) >= threshold
+
+
+class _TanhDrop(torch.autograd.Function):
+    """``tanh(x)`` with a random fraction ``p`` of entries set to 0 (not rescaled).
+
+    Saves the masked output and the boolean mask only: where an entry is kept the output
+    is ``tanh(x)``, which is all the derivative needs; where it is dropped the gradient
+    is 0.
+    """
+
+    @staticmethod
+    def forward(ctx, x: torch.Tensor, p: float) -> torch.Tensor:
+        out = torch.tanh(x)
+        drop = dropout_drop_mask(out.shape, p, device=out.device)
+        out.masked_fill_(drop, 0.0)
+        ctx.save_for_backward(out, drop)
+        return out
+
+    @staticmethod
+    def backward(ctx, grad: torch.Tensor):
+        out, drop = ctx.saved_tensors
+        return torch.ops.aten.tanh_backward(grad, out).masked_fill_(drop, 0.0), None
+
+
+def tanh_dropout(x: torch.Tensor, p: float, *, training: bool) -> torch.Tensor:
+    """``nn.Dropout(p)(torch.tanh(x))`` with a cheaper mask (:func:`dropout_drop_mask`).
+
+    In evaluation mode, or with ``p = 0``, it is ``torch.tanh(x)`` (so forward-mode
+    differentiation works through it).
+    """
+    if not training or p == 0:
+        return torch.tanh(x)
+    if p >= 1:
+        return torch.zeros_like(x)
+    return _TanhDrop.apply(x, p) * (1.0 / (1.0 - p))
+
+
+def _linear_with_tangent(z: torch.Tensor, layer: nn.Linear) -> torch.Tensor:
+    """A linear layer on stacked (value, tangent) rows: the bias enters the value only."""
+    out = F.linear(z, layer.weight)
+    if layer.bias is not None:
+        out[0] += layer.bias
+    return out
+
+
+def _tanh_jvp(z: torch.Tensor) -> torch.Tensor:
+    """tanh on the value, ``(1 − tanh²)·tangent`` on the tangent."""
+    t = torch.tanh(z[0])
+    return torch.stack([t, z[1] * (1 - t * t)])
 
 
 class EnergyNet(nn.Module):
@@ -76,19 +149,90 @@ class EnergyNet(nn.Module):
         trunk.append(nn.Linear(prev, 1))
         self.trunk = nn.Sequential(*trunk)
 
+    @property
+    def candidate_width(self) -> int:
+        """Width of the widest activation computed per reward candidate."""
+        return self.first.out_features
+
     def embed(self, e: torch.Tensor) -> torch.Tensor:
         """The embedding's share of the first trunk layer, ``W_e·e + b``: (B, d) → (B, H)."""
         return F.linear(e, self.first.weight[:, : self.n_features], self.first.bias)
 
+    def reward_features(self, r: torch.Tensor) -> torch.Tensor:
+        """The reward's share of the first trunk layer, ``W_r·φ(r)``: (..., K) → (..., K, H).
+
+        It does not depend on the embedding, so for rewards shared by all rows (an
+        inference grid) it is computed once, not once per row.
+        """
+        phi = self.reward_net(r.unsqueeze(-1))
+        return F.linear(phi, self.first.weight[:, self.n_features :])
+
+    def energy_from_features(self, h: torch.Tensor, u: torch.Tensor) -> torch.Tensor:
+        """Energies from embedded rows ``h`` (B, H) and reward features ``u`` (B or 1, K, H)."""
+        return self._trunk(u + h.unsqueeze(1))
+
     def energy_from_embedded(self, h: torch.Tensor, r: torch.Tensor) -> torch.Tensor:
         """Energies of reward candidates ``r`` (B, K) for rows embedded as ``h`` (B, H)."""
-        phi = self.reward_net(r.unsqueeze(-1))
-        pre = F.linear(phi, self.first.weight[:, self.n_features :]) + h.unsqueeze(1)
-        return self.trunk(pre).squeeze(-1)
+        u = self.reward_features(r.expand(h.shape[0], -1))
+        # ``u`` is a fresh (B, K, H) product that its backward does not need: add in place.
+        return self._trunk(u.add_(h.unsqueeze(1)))
+
+    def _trunk(self, pre: torch.Tensor) -> torch.Tensor:
+        """The trunk after the first linear layer, on pre-activations (B, K, H) → (B, K).
+
+        Runs the modules of ``self.trunk`` in order. A ``Tanh`` followed by an active
+        ``Dropout`` is one step that zeroes the dropped entries without rescaling the
+        (B, K, H) tensor; the ``1 / (1 − p)`` rescaling is folded into the next linear
+        layer's weight, which is much smaller: ``W·(s·x) + b = (s·W)·x + b``.
+        """
+        modules = list(self.trunk)
+        x, scale, i = pre, 1.0, 0
+        while i < len(modules):
+            module = modules[i]
+            nxt = modules[i + 1] if i + 1 < len(modules) else None
+            if isinstance(module, nn.Tanh) and isinstance(nxt, nn.Dropout):
+                if nxt.training and 0 < nxt.p < 1:
+                    x = _TanhDrop.apply(x, nxt.p)
+                    scale = scale / (1.0 - nxt.p)
+                else:
+                    x = tanh_dropout(x, nxt.p, training=nxt.training)
+                i += 2
+                continue
+            if isinstance(module, nn.Linear) and scale != 1.0:
+                x = F.linear(x, module.weight * scale, module.bias)
+                scale = 1.0
+            else:
+                x = module(x) if scale == 1.0 else module(x * scale)
+                scale = 1.0
+            i += 1
+        if scale != 1.0:
+            x = x * scale
+        return x.squeeze(-1)
 
     def forward(self, e: torch.Tensor, r: torch.Tensor) -> torch.Tensor:
         """Energies ``f(e_i, r_ik)``: e (B, d), r (B, K) → (B, K)."""
         return self.energy_from_embedded(self.embed(e), r)
+
+    def energy_and_slope(self, h: torch.Tensor, r: torch.Tensor):
+        """``f(e, r)`` and ``∂f/∂r`` for one candidate per row, r (B,) → two (B,) tensors.
+
+        Forward-mode differentiation written out (evaluation mode: dropout is the
+        identity): value and tangent are stacked so each linear layer is one matrix
+        product over ``2B`` rows.
+        """
+        if self.training:
+            raise RuntimeError("EnergyNet.energy_and_slope needs evaluation mode (net.eval()).")
+        z = torch.stack([r, torch.ones_like(r)]).unsqueeze(-1)  # (2, B, 1): value, tangent
+        for module in self.reward_net:
+            z = _linear_with_tangent(z, module) if isinstance(module, nn.Linear) else _tanh_jvp(z)
+        z = F.linear(z, self.first.weight[:, self.n_features :])
+        z[0] += h
+        for module in self.trunk:
+            if isinstance(module, nn.Linear):
+                z = _linear_with_tangent(z, module)
+            elif isinstance(module, nn.Tanh):
+                z = _tanh_jvp(z)
+        return z[0, :, 0], z[1, :, 0]
 
     def forward_concatenated(self, e: torch.Tensor, r: torch.Tensor) -> torch.Tensor:
         """The same energies through the literal concatenation (slow; for tests)."""
@@ -134,12 +278,34 @@ class BasisEnergyNet(nn.Module):
         self.register_buffer("centres", torch.linspace(low, high, n_basis))
         self.width = float(bandwidth * (high - low) / (n_basis - 1))
 
+    @property
+    def candidate_width(self) -> int:
+        """Width of the widest activation computed per reward candidate."""
+        return self.centres.numel()
+
     def basis(self, r: torch.Tensor) -> torch.Tensor:
         """ψ(r): (B, K) → (B, K, n_basis)."""
-        return torch.exp(-0.5 * ((r.unsqueeze(-1) - self.centres) / self.width) ** 2)
+        z = torch.sub(r.unsqueeze(-1) / self.width, self.centres / self.width)
+        if torch.is_grad_enabled() and r.requires_grad:
+            return torch.exp(-0.5 * z * z)
+        return z.square_().mul_(-0.5).exp_()
+
+    def energy_and_slope(self, h: torch.Tensor, r: torch.Tensor):
+        """``f(e, r)`` and ``∂f/∂r`` for one candidate per row: r (B,) → two (B,) tensors."""
+        z = (r.unsqueeze(-1) - self.centres) / self.width
+        psi = torch.exp(-0.5 * z * z)
+        return (psi * h).sum(-1), (-(z / self.width) * psi * h).sum(-1)
 
     def embed(self, e: torch.Tensor) -> torch.Tensor:
         return self.g(e)
+
+    def reward_features(self, r: torch.Tensor) -> torch.Tensor:
+        """ψ(r), the reward's features: (..., K) → (..., K, n_basis)."""
+        return self.basis(r)
+
+    def energy_from_features(self, h: torch.Tensor, u: torch.Tensor) -> torch.Tensor:
+        """Energies from ``h = g(e)`` (B, n_basis) and ``u = ψ(r)`` (B or 1, K, n_basis)."""
+        return torch.matmul(u, h.unsqueeze(-1)).squeeze(-1)
 
     def energy_from_embedded(self, h: torch.Tensor, r: torch.Tensor) -> torch.Tensor:
         return torch.einsum("bkn,bn->bk", self.basis(r), h)
