@@ -694,6 +694,53 @@ class EnergyRewardCalibrator(RegressorMixin, BaseEstimator):
             )
         return self.predict_quantiles(X, [alpha / 2, 1 - alpha / 2])
 
+    def predict_distribution(self, X, *, quantiles=(0.05, 0.5, 0.95)) -> dict:
+        """Everything the grid gives, from one pass of the energy over the grid.
+
+        Cheaper than calling :meth:`predict`, :meth:`predict_mean`,
+        :meth:`score_uncertainty`, :meth:`predict_quantiles` and
+        :meth:`predict_log_density_grid` one after the other (each evaluates the grid).
+
+        Returns
+        -------
+        dict with, in RM units:
+            ``mode`` (n,) the global mode (as ``predict(X)``), ``mean`` (n,), ``std`` (n,),
+            ``quantiles`` (n, len(quantiles)), ``grid`` (G,) and ``log_density`` (n, G).
+        """
+        caller = "EnergyRewardCalibrator.predict_distribution"
+        X = self._check_X(X, caller)
+        q = np.atleast_1d(np.asarray(quantiles, dtype=np.float64))
+        if q.ndim != 1 or np.any((q < 0) | (q > 1)) or not np.isfinite(q).all():
+            raise ValueError(f"{caller}: quantiles must be levels in [0, 1], got {quantiles!r}.")
+        net, device = self._device_module()
+        grid_t = torch.as_tensor(self._grid_s, dtype=torch.float64, device=device)
+        n = X.shape[0]
+        energies = np.empty((n, self.grid_size))
+        mode = np.empty(n)
+        for sl, h in self._chunks(X, net, device):
+            f = inf.grid_energies(net, h, grid_t)
+            r, _ = inf.ascend(
+                net,
+                h,
+                grid_t[f.argmax(dim=1)],
+                max_steps=self.ascent_steps,
+                step_size=self._grid_width_s,
+                shrink=self.ascent_shrink,
+            )
+            energies[sl] = f.cpu().numpy()
+            mode[sl] = r.cpu().numpy()
+        mean, std = inf.grid_mean_std(energies, self._grid_s, self._grid_width_s)
+        qs = inf.grid_quantiles(energies, self._grid_s, self._grid_width_s, q)
+        log_density = inf.grid_log_density(energies, self._grid_width_s)
+        return {
+            "mode": self._to_raw(mode),
+            "mean": self._to_raw(mean),
+            "std": std * self.reward_scale_,
+            "quantiles": self._to_raw(qs),
+            "grid": self.grid_.copy(),
+            "log_density": log_density - np.log(self.reward_scale_),
+        }
+
     def preference_probability(self, X_a, X_b):
         """``P(r_a > r_b)`` for the independent distributions of row pairs (ties ½)."""
         caller = "EnergyRewardCalibrator.preference_probability"

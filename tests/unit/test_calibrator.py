@@ -121,6 +121,20 @@ def test_inference_api_shapes_and_consistency(data, fitted):
     np.testing.assert_allclose(p + fitted.preference_probability(X[7:14], X[:7]), 1.0, atol=1e-9)
 
 
+def test_predict_distribution_matches_the_single_methods(fitted, data):
+    X = data[0][:9]
+    d = fitted.predict_distribution(X, quantiles=[0.1, 0.9])
+    np.testing.assert_allclose(d["mode"], fitted.predict(X), rtol=1e-12)
+    np.testing.assert_allclose(d["mean"], fitted.predict_mean(X), rtol=1e-12)
+    np.testing.assert_allclose(d["std"], fitted.score_uncertainty(X), rtol=1e-12)
+    np.testing.assert_allclose(d["quantiles"], fitted.predict_quantiles(X, [0.1, 0.9]), rtol=1e-12)
+    grid, logd = fitted.predict_log_density_grid(X)
+    np.testing.assert_allclose(d["grid"], grid)
+    np.testing.assert_allclose(d["log_density"], logd, rtol=1e-12)
+    with pytest.raises(ValueError, match="quantiles must be levels in"):
+        fitted.predict_distribution(X, quantiles=[1.5])
+
+
 def test_log_density_integrates_to_one_and_is_minus_inf_outside(fitted, data):
     X = data[0][:3]
     lo, hi = fitted.grid_[0], fitted.grid_[-1]
