@@ -51,6 +51,20 @@ def _label_noise_plot(runs, path: Path) -> bool:
     return True
 
 
+def _command(folder: Path) -> str | None:
+    """The command that produced a run (``.hydra/overrides.yaml``) or a sweep."""
+    from omegaconf import OmegaConf
+
+    if (folder / ".hydra" / "overrides.yaml").exists():
+        words = ["skebrm-experiment", *OmegaConf.load(folder / ".hydra" / "overrides.yaml")]
+    elif (folder / "multirun.yaml").exists():
+        task = OmegaConf.load(folder / "multirun.yaml").hydra.overrides.task
+        words = ["skebrm-experiment", "-m", *task]
+    else:
+        return None
+    return " ".join(str(w) for w in words)
+
+
 def _copy_atomic(src: Path, dest: Path) -> None:
     dest.parent.mkdir(parents=True, exist_ok=True)
     tmp = dest.with_name(f".{dest.name}.tmp")
@@ -69,6 +83,9 @@ def build_markdown(folders: list[Path], figures: Path, docs: Path) -> str:
             raise SystemExit(f"make_results_tables: no results.json under {str(folder)!r}.")
         experiment = runs[0][1]["experiment"]
         parts += [f"### {experiment} ({folder.name})", ""]
+        command = _command(folder)
+        if command:
+            parts += [f"Command: `{command}`", ""]
         slug = f"{experiment}-{folder.name}"
         if len(runs) == 1 and runs[0][0] == folder:
             run_dir, results = runs[0]
