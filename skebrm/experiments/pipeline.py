@@ -103,14 +103,16 @@ def _base_model(cfg, head_split: EmbeddedPairs) -> Callable[[EmbeddedPairs], Met
 
 
 def _ebrm_outputs(calibrator, data: EmbeddedPairs, base: np.ndarray, prefix: str) -> dict:
+    """EBRM's three readings of ``p(r | e)``: hybrid mode, global mode and mean."""
     X = data.embeddings
-    u = calibrator.score_uncertainty(X)
-    grid, log_density = calibrator.predict_log_density_grid(X)
-    prob = metrics.preference_probability(log_density[0::2], log_density[1::2], grid)
+    dist = calibrator.predict_distribution(X)  # one grid pass for everything but hybrid
+    u = dist["std"]
+    ld = dist["log_density"]
+    prob = metrics.preference_probability(ld[0::2], ld[1::2], dist["grid"])
     return {
         prefix: MethodOutput(calibrator.predict(X, base_reward=base), u, prob),
-        f"{prefix}_global": MethodOutput(calibrator.predict(X), u, prob),
-        f"{prefix}_mean": MethodOutput(calibrator.predict_mean(X), u, prob),
+        f"{prefix}_global": MethodOutput(dist["mode"], u, prob),
+        f"{prefix}_mean": MethodOutput(dist["mean"], u, prob),
     }
 
 
