@@ -126,9 +126,10 @@ def summary_table(
 ) -> str:
     """One markdown row per run: its settings, then each method's accuracy.
 
-    Keys that are the same in every run are left out. ``split`` is ``"test"`` or the name
-    of an out-of-distribution set. The EBRM column shows the paired-bootstrap difference
-    to the base RM with its interval.
+    Keys that are the same in every run are left out. Where the data has several sections
+    (RMB: Helpfulness / Harmlessness), the base RM's and EBRM's section scores follow.
+    ``split`` is ``"test"`` or the name of an out-of-distribution set. The last column is
+    the paired-bootstrap difference of EBRM to the base RM with its interval.
     """
     if not runs:
         return "(no runs)"
@@ -144,7 +145,18 @@ def summary_table(
             for n in b["methods"] if b else []:
                 if n not in names:
                     names.append(n)
-    header = [*varying, *names, "EBRM − base [95% CI]"]
+    sections = sorted(
+        {
+            sec
+            for _, r in runs
+            if block(r)
+            for sec in block(r)["methods"]["base"]["rewardbench"]["sections"]
+        }
+    )
+    per_section = (
+        [(m, sec) for m in ("base", "ebrm") for sec in sections] if len(sections) > 1 else []
+    )
+    header = [*varying, *names, *(f"{m}: {sec}" for m, sec in per_section), "EBRM − base [95% CI]"]
     rows = []
     for _, r in runs:
         b = block(r)
@@ -153,6 +165,9 @@ def summary_table(
         ms = b["methods"]
         row = [str(r.get(k)) for k in varying]
         row += [_fmt(ms[n]["accuracy"]) if n in ms else "–" for n in names]
+        for m, sec in per_section:
+            secs = ms.get(m, {}).get("rewardbench", {}).get("sections", {})
+            row.append(_fmt(secs[sec]["accuracy"]) if sec in secs else "–")
         vs = ms.get("ebrm", {}).get("vs_base")
         row.append(
             f"{vs['difference']:+.3f} [{vs['ci_low']:+.3f}, {vs['ci_high']:+.3f}]" if vs else "–"
