@@ -58,6 +58,7 @@ def main(argv=None):
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--data", default=str(RMB))
     parser.add_argument("--output", default=str(Path.home() / ".cache/skebrm/minilm-rmb-finetuned"))
+    parser.add_argument("--n-pairs", type=int, default=2000, help="as data.loader.n of the study")
     parser.add_argument("--max-train-pairs", type=int, default=2000)
     parser.add_argument("--max-test-pairs", type=int, default=600)
     parser.add_argument("--epochs", type=int, default=1)
@@ -68,10 +69,12 @@ def main(argv=None):
     args = parser.parse_args(argv)
 
     torch.manual_seed(args.seed)
-    pairs = [
-        p for p in load_pairs(args.data) if p["chosen"].strip() and p["rejected"].strip()
-    ]
+    # The RMB study's universe and split (data.loader.n pairs drawn with seed 0, then
+    # 60/20/20 by prompt), so its test prompts are never trained on here.
+    pairs = load_pairs(args.data, n=args.n_pairs, random_state=0)
     head, _calib, test = split_by_prompt(pairs, [0.6, 0.2, 0.2], random_state=0)
+    head = [p for p in head if p["chosen"].strip() and p["rejected"].strip()]
+    test = [p for p in test if p["chosen"].strip() and p["rejected"].strip()]
     rng = np.random.default_rng(args.seed)
     train = [head[i] for i in rng.permutation(len(head))[: args.max_train_pairs]]
     test = [test[i] for i in np.sort(rng.permutation(len(test))[: args.max_test_pairs])]
@@ -85,7 +88,9 @@ def main(argv=None):
     model.train()
     opt = torch.optim.AdamW(model.parameters(), lr=args.lr, weight_decay=0.01)
     steps = args.epochs * int(np.ceil(len(train) / args.batch_pairs))
-    sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda s: min(1.0, (s + 1) / 50) * (1 - s / steps))
+    sched = torch.optim.lr_scheduler.LambdaLR(
+        opt, lambda s: min(1.0, (s + 1) / 50) * (1 - s / steps)
+    )
     bar = tqdm(total=steps, desc="fine-tune", unit="step")
     losses = []
     for _ in range(args.epochs):

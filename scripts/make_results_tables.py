@@ -108,12 +108,39 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("folders", nargs="+", type=Path, help="run or sweep folders")
     parser.add_argument("--output", type=Path, default=Path("docs/results.md"))
+    parser.add_argument(
+        "--readme",
+        type=Path,
+        default=None,
+        help="also splice the tables into this file, between the lines "
+        f"{README_START!r} and {README_END!r}",
+    )
     args = parser.parse_args(argv)
     docs = args.output.parent
     text = build_markdown(args.folders, docs / "figures", docs)
     write_text(text, args.output)
     print(f"wrote {args.output}")
+    if args.readme is not None:
+        body = build_markdown(args.folders, docs / "figures", args.readme.parent)
+        write_text(splice(args.readme.read_text(encoding="utf-8"), body), args.readme)
+        print(f"wrote {args.readme}")
     return 0
+
+
+README_START = "<!-- results:start -->"
+README_END = "<!-- results:end -->"
+
+
+def splice(document: str, body: str) -> str:
+    """Replace what lies between the results markers of ``document`` with ``body``."""
+    start, end = document.find(README_START), document.find(README_END)
+    if start < 0 or end < start:
+        raise SystemExit(
+            f"make_results_tables: the README needs the lines {README_START!r} and "
+            f"{README_END!r} around its results section."
+        )
+    head = document[: start + len(README_START)]
+    return f"{head}\n{body.rstrip()}\n{document[end:]}"
 
 
 if __name__ == "__main__":
