@@ -535,6 +535,19 @@ def section_basis(cfg, peak, train_rows):
 
 
 # --------------------------------------------------------------------------- main
+def _write_json(result: dict, target: Path) -> None:
+    """Write ``result`` to ``target`` atomically (temporary file, then rename)."""
+    fd, tmp = tempfile.mkstemp(prefix=".calibrator-", suffix=".json.tmp", dir=target.parent)
+    try:
+        with os.fdopen(fd, "w") as fh:
+            json.dump(result, fh, indent=2, default=float)
+            fh.write("\n")
+        os.replace(tmp, target)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+
+
 FULL = dict(
     train_dims=[512, 2048, 4096],
     batch=256,
@@ -624,6 +637,11 @@ def main(argv=None) -> int:
         flush=True,
     )
     result: dict = {"meta": meta}
+    out_dir = Path(args.out_dir)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    stamp = started.strftime("%Y%m%dT%H%M%SZ")
+    target = out_dir / f"calibrator-{stamp}{'-quick' if args.quick else ''}.json"
+    meta["complete"] = False
     peak = measure_peak_gflops()
     print(f"  fp32 matmul peak (4096^3, best of 5): {peak:.1f} GFLOP/s", flush=True)
     train_rows: list = []
@@ -645,6 +663,7 @@ def main(argv=None) -> int:
         elif section == "basis":
             result["basis"] = section_basis(cfg, peak, train_rows)
         meta.setdefault("section_seconds", {})[section] = time.perf_counter() - t0
+        _write_json(result, target)  # after every section, so a cut-short run keeps them
     peak_end = measure_peak_gflops()
     meta["matmul_peak_gflops_start"] = peak
     meta["matmul_peak_gflops_end"] = peak_end
@@ -659,15 +678,8 @@ def main(argv=None) -> int:
         row["basis_peak_fraction"] = row["basis_gflops"] / best_peak
     meta["loadavg_end"] = os.getloadavg()
     meta["total_seconds"] = time.perf_counter() - t_all
-    out_dir = Path(args.out_dir)
-    out_dir.mkdir(parents=True, exist_ok=True)
-    stamp = started.strftime("%Y%m%dT%H%M%SZ")
-    target = out_dir / f"calibrator-{stamp}{'-quick' if args.quick else ''}.json"
-    fd, tmp = tempfile.mkstemp(prefix=".calibrator-", suffix=".json.tmp", dir=out_dir)
-    with os.fdopen(fd, "w") as fh:
-        json.dump(result, fh, indent=2, default=float)
-        fh.write("\n")
-    os.replace(tmp, target)
+    meta["complete"] = True
+    _write_json(result, target)
     print(f"fp32 matmul peak at the end: {peak_end:.1f} GFLOP/s; load {meta['loadavg_end']}")
     print(f"wrote {target} ({meta['total_seconds']:.0f} s)")
     return 0
