@@ -31,6 +31,10 @@ class TrainingResult:
 # order of floating-point summation. Peak memory then no longer grows with the batch size.
 ACTIVATION_BUDGET = 1 << 25
 
+# A held-out loss counts as lower (to break ties in validation accuracy) only when it
+# drops by more than this share of the best loss so far.
+LOSS_TOL = 1e-4
+
 
 def _batches(n: int, batch_size: int, generator: torch.Generator):
     perm = torch.randperm(n, generator=generator).numpy()
@@ -83,22 +87,27 @@ def train_energy_model(
     max_epochs: int,
     device: torch.device,
     generator: torch.Generator,
-    validate: Callable[[torch.nn.Module], tuple[float, float]] | None = None,
+    validate: Callable[[torch.nn.Module], tuple[float, float, float]] | None = None,
     n_iter_no_change: int | None = None,
     tol: float = 0.0,
     progress=None,
 ) -> TrainingResult:
     """Fit ``net`` in place by NCE+ on rows ``X`` (n, d; may be a memmap) with rewards ``y``.
 
-    ``validate(net)`` returns ``(refined_accuracy, base_accuracy)`` on held-out pairs;
-    when given, the epoch with the best refined accuracy is kept, and training stops
-    once it has not improved by more than ``tol`` for ``n_iter_no_change`` epochs.
+    ``validate(net)`` returns ``(refined_accuracy, base_accuracy, loss)`` on held-out
+    pairs (``loss``: the NCE+ loss of the held-out rows on fixed noise draws). When given,
+    the epoch with the best refined accuracy is kept, ties (within ``tol``) going to the
+    lower held-out loss (by more than ``LOSS_TOL`` relative); training stops once neither
+    has improved for
+    ``n_iter_no_change`` epochs. The loss breaks ties because the refined accuracy is
+    often flat over many epochs (the ascent from the base reward keeps most pair orders),
+    and selecting on accuracy alone would then keep the least trained epoch.
     """
     opt = torch.optim.AdamW(net.parameters(), lr=learning_rate, weight_decay=weight_decay)
     y_t = torch.as_tensor(y, dtype=torch.float32)
     sigmas = sigmas.to(device)
     result = TrainingResult()
-    best_score, best_state, since_best = -np.inf, None, 0
+    best_score, best_loss, best_state, since_best = -np.inf, np.inf, None, 0
     for epoch in range(1, max_epochs + 1):
         net.train()
         total, count = 0.0, 0
@@ -114,11 +123,15 @@ def train_energy_model(
             count += len(idx)
         record = {"epoch": epoch, "train_loss": total / count}
         if validate is not None:
-            refined, base = validate(net)
+            refined, base, val_loss = validate(net)
             record["val_accuracy"] = refined
             record["val_base_accuracy"] = base
-            if refined > best_score + tol:
-                best_score, since_best = refined, 0
+            record["val_loss"] = val_loss
+            better = refined > best_score + tol or (
+                refined >= best_score - tol and val_loss < best_loss - LOSS_TOL * abs(best_loss)
+            )
+            if better:
+                best_score, best_loss, since_best = max(refined, best_score), val_loss, 0
                 best_state = copy.deepcopy(net.state_dict())
                 result.best_epoch = epoch
             else:

@@ -15,7 +15,7 @@ from skebrm import _inference as inf
 from skebrm._compat import Interval, StrOptions, _fit_context
 from skebrm._pairs import check_pairs, conflicting_pairs
 from skebrm._training import train_energy_model
-from skebrm.energy import BasisEnergyNet, EnergyNet
+from skebrm.energy import BasisEnergyNet, EnergyNet, nce_plus_loss, sample_nce_noise
 from skebrm.exceptions import RefinementWarning
 
 __all__ = ["EnergyRewardCalibrator"]
@@ -410,10 +410,21 @@ class EnergyRewardCalibrator(RegressorMixin, BaseEstimator):
                 X_val, y_val = X[rows], ys[rows]
                 base_acc = _pair_accuracy(y_val, *pos)
 
+                val_loss = _heldout_loss(
+                    X_val,
+                    y_val,
+                    sigmas=sigmas,
+                    beta=self.beta,
+                    n_negatives=self.n_negatives,
+                    penalty=self.penalty,
+                    device=device,
+                    seed=seed + 1,
+                )
+
                 def validate(net):
                     net.eval()
                     refined = self._refine_s(X_val, y_val, net=_inference_copy(net))
-                    return _pair_accuracy(refined, *pos), base_acc
+                    return _pair_accuracy(refined, *pos), base_acc, val_loss(net)
 
             progress = None
             if self.verbose:
@@ -772,6 +783,29 @@ class EnergyRewardCalibrator(RegressorMixin, BaseEstimator):
         tags = super().__sklearn_tags__()
         tags.non_deterministic = False
         return tags
+
+
+def _heldout_loss(X, y, *, sigmas, beta, n_negatives, penalty, device, seed):
+    """A function of the network: its NCE+ loss on held-out rows, on fixed noise draws."""
+    gen = torch.Generator().manual_seed(seed)
+    y_t = torch.as_tensor(y, dtype=torch.float32)
+    sig = torch.as_tensor(sigmas, dtype=torch.float32)
+    samples = sample_nce_noise(y_t, sig, beta, n_negatives, gen)
+    X_t = torch.from_numpy(np.asarray(X, dtype=np.float32))
+    rows = max(1, (1 << 25) // ((n_negatives + 1) * 1024))
+
+    @torch.no_grad()
+    def loss(net) -> float:
+        total = 0.0
+        for start in range(0, len(y_t), rows):
+            sl = slice(start, start + rows)
+            s = samples[sl].to(device)
+            f = net(X_t[sl].to(device), s)
+            part = nce_plus_loss(f, s, y_t[sl].to(device), sig.to(device), penalty)
+            total += part.item() * s.shape[0]
+        return total / len(y_t)
+
+    return loss
 
 
 def _inference_copy(net: torch.nn.Module) -> torch.nn.Module:
