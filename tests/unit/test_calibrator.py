@@ -138,7 +138,7 @@ def test_predict_distribution_matches_the_single_methods(fitted, data):
 def test_log_density_integrates_to_one_and_is_minus_inf_outside(fitted, data):
     X = data[0][:3]
     lo, hi = fitted.grid_[0], fitted.grid_[-1]
-    r = np.linspace(lo, hi, 4001)
+    r = np.linspace(lo, hi, 801)
     dens = np.exp(np.stack([fitted.log_density(X, np.full(3, v)) for v in r], axis=1))
     np.testing.assert_allclose(np.trapezoid(dens, r, axis=1), 1.0, atol=0.02)
     assert np.all(np.isneginf(fitted.log_density(X, np.full(3, hi + 10 * (hi - lo)))))
