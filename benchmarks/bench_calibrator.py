@@ -37,7 +37,6 @@ import torch
 
 import skebrm
 from skebrm import EnergyRewardCalibrator, _training
-from skebrm import _inference as inf
 from skebrm._training import accumulate_nce_plus_gradients
 from skebrm.energy import BasisEnergyNet, EnergyNet, sample_nce_noise
 
@@ -320,11 +319,8 @@ def section_inference(cfg):
     t_global, _ = _timed(lambda: cal.predict(X))
 
     def full_distribution():
-        f = cal._grid_energies_np(X)
-        mode = cal._to_raw(cal._grid_s[np.argmax(f, axis=1)])
-        mean, std = inf.grid_mean_std(f, cal._grid_s, cal._grid_width_s)
-        qs = inf.grid_quantiles(f, cal._grid_s, cal._grid_width_s, [0.05, 0.5, 0.95])
-        return mode, cal._to_raw(mean), std * cal.reward_scale_, cal._to_raw(qs)
+        # the public one-pass method: global mode (grid + ascent), mean, std, quantiles
+        return cal.predict_distribution(X, quantiles=[0.05, 0.5, 0.95])
 
     t_full, _ = _timed(full_distribution)
 
