@@ -135,6 +135,17 @@ def test_predict_distribution_matches_the_single_methods(fitted, data):
         fitted.predict_distribution(X, quantiles=[1.5])
 
 
+def test_float32_inference_is_close_to_float64(data):
+    X, y, pid, ch = data
+    cal = EnergyRewardCalibrator(**FAST).fit(X, y, pair_id=pid, chosen=ch)
+    want = cal.predict(X[:20], base_reward=y[:20])
+    std = cal.score_uncertainty(X[:20])
+    cal.set_params(inference_dtype="float32")
+    # float32 accept/reject decisions differ near flat tops: small, bounded differences
+    np.testing.assert_allclose(cal.predict(X[:20], base_reward=y[:20]), want, atol=1e-2)
+    np.testing.assert_allclose(cal.score_uncertainty(X[:20]), std, rtol=1e-4)
+
+
 def test_log_density_integrates_to_one_and_is_minus_inf_outside(fitted, data):
     X = data[0][:3]
     lo, hi = fitted.grid_[0], fitted.grid_[-1]
