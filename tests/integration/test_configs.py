@@ -97,11 +97,13 @@ def test_calibrator_configs_instantiate(option):
     est = instantiate(cfg.calibrator.estimator, _convert_="all")
     assert isinstance(est, EnergyRewardCalibrator)
     assert cfg.calibrator.name == option
-    # every option shares the paper's noise model unless it says otherwise
-    assert est.sigmas == [3.5] and est.n_negatives == 768
+    # every option shares the paper's noise model (σ, β); well_trained uses fewer negatives
+    assert est.sigmas == [3.5] and est.beta == 0.1
+    assert est.n_negatives == (128 if option == "well_trained" else 768)
     assert est.random_state == cfg.seed
     if option == "well_trained":
-        assert est.validation_fraction == 0.2 and est.max_epochs == 100
+        assert est.validation_fraction == 0.2 and est.max_epochs == 30
+        assert est.n_iter_no_change == 5 and est.dropout == 0.1
     if option == "basis":
         assert est.energy == "basis"
 
