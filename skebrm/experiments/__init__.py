@@ -20,10 +20,12 @@ def conf_dir() -> Path:
     """The Hydra config folder: ``$SKEBRM_CONF_DIR``, else ``conf/`` of the source checkout.
 
     The checkout's ``conf/`` is found next to the ``skebrm`` package, which is where it is
-    in an editable install (``pip install -e .``) and when running from the repository.
+    in an editable install (``pip install -e .``) and when running from the repository; a
+    wheel ships the same tree as ``skebrm/conf``.
     """
     env = os.environ.get("SKEBRM_CONF_DIR")
-    candidates = [Path(env)] if env else [_REPO_ROOT / "conf", Path.cwd() / "conf"]
+    packaged = Path(__file__).resolve().parents[1] / "conf"  # skebrm/conf in a wheel
+    candidates = [Path(env)] if env else [_REPO_ROOT / "conf", packaged, Path.cwd() / "conf"]
     for path in candidates:
         if (path / "config.yaml").is_file():
             return path.resolve()
