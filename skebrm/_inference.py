@@ -25,6 +25,7 @@ __all__ = [
     "grid_preference_probability",
     "grid_quantiles",
     "make_grid",
+    "preference_probability_from_masses",
 ]
 
 
@@ -163,9 +164,14 @@ def grid_quantiles(energies: np.ndarray, centres: np.ndarray, width: float, q) -
     return out
 
 
+def preference_probability_from_masses(pa: np.ndarray, pb: np.ndarray) -> np.ndarray:
+    """P(r_a > r_b) + ½·P(r_a = r_b) for independent discrete masses on one grid (..., G)."""
+    cdf_b_below = np.cumsum(pb, axis=-1) - pb
+    return np.sum(pa * (cdf_b_below + 0.5 * pb), axis=-1)
+
+
 def grid_preference_probability(energies_a: np.ndarray, energies_b: np.ndarray) -> np.ndarray:
     """P(r_a > r_b) for independent grid distributions, ties (same cell) counting ½."""
-    pa = np.exp(_log_masses(energies_a))
-    pb = np.exp(_log_masses(energies_b))
-    cdf_b_below = np.cumsum(pb, axis=1) - pb
-    return np.sum(pa * (cdf_b_below + 0.5 * pb), axis=1)
+    return preference_probability_from_masses(
+        np.exp(_log_masses(energies_a)), np.exp(_log_masses(energies_b))
+    )

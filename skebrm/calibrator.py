@@ -516,16 +516,20 @@ class EnergyRewardCalibrator(RegressorMixin, BaseEstimator):
                 yield sl, net.embed(xb)
 
     def _global_mode_s(self, net, h, grid_t):
+        """Global mode per row: best grid point refined by the ascent.
+
+        Returns ``(mode, energy at the mode, grid energies (B, G))``.
+        """
         f = inf.grid_energies(net, h, grid_t)
-        start = grid_t[f.argmax(dim=1)]
-        return inf.ascend(
+        r, f_r = inf.ascend(
             net,
             h,
-            start,
+            grid_t[f.argmax(dim=1)],
             max_steps=self.ascent_steps,
             step_size=self._grid_width_s,
             shrink=self.ascent_shrink,
         )
+        return r, f_r, f
 
     def _refine_s(self, X, base_s, *, net=None):
         """Hybrid-initialised mode in standardised units (see :meth:`predict`)."""
@@ -541,7 +545,7 @@ class EnergyRewardCalibrator(RegressorMixin, BaseEstimator):
             start = torch.as_tensor(base_s[sl], dtype=dtype, device=device)
             outside = (start < lo) | (start > hi)
             if bool(outside.any()):
-                r_g, f_g = self._global_mode_s(net, h[outside], grid_t)
+                r_g, f_g, _ = self._global_mode_s(net, h[outside], grid_t)
                 with torch.no_grad():
                     f_b = net.energy_from_embedded(h[outside], start[outside, None])[:, 0]
                 start[outside] = torch.where(f_g > f_b, r_g, start[outside])
@@ -740,15 +744,7 @@ class EnergyRewardCalibrator(RegressorMixin, BaseEstimator):
         energies = np.empty((n, self.grid_size))
         mode = np.empty(n)
         for sl, h in self._chunks(X, net, device):
-            f = inf.grid_energies(net, h, grid_t)
-            r, _ = inf.ascend(
-                net,
-                h,
-                grid_t[f.argmax(dim=1)],
-                max_steps=self.ascent_steps,
-                step_size=self._grid_width_s,
-                shrink=self.ascent_shrink,
-            )
+            r, _, f = self._global_mode_s(net, h, grid_t)
             energies[sl] = f.cpu().numpy()
             mode[sl] = r.cpu().numpy()
         mean, std = inf.grid_mean_std(energies, self._grid_s, self._grid_width_s)

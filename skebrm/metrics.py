@@ -26,6 +26,8 @@ from typing import NamedTuple
 import numpy as np
 from sklearn.utils import check_random_state
 
+from skebrm._inference import preference_probability_from_masses
+
 __all__ = [
     "BootstrapResult",
     "ReliabilityCurve",
@@ -449,9 +451,7 @@ def preference_probability(log_density_a, log_density_b, grid) -> np.ndarray:
     weights = np.r_[step[0], step[:-1] + step[1:], step[-1]] / 2.0
     ma = _grid_masses(la, weights)
     mb = _grid_masses(lb, weights)
-    cdf_b_below = np.cumsum(mb, axis=-1) - mb  # P(r_b < grid[i])
-    prob = np.sum(ma * (cdf_b_below + 0.5 * mb), axis=-1)
-    prob = np.clip(prob, 0.0, 1.0)
+    prob = np.clip(preference_probability_from_masses(ma, mb), 0.0, 1.0)
     return float(prob) if prob.ndim == 0 else prob
 
 
