@@ -10,6 +10,7 @@ from dataclasses import dataclass, field
 import numpy as np
 import torch
 
+from skebrm._fused import Workspace, fused_nce_plus_gradients, supports_fused
 from skebrm.energy import nce_plus_loss, sample_nce_noise
 from skebrm.exceptions import ConvergenceWarning
 
@@ -24,12 +25,15 @@ class TrainingResult:
 
 
 # Rows of a batch are pushed through the network in micro-batches whose widest
-# per-candidate activation, (rows, M + 1, width), holds about this many floats (128 MiB
+# per-candidate activation, (rows, M + 1, width), holds about this many floats (32 MiB
 # in float32), with gradients accumulated. The loss is a mean over rows (and over all
 # candidates for the penalty), so the sum of the micro-batch losses, each weighted by its
 # share of the batch, is the batch loss, and its gradient is the batch gradient up to the
 # order of floating-point summation. Peak memory then no longer grows with the batch size.
-ACTIVATION_BUDGET = 1 << 25
+# Measured at d = 2,048, M = 768 on the 2-core CPU of benchmarks/README.md: 2 to 42 rows
+# per micro-batch all ran within 4 % of each other with the fused step; 10 rows is the
+# middle of that plateau.
+ACTIVATION_BUDGET = 1 << 23
 
 # A held-out loss counts as lower (to break ties in validation accuracy) only when it
 # drops by more than this share of the best loss so far.
@@ -51,6 +55,8 @@ def accumulate_nce_plus_gradients(
     penalty: float,
     *,
     activation_budget: int = ACTIVATION_BUDGET,
+    workspace: Workspace | None = None,
+    fused: bool | None = None,
 ) -> float:
     """Add the gradient of the batch's NCE+ loss to ``net``'s ``.grad``; return the loss.
 
@@ -58,10 +64,20 @@ def accumulate_nce_plus_gradients(
     ``activation_budget // ((M + 1) · net.candidate_width)`` rows (at least 1), each
     loss weighted by its share of the rows, so that the result is the full batch's loss
     and gradient (up to the order of summation).
+
+    An :class:`~skebrm.energy.EnergyNet` goes through the written-out forward and backward
+    of :mod:`skebrm._fused` (same gradients, buffers reused across micro-batches and,
+    given a ``workspace``, across calls); ``fused=False`` forces autograd.
     """
     n_rows = X.shape[0]
     width = int(getattr(net, "candidate_width", 1024))
     rows = max(1, activation_budget // (samples.shape[1] * width))
+    if fused is None:
+        fused = supports_fused(net)
+    if fused:
+        return fused_nce_plus_gradients(
+            net, X, samples, y, sigmas, penalty, rows_per_chunk=rows, workspace=workspace
+        )
     total = 0.0
     for start in range(0, n_rows, rows):
         sl = slice(start, min(start + rows, n_rows))
@@ -107,6 +123,7 @@ def train_energy_model(
     y_t = torch.as_tensor(y, dtype=torch.float32)
     sigmas = sigmas.to(device)
     result = TrainingResult()
+    workspace = Workspace()
     best_score, best_loss, best_state, since_best = -np.inf, np.inf, None, 0
     for epoch in range(1, max_epochs + 1):
         net.train()
@@ -117,7 +134,9 @@ def train_energy_model(
             samples = sample_nce_noise(yb.cpu(), sigmas.cpu(), beta, n_negatives, generator)
             samples = samples.to(device)
             opt.zero_grad(set_to_none=True)
-            loss = accumulate_nce_plus_gradients(net, xb, samples, yb, sigmas, penalty)
+            loss = accumulate_nce_plus_gradients(
+                net, xb, samples, yb, sigmas, penalty, workspace=workspace
+            )
             opt.step()
             total += loss * len(idx)
             count += len(idx)

@@ -1,0 +1,182 @@
+"""The NCE+ training step of :class:`~skebrm.energy.EnergyNet`, written out by hand.
+
+Autograd computes the same gradients (``tests/unit/test_fused.py`` checks it to float64
+round-off, dropout masks included), but on CPU most of a training step outside the
+matrix products went to memory: every micro-batch allocated fresh ``(rows, M + 1,
+width)`` tensors, which the allocator returns to the operating system and takes back
+page by page, and ``tanh``, the dropout mask and its ``masked_fill`` were separate
+passes. Here every per-candidate activation lives in buffers allocated once per fit
+and reused by every micro-batch (:class:`Workspace`), weight gradients accumulate in
+place (``addmm_``), and each ``tanh`` + dropout layer is four cheap in-place passes:
+
+- ``tanh(x) = 2·σ(2x) − 1`` (``sigmoid`` is several times cheaper than ``tanh`` on CPU);
+- the keep mask is written as 0/1 floats straight from random bits
+  (:func:`~skebrm.energy.dropout_keep_mask`, the same draws as the autograd path);
+- the backward pass needs one saved tensor per layer, ``keep − out²``, which is
+  ``1 − tanh²`` where the entry is kept and 0 where it is dropped.
+
+The embedding's share of the first layer, ``W_e·e + b``, is computed once per batch
+rather than once per micro-batch, and its weight gradient is one product per batch.
+The tiny reward branch ``1→16→32→64`` still goes through autograd.
+"""
+
+from __future__ import annotations
+
+import torch
+from torch import nn
+
+from skebrm.energy import EnergyNet, dropout_keep_mask, nce_plus_loss
+
+__all__ = ["Workspace", "fused_nce_plus_gradients", "supports_fused"]
+
+
+def _trunk_layers(net: EnergyNet) -> list[tuple[float, nn.Linear]] | None:
+    """``[(dropout p before the layer, layer), ...]`` for a ``(Tanh, Dropout, Linear)*``
+    trunk; ``None`` for any other layout."""
+    mods = list(net.trunk)
+    if len(mods) % 3:
+        return None
+    layers = []
+    for i in range(0, len(mods), 3):
+        tanh, drop, lin = mods[i : i + 3]
+        if not (
+            isinstance(tanh, nn.Tanh)
+            and isinstance(drop, nn.Dropout)
+            and isinstance(lin, nn.Linear)
+        ):
+            return None
+        layers.append((float(drop.p) if drop.training else 0.0, lin))
+    return layers
+
+
+def supports_fused(net: nn.Module) -> bool:
+    """Whether :func:`fused_nce_plus_gradients` can train ``net``."""
+    return type(net) is EnergyNet and _trunk_layers(net) is not None
+
+
+class Workspace:
+    """Per-candidate buffers reused by every micro-batch (grown on demand, never shrunk)."""
+
+    def __init__(self):
+        self._bufs: dict[tuple, torch.Tensor] = {}
+
+    def get(self, name: str, n: int, width: int, *, dtype, device) -> torch.Tensor:
+        key = (name, dtype, device)
+        buf = self._bufs.get(key)
+        if buf is None or buf.shape[0] < n or buf.shape[1] != width:
+            buf = torch.empty((n, width), dtype=dtype, device=device)
+            self._bufs[key] = buf
+        return buf[:n]
+
+
+def _tanh_(x: torch.Tensor) -> torch.Tensor:
+    """``tanh`` in place, as ``2·σ(2x) − 1``."""
+    return x.mul_(2.0).sigmoid_().mul_(2.0).sub_(1.0)
+
+
+def fused_nce_plus_gradients(
+    net: EnergyNet,
+    X: torch.Tensor,
+    samples: torch.Tensor,
+    y: torch.Tensor,
+    sigmas: torch.Tensor,
+    penalty: float,
+    *,
+    rows_per_chunk: int,
+    workspace: Workspace | None = None,
+) -> float:
+    """Add the gradient of the batch's NCE+ loss to ``net``'s ``.grad``; return the loss.
+
+    Same contract as :func:`skebrm._training.accumulate_nce_plus_gradients`: the batch
+    (X (B, d), samples (B, K), y (B,)) is processed ``rows_per_chunk`` rows at a time,
+    each chunk's loss weighted by its share of the rows. Dropout is active for the
+    trunk's ``Dropout`` modules that are in training mode, with masks drawn from the
+    global torch generator in the order the autograd path draws them.
+    """
+    layers = _trunk_layers(net) if supports_fused(net) else None
+    if layers is None:
+        raise TypeError("fused_nce_plus_gradients needs an EnergyNet with a tanh trunk.")
+    ws = workspace if workspace is not None else Workspace()
+    n_rows, n_cand = samples.shape
+    d = net.n_features
+    dtype, device = X.dtype, X.device
+    first = net.first
+    w_e, w_r = first.weight[:, :d], first.weight[:, d:]
+    for p in net.parameters():
+        if p.requires_grad and p.grad is None:
+            p.grad = torch.zeros_like(p)
+
+    with torch.no_grad():
+        h = torch.addmm(first.bias, X, w_e.t())  # (B, H0): embedding share, once per batch
+    d_h = torch.zeros_like(h)
+    widths = [first.out_features] + [lin.out_features for _, lin in layers[:-1]]
+    rows = max(1, int(rows_per_chunk))
+    total = 0.0
+    for start in range(0, n_rows, rows):
+        stop = min(start + rows, n_rows)
+        n = (stop - start) * n_cand
+        weight = (stop - start) / n_rows
+
+        # ---- forward
+        phi = net.reward_net(samples[start:stop].reshape(n, 1))  # autograd: tiny
+        with torch.no_grad():
+            pre = ws.get("act0", n, widths[0], dtype=dtype, device=device)
+            torch.mm(phi, w_r.t(), out=pre)
+            pre.view(stop - start, n_cand, -1).add_(h[start:stop].unsqueeze(1))
+            acts, slopes, scales = [], [], []
+            x = pre
+            for i, (p, lin) in enumerate(layers):
+                a = _tanh_(x)
+                slope = ws.get(f"slope{i}", n, widths[i], dtype=dtype, device=device)
+                if 0.0 < p < 1.0:
+                    dropout_keep_mask(a.shape, p, out=slope)
+                    a.mul_(slope)
+                    slope.addcmul_(a, a, value=-1.0)
+                    scales.append(1.0 / (1.0 - p))
+                elif p >= 1.0:
+                    a.zero_()
+                    slope.zero_()
+                    scales.append(1.0)
+                else:
+                    torch.mul(a, a, out=slope).neg_().add_(1.0)
+                    scales.append(1.0)
+                acts.append(a)
+                slopes.append(slope)
+                w = lin.weight * scales[-1] if scales[-1] != 1.0 else lin.weight
+                if i + 1 < len(layers):
+                    x = ws.get(f"act{i + 1}", n, lin.out_features, dtype=dtype, device=device)
+                    torch.addmm(lin.bias, a, w.t(), out=x)
+                else:
+                    f = torch.addmm(lin.bias, a, w.t())  # (n, 1)
+
+        # ---- loss and its gradient with respect to the energies (small: (rows, K))
+        f_leaf = f.view(stop - start, n_cand).detach().requires_grad_(True)
+        loss = nce_plus_loss(f_leaf, samples[start:stop], y[start:stop], sigmas, penalty)
+        (g,) = torch.autograd.grad(loss * weight, f_leaf)
+        total += float(loss.detach()) * weight
+
+        # ---- backward through the trunk
+        with torch.no_grad():
+            g = g.reshape(n, 1)
+            for i in range(len(layers) - 1, -1, -1):
+                _, lin = layers[i]
+                a, scale = acts[i], scales[i]
+                lin.bias.grad.add_(g.sum(0))
+                lin.weight.grad.addmm_(g.t(), a, alpha=scale)
+                d_a = ws.get(f"grad{i}", n, widths[i], dtype=dtype, device=device)
+                if g.shape[1] == 1:
+                    torch.mul(g, lin.weight * scale, out=d_a)
+                else:
+                    torch.mm(g, lin.weight * scale if scale != 1.0 else lin.weight, out=d_a)
+                g = d_a.mul_(slopes[i])
+            # g: gradient at the first layer's pre-activation (n, H0)
+            first.weight.grad[:, d:].addmm_(g.t(), phi.detach())
+            d_h[start:stop] += g.view(stop - start, n_cand, -1).sum(1)
+            d_phi = g @ w_r
+        if phi.requires_grad:
+            phi.backward(d_phi)
+
+    with torch.no_grad():
+        first.weight.grad[:, :d].addmm_(d_h.t(), X)
+        first.bias.grad.add_(d_h.sum(0))
+    return total
