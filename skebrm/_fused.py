@@ -25,7 +25,7 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from skebrm.energy import EnergyNet, dropout_keep_mask, nce_plus_loss
+from skebrm.energy import EnergyNet, Workspace, dropout_keep_mask, nce_plus_loss
 
 __all__ = ["Workspace", "fused_nce_plus_gradients", "supports_fused"]
 
@@ -52,21 +52,6 @@ def _trunk_layers(net: EnergyNet) -> list[tuple[float, nn.Linear]] | None:
 def supports_fused(net: nn.Module) -> bool:
     """Whether :func:`fused_nce_plus_gradients` can train ``net``."""
     return type(net) is EnergyNet and _trunk_layers(net) is not None
-
-
-class Workspace:
-    """Per-candidate buffers reused by every micro-batch (grown on demand, never shrunk)."""
-
-    def __init__(self):
-        self._bufs: dict[tuple, torch.Tensor] = {}
-
-    def get(self, name: str, n: int, width: int, *, dtype, device) -> torch.Tensor:
-        key = (name, dtype, device)
-        buf = self._bufs.get(key)
-        if buf is None or buf.shape[0] < n or buf.shape[1] != width:
-            buf = torch.empty((n, width), dtype=dtype, device=device)
-            self._bufs[key] = buf
-        return buf[:n]
 
 
 def _tanh_(x: torch.Tensor) -> torch.Tensor:

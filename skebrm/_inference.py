@@ -17,16 +17,44 @@ import numpy as np
 import torch
 from torch.func import jvp
 
+from skebrm.energy import EnergyNet, Workspace
+
 __all__ = [
+    "ROW_TILE",
     "ascend",
     "grid_energies",
     "grid_log_density",
     "grid_mean_std",
+    "grid_newton_steps",
     "grid_preference_probability",
     "grid_quantiles",
     "make_grid",
+    "pad_rows",
     "preference_probability_from_masses",
+    "tile_rows",
 ]
+
+
+# Every matrix product at inference sees a multiple of this many rows (padding with zero
+# rows): CPU BLAS kernels then give each row bit-for-bit the same result whatever the
+# batch size or the row's position (checked for MKL in float32 and float64; rows in a
+# partial tile are computed by different code and round differently), so refined
+# rewards do not depend on how rows are batched, even in float32.
+ROW_TILE = 32
+
+
+def pad_rows(t: torch.Tensor, n: int) -> torch.Tensor:
+    """``t`` with zero rows appended up to ``n`` rows (``t`` itself if it has ``n``)."""
+    if t.shape[0] == n:
+        return t
+    out = t.new_zeros((n, *t.shape[1:]))
+    out[: t.shape[0]] = t
+    return out
+
+
+def tile_rows(n: int) -> int:
+    """``n`` rounded up to a multiple of :data:`ROW_TILE`."""
+    return -(-n // ROW_TILE) * ROW_TILE
 
 
 def make_grid(low: float, high: float, size: int) -> tuple[np.ndarray, float]:
@@ -68,8 +96,10 @@ def ascend(
     At each step every row proposes ``r + λ·∂f/∂r``; the proposal is accepted only if
     the energy rises, otherwise that row's step ``λ`` is multiplied by ``shrink``. This is
     the paper's inference (Gustafsson et al. 2020, Alg. 1), batched over rows; the energy
-    never decreases along the path. Iteration stops after ``max_steps`` or once every
-    row's proposed move is below ``tol``.
+    never decreases along the path. A row stops for good once its proposed move is at
+    most ``tol`` (with ``tol = 0``: once the move is exactly 0, after which it could not
+    change anyway), so each row's result is independent of the other rows; iteration
+    ends after ``max_steps`` or when every row has stopped.
 
     Returns
     -------
@@ -82,14 +112,18 @@ def ascend(
     r = r0.clone()
     f, g = _energy_and_slope(net, h, r)
     step = torch.as_tensor(step_size, dtype=r.dtype, device=r.device).expand_as(r).clone()
+    active = torch.ones_like(r, dtype=torch.bool)
     path = [f.clone()] if return_path else None
     for _ in range(max_steps):
         move = step * g
-        if tol > 0 and bool((move.abs() <= tol).all()):
+        active &= move.abs() > tol
+        if not bool(active.any()):
+            if return_path:
+                path.append(f.clone())
             break
-        cand = r + move
+        cand = torch.where(active, r + move, r)
         f_new, g_new = _energy_and_slope(net, h, cand)
-        accept = f_new > f
+        accept = active & (f_new > f)
         r = torch.where(accept, cand, r)
         f = torch.where(accept, f_new, f)
         g = torch.where(accept, g_new, g)
@@ -101,26 +135,59 @@ def ascend(
     return r, f
 
 
+def grid_newton_steps(energies: torch.Tensor, width: float) -> torch.Tensor:
+    """Per-row ascent step ``1 / |f''|`` at each row's best grid point, from the grid.
+
+    ``f''`` is the second difference of the grid energies around the argmax; where it is
+    not negative (a flat or edge maximum) the step is the cell width. With this step one
+    gradient step lands on the vertex of the local quadratic model, so an ascent started
+    at the best grid point converges in a few steps instead of creeping at the cell
+    width.
+    """
+    j = energies.argmax(dim=1, keepdim=True)
+    size = energies.shape[1]
+    lo = energies.gather(1, (j - 1).clamp(min=0))
+    hi = energies.gather(1, (j + 1).clamp(max=size - 1))
+    mid = energies.gather(1, j)
+    curv = ((lo - 2 * mid + hi) / (width * width)).squeeze(1)
+    return torch.where(curv < 0, 1.0 / (-curv).clamp(min=1e-30), torch.full_like(curv, width))
+
+
 @torch.no_grad()
-def grid_energies(net, h: torch.Tensor, grid: torch.Tensor, *, chunk: int = 65536):
+def grid_energies(net, h: torch.Tensor, grid: torch.Tensor, *, chunk: int = 1 << 22):
     """``f(e_i, grid_j)`` for all rows and grid points: (B, G), computed in row chunks.
 
-    When the network splits into ``reward_features`` / ``energy_from_features`` (both
-    energy networks do), the reward features of the grid, shared by every row, are
-    computed once.
+    A chunk's widest activation (rows, G, ``net.candidate_width``) holds about ``chunk``
+    numbers, in buffers reused by every chunk. When the network splits into
+    ``reward_features`` / ``energy_from_features`` (both energy networks do), the
+    reward features of the grid, shared by every row, are computed once.
     """
-    rows_per_chunk = max(1, chunk // max(1, grid.numel()))
+    size = grid.numel()
+    # pad the grid to whole row tiles (see ROW_TILE): every chunk's products then have a
+    # multiple of ROW_TILE rows
+    grid = pad_rows(grid.reshape(-1), tile_rows(size)) if size else grid.reshape(-1)
+    if grid.numel() > size:
+        grid[size:] = grid[size - 1]
+    width = int(getattr(net, "candidate_width", 1))
+    rows_per_chunk = max(1, chunk // max(1, grid.numel() * width))
     shared = None
     if hasattr(net, "reward_features") and hasattr(net, "energy_from_features"):
         shared = net.reward_features(grid.reshape(1, -1))
-    out = []
+    workspace = Workspace() if isinstance(net, EnergyNet) else None
+    out = h.new_empty((h.shape[0], grid.numel()))
     for start in range(0, h.shape[0], rows_per_chunk):
         hb = h[start : start + rows_per_chunk]
-        if shared is not None:
-            out.append(net.energy_from_features(hb, shared))
+        if workspace is not None:
+            out[start : start + hb.shape[0]] = net.energy_from_features(
+                hb, shared, workspace=workspace
+            )
+        elif shared is not None:
+            out[start : start + hb.shape[0]] = net.energy_from_features(hb, shared)
         else:
-            out.append(net.energy_from_embedded(hb, grid.expand(hb.shape[0], -1)))
-    return torch.cat(out) if out else h.new_zeros((0, grid.numel()))
+            out[start : start + hb.shape[0]] = net.energy_from_embedded(
+                hb, grid.expand(hb.shape[0], -1)
+            )
+    return out[:, :size]
 
 
 def _log_masses(energies: np.ndarray) -> np.ndarray:
@@ -137,8 +204,10 @@ def grid_log_density(energies: np.ndarray, width: float) -> np.ndarray:
 def grid_mean_std(energies: np.ndarray, centres: np.ndarray, width: float):
     """Mean and standard deviation of the grid-normalised distribution of each row."""
     p = np.exp(_log_masses(energies))
-    mean = p @ centres
-    second = p @ (centres**2) + width**2 / 12.0
+    # row-wise sums, not ``p @ centres``: a matrix-vector product may round a row
+    # differently depending on how many rows come with it
+    mean = (p * centres).sum(axis=1)
+    second = (p * centres**2).sum(axis=1) + width**2 / 12.0
     var = np.maximum(second - mean**2, 0.0)
     return mean, np.sqrt(var)
 

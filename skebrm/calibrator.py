@@ -121,11 +121,12 @@ class EnergyRewardCalibrator(RegressorMixin, BaseEstimator):
         Step multiplier after a rejected step.
     inference_batch_size : int, default=1024
         Rows per chunk at inference.
-    inference_dtype : {"float64", "float32"}, default="float64"
-        Precision of inference. In float64 the refined rewards do not depend on batch
-        size or row order (float32 products round differently for different batch
-        shapes, which can flip accept/reject decisions of the ascent: differences of
-        ~3e-4 were seen). float32 is about twice as fast on CPU.
+    inference_dtype : {"float32", "float64"}, default="float32"
+        Precision of inference. Either way the results do not depend on batch size or
+        row order, bit for bit on CPU: every matrix product is padded to whole tiles of
+        :data:`~skebrm._inference.ROW_TILE` rows. float64 is about half as fast on CPU;
+        float32 and float64 refined rewards differ where an accept/reject decision of
+        the ascent falls the other way (up to ~1e-2 RM units was seen on flat tops).
     random_state : int, RandomState instance or None, default=None
         Seeds weights, noise draws, shuffling and the validation split; with an int,
         CPU fits are bit-for-bit repeatable.
@@ -198,7 +199,7 @@ class EnergyRewardCalibrator(RegressorMixin, BaseEstimator):
         "ascent_step_size": [Interval(Real, 0, None, closed="neither")],
         "ascent_shrink": [Interval(Real, 0, 1, closed="neither")],
         "inference_batch_size": [Interval(Integral, 1, None, closed="left")],
-        "inference_dtype": [StrOptions({"float64", "float32"})],
+        "inference_dtype": [StrOptions({"float32", "float64"})],
         "random_state": ["random_state"],
         "device": [StrOptions({"auto", "cpu", "cuda"})],
         "verbose": ["verbose"],
@@ -232,7 +233,7 @@ class EnergyRewardCalibrator(RegressorMixin, BaseEstimator):
         ascent_step_size: float = 0.5,
         ascent_shrink: float = 0.2,
         inference_batch_size: int = 1024,
-        inference_dtype: str = "float64",
+        inference_dtype: str = "float32",
         random_state=None,
         device: str = "auto",
         verbose: int = 0,
@@ -493,12 +494,7 @@ class EnergyRewardCalibrator(RegressorMixin, BaseEstimator):
         return (np.asarray(r, dtype=np.float64) - self.reward_mean_) / self.reward_scale_
 
     def _device_module(self):
-        """The inference copy of ``module_`` (``inference_dtype``) on the requested device.
-
-        Inference runs in float64 by default so that accept/reject decisions of the ascent, and
-        hence the refined rewards, do not depend on batch size or row order (float32
-        matrix products round differently for different batch shapes).
-        """
+        """The inference copy of ``module_`` (``inference_dtype``) on the requested device."""
         device = _resolve_device(self.device)
         net = self._inference_module
         dtype = getattr(torch, self.inference_dtype)
@@ -507,29 +503,42 @@ class EnergyRewardCalibrator(RegressorMixin, BaseEstimator):
         return net, device
 
     def _chunks(self, X, net, device):
-        """Yield (slice, embedded rows) in chunks of ``inference_batch_size``."""
+        """Yield (slice, embedded rows) in chunks of ``inference_batch_size``.
+
+        The embedded rows are padded with zero rows to a multiple of
+        :data:`~skebrm._inference.ROW_TILE` (so results do not depend on the batching);
+        callers pad their per-row inputs to ``h.shape[0]`` and keep the first rows.
+        """
         dtype = next(net.parameters()).dtype
         for start in range(0, X.shape[0], self.inference_batch_size):
-            sl = slice(start, start + self.inference_batch_size)
+            sl = slice(start, min(start + self.inference_batch_size, X.shape[0]))
             xb = torch.from_numpy(np.array(X[sl])).to(device, dtype)
+            xb = inf.pad_rows(xb, inf.tile_rows(xb.shape[0]))
             with torch.no_grad():
                 yield sl, net.embed(xb)
 
     def _global_mode_s(self, net, h, grid_t):
         """Global mode per row: best grid point refined by the ascent.
 
+        The ascent starts at the best grid point with the step ``1 / |f''|`` of the grid's
+        local quadratic model (:func:`~skebrm._inference.grid_newton_steps`) and stops a
+        row once its move is below ``1e-4`` cell widths (or after ``ascent_steps``).
+
         Returns ``(mode, energy at the mode, grid energies (B, G))``.
         """
+        n = h.shape[0]
+        h = inf.pad_rows(h, inf.tile_rows(n))
         f = inf.grid_energies(net, h, grid_t)
         r, f_r = inf.ascend(
             net,
             h,
             grid_t[f.argmax(dim=1)],
             max_steps=self.ascent_steps,
-            step_size=self._grid_width_s,
+            step_size=inf.grid_newton_steps(f, self._grid_width_s),
             shrink=self.ascent_shrink,
+            tol=1e-4 * self._grid_width_s,
         )
-        return r, f_r, f
+        return r[:n], f_r[:n], f[:n]
 
     def _refine_s(self, X, base_s, *, net=None):
         """Hybrid-initialised mode in standardised units (see :meth:`predict`)."""
@@ -543,11 +552,16 @@ class EnergyRewardCalibrator(RegressorMixin, BaseEstimator):
         out = np.empty(X.shape[0])
         for sl, h in self._chunks(X, net, device):
             start = torch.as_tensor(base_s[sl], dtype=dtype, device=device)
+            start = inf.pad_rows(start, h.shape[0])
             outside = (start < lo) | (start > hi)
             if bool(outside.any()):
-                r_g, f_g, _ = self._global_mode_s(net, h[outside], grid_t)
+                h_out = h[outside]
+                r_g, f_g, _ = self._global_mode_s(net, h_out, grid_t)
+                m = inf.tile_rows(h_out.shape[0])
                 with torch.no_grad():
-                    f_b = net.energy_from_embedded(h[outside], start[outside, None])[:, 0]
+                    f_b = net.energy_from_embedded(
+                        inf.pad_rows(h_out, m), inf.pad_rows(start[outside, None], m)
+                    )[: h_out.shape[0], 0]
                 start[outside] = torch.where(f_g > f_b, r_g, start[outside])
             r, _ = inf.ascend(
                 net,
@@ -557,7 +571,7 @@ class EnergyRewardCalibrator(RegressorMixin, BaseEstimator):
                 step_size=self._ascent_step_s(),
                 shrink=self.ascent_shrink,
             )
-            out[sl] = r.double().cpu().numpy()
+            out[sl] = r[: sl.stop - sl.start].double().cpu().numpy()
         return out
 
     def _ascent_step_s(self) -> float:
@@ -568,7 +582,8 @@ class EnergyRewardCalibrator(RegressorMixin, BaseEstimator):
         grid_t = torch.as_tensor(self._grid_s, dtype=_net_dtype(net), device=device)
         out = np.empty((X.shape[0], self.grid_size))
         for sl, h in self._chunks(X, net, device):
-            out[sl] = inf.grid_energies(net, h, grid_t).double().cpu().numpy()
+            f = inf.grid_energies(net, h, grid_t)[: sl.stop - sl.start]
+            out[sl] = f.double().cpu().numpy()
         return out
 
     def _check_X(self, X, caller):
@@ -616,7 +631,8 @@ class EnergyRewardCalibrator(RegressorMixin, BaseEstimator):
             grid_t = torch.as_tensor(self._grid_s, dtype=_net_dtype(net), device=device)
             out = np.empty(X.shape[0])
             for sl, h in self._chunks(X, net, device):
-                out[sl] = self._global_mode_s(net, h, grid_t)[0].double().cpu().numpy()
+                r = self._global_mode_s(net, h, grid_t)[0][: sl.stop - sl.start]
+                out[sl] = r.double().cpu().numpy()
             return self._to_raw(out)
         base = self._check_rewards(base_reward, X.shape[0], "base_reward", caller)
         if self.guard == "base" and self.refinement_helps_ is False:
@@ -649,7 +665,8 @@ class EnergyRewardCalibrator(RegressorMixin, BaseEstimator):
         for sl, h in self._chunks(X, net, device):
             rr = torch.as_tensor(r2[sl], dtype=_net_dtype(net), device=device)
             with torch.no_grad():
-                out[sl] = net.energy_from_embedded(h, rr).double().cpu().numpy()
+                f = net.energy_from_embedded(h, inf.pad_rows(rr, h.shape[0]))
+            out[sl] = f[: sl.stop - sl.start].double().cpu().numpy()
         return out.reshape(r.shape)
 
     def predict_log_density_grid(self, X):
@@ -745,8 +762,8 @@ class EnergyRewardCalibrator(RegressorMixin, BaseEstimator):
         mode = np.empty(n)
         for sl, h in self._chunks(X, net, device):
             r, _, f = self._global_mode_s(net, h, grid_t)
-            energies[sl] = f.cpu().numpy()
-            mode[sl] = r.cpu().numpy()
+            energies[sl] = f[: sl.stop - sl.start].cpu().numpy()
+            mode[sl] = r[: sl.stop - sl.start].cpu().numpy()
         mean, std = inf.grid_mean_std(energies, self._grid_s, self._grid_width_s)
         qs = inf.grid_quantiles(energies, self._grid_s, self._grid_width_s, q)
         log_density = inf.grid_log_density(energies, self._grid_width_s)
@@ -819,7 +836,7 @@ def _net_dtype(net: torch.nn.Module) -> torch.dtype:
     return next(net.parameters()).dtype
 
 
-def _inference_copy(net: torch.nn.Module, dtype: str = "float64") -> torch.nn.Module:
+def _inference_copy(net: torch.nn.Module, dtype: str = "float32") -> torch.nn.Module:
     """An eval-mode, gradient-free copy of ``net`` in ``dtype``."""
     out = copy.deepcopy(net).to(getattr(torch, dtype)).eval()
     for p in out.parameters():

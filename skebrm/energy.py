@@ -26,6 +26,7 @@ from torch.nn import functional as F
 __all__ = [
     "BasisEnergyNet",
     "EnergyNet",
+    "Workspace",
     "dropout_drop_mask",
     "dropout_keep_mask",
     "mixture_log_density",
@@ -148,6 +149,26 @@ def _tanh_jvp(z: torch.Tensor) -> torch.Tensor:
     return torch.stack([t, z[1] * (1 - t * t)])
 
 
+class Workspace:
+    """Named buffers reused across calls (grown on demand, never shrunk).
+
+    On CPU, a fresh multi-megabyte tensor costs a page fault per 4 KiB the first time it
+    is written; reusing buffers across micro-batches and row chunks avoids that.
+    """
+
+    def __init__(self):
+        self._bufs: dict[tuple, torch.Tensor] = {}
+
+    def get(self, name: str, n: int, width: int, *, dtype, device) -> torch.Tensor:
+        """An ``(n, width)`` buffer (uninitialised)."""
+        key = (name, dtype, torch.device(device) if device is not None else None)
+        buf = self._bufs.get(key)
+        if buf is None or buf.shape[0] < n or buf.shape[1] != width:
+            buf = torch.empty((n, width), dtype=dtype, device=device)
+            self._bufs[key] = buf
+        return buf[:n]
+
+
 class EnergyNet(nn.Module):
     """The EBRM energy network (Lochab & Zhang 2025), evaluated in factored form.
 
@@ -210,15 +231,70 @@ class EnergyNet(nn.Module):
         phi = self.reward_net(r.unsqueeze(-1))
         return F.linear(phi, self.first.weight[:, self.n_features :])
 
-    def energy_from_features(self, h: torch.Tensor, u: torch.Tensor) -> torch.Tensor:
-        """Energies from embedded rows ``h`` (B, H) and reward features ``u`` (B or 1, K, H)."""
+    def energy_from_features(
+        self, h: torch.Tensor, u: torch.Tensor, *, workspace: Workspace | None = None
+    ) -> torch.Tensor:
+        """Energies from embedded rows ``h`` (B, H) and reward features ``u`` (B or 1, K, H).
+
+        Without autograd, intermediate activations go to ``workspace`` buffers if given.
+        """
+        if self._sigmoid_form_applies():
+            shape = (h.shape[0], u.shape[1], u.shape[2])
+            out = None
+            if workspace is not None:
+                n = shape[0] * shape[1]
+                out = workspace.get("pre", n, shape[2], dtype=h.dtype, device=h.device)
+                out = out.view(shape)
+            # doubling the (1, K, H) shared features and (B, H) rows costs one pass less
+            # than doubling their (B, K, H) sum
+            pre2 = torch.add(u * 2.0, (h * 2.0).unsqueeze(1), out=out)
+            return self._sigmoid_form_energies(pre2, workspace=workspace)
         return self._trunk(u + h.unsqueeze(1))
 
     def energy_from_embedded(self, h: torch.Tensor, r: torch.Tensor) -> torch.Tensor:
         """Energies of reward candidates ``r`` (B, K) for rows embedded as ``h`` (B, H)."""
         u = self.reward_features(r.expand(h.shape[0], -1))
         # ``u`` is a fresh (B, K, H) product that its backward does not need: add in place.
+        if self._sigmoid_form_applies():
+            return self._sigmoid_form_energies(u.add_(h.unsqueeze(1)).mul_(2.0))
         return self._trunk(u.add_(h.unsqueeze(1)))
+
+    # -- evaluation without autograd: tanh(x) = 2·σ(2x) − 1 with the affine parts folded
+    # into the linear layers, so each trunk activation is one in-place ``sigmoid_`` (on
+    # CPU several times cheaper than ``tanh``) and no separate scaling pass is needed.
+    def _sigmoid_form_applies(self) -> bool:
+        return not self.training and not torch.is_grad_enabled()
+
+    def _sigmoid_form_weights(self) -> list[tuple[torch.Tensor, torch.Tensor]]:
+        """``(W', b')`` per trunk linear layer, acting on ``σ = sigmoid(2·pre)``.
+
+        ``W·tanh(pre) + b = 2W·σ + (b − W·1)``; a hidden layer returns its doubled
+        pre-activation (``4W``, ``2(b − W·1)``) so the next activation is again ``σ``.
+        """
+        lins = [m for m in self.trunk if isinstance(m, nn.Linear)]
+        out = []
+        for i, lin in enumerate(lins):
+            shift = lin.bias - lin.weight.sum(1)
+            last = i + 1 == len(lins)
+            out.append((lin.weight * (2.0 if last else 4.0), shift if last else 2.0 * shift))
+        return out
+
+    def _sigmoid_form_energies(
+        self, pre2: torch.Tensor, *, workspace: Workspace | None = None
+    ) -> torch.Tensor:
+        """Energies (B, K) from the doubled first pre-activations (B, K, H), consumed."""
+        lead = pre2.shape[:-1]
+        s = pre2.reshape(-1, pre2.shape[-1]).sigmoid_()
+        weights = self._sigmoid_form_weights()
+        for i, (w, b) in enumerate(weights[:-1]):
+            out = None
+            if workspace is not None:
+                out = workspace.get(
+                    f"act{i}", s.shape[0], w.shape[0], dtype=s.dtype, device=s.device
+                )
+            s = torch.addmm(b, s, w.t(), out=out).sigmoid_()
+        w, b = weights[-1]
+        return torch.addmm(b, s, w.t()).view(lead)
 
     def _trunk(self, pre: torch.Tensor) -> torch.Tensor:
         """The trunk after the first linear layer, on pre-activations (B, K, H) → (B, K).
@@ -268,6 +344,17 @@ class EnergyNet(nn.Module):
         z = torch.stack([r, torch.ones_like(r)]).unsqueeze(-1)  # (2, B, 1): value, tangent
         for module in self.reward_net:
             z = _linear_with_tangent(z, module) if isinstance(module, nn.Linear) else _tanh_jvp(z)
+        if not torch.is_grad_enabled():
+            # sigmoid form (see _sigmoid_form_weights): z holds doubled pre-activations;
+            # dσ/dr = σ(1 − σ)·dz/dr.
+            z = F.linear(z, self.first.weight[:, self.n_features :] * 2.0)
+            z[0].add_(h, alpha=2.0)
+            for w, b in self._sigmoid_form_weights():
+                v = z[0].sigmoid_()
+                z[1].mul_(torch.addcmul(v, v, v, value=-1.0))
+                z = F.linear(z, w)
+                z[0] += b
+            return z[0, :, 0], z[1, :, 0]
         z = F.linear(z, self.first.weight[:, self.n_features :])
         z[0] += h
         for module in self.trunk:

@@ -137,7 +137,9 @@ def test_predict_distribution_matches_the_single_methods(fitted, data):
 
 def test_float32_inference_is_close_to_float64(data):
     X, y, pid, ch = data
-    cal = EnergyRewardCalibrator(**FAST).fit(X, y, pair_id=pid, chosen=ch)
+    cal = EnergyRewardCalibrator(**FAST, inference_dtype="float64").fit(
+        X, y, pair_id=pid, chosen=ch
+    )
     want = cal.predict(X[:20], base_reward=y[:20])
     std = cal.score_uncertainty(X[:20])
     cal.set_params(inference_dtype="float32")
