@@ -311,20 +311,21 @@ def _timed(fn, reps=1):
 
 def section_inference(cfg):
     d, n = cfg["inference_dim"], cfg["inference_rows"]
+    reps = cfg["inference_reps"]  # best of: steady-state throughput, same for both sides
     X_fit, y_fit = _synthetic(cfg["inference_fit_rows"], d, 1)
     cal = EnergyRewardCalibrator(
         n_negatives=16, max_epochs=1, batch_size=256, random_state=0, device="cpu"
     ).fit(X_fit, y_fit)
     X, y = _synthetic(n, d, 2)
     cal.predict(X[:8], base_reward=y[:8])  # warm-up
-    t_hybrid, r_lib = _timed(lambda: cal.predict(X, base_reward=y))
-    t_global, _ = _timed(lambda: cal.predict(X))
+    t_hybrid, r_lib = _timed(lambda: cal.predict(X, base_reward=y), reps)
+    t_global, _ = _timed(lambda: cal.predict(X), reps)
 
     def full_distribution():
         # the public one-pass method: global mode (grid + ascent), mean, std, quantiles
         return cal.predict_distribution(X, quantiles=[0.05, 0.5, 0.95])
 
-    t_full, _ = _timed(full_distribution)
+    t_full, _ = _timed(full_distribution, reps)
 
     def public_distribution():
         cal.predict(X)
@@ -332,13 +333,13 @@ def section_inference(cfg):
         cal.score_uncertainty(X)
         cal.predict_quantiles(X, [0.05, 0.5, 0.95])
 
-    t_public, _ = _timed(public_distribution)
+    t_public, _ = _timed(public_distribution, reps)
 
     # the same with inference_dtype="float64" (the default is float32)
     cal.set_params(inference_dtype="float64")
     cal.predict(X[:8], base_reward=y[:8])  # warm-up
-    t_hybrid64, _ = _timed(lambda: cal.predict(X, base_reward=y))
-    t_full64, _ = _timed(full_distribution)
+    t_hybrid64, _ = _timed(lambda: cal.predict(X, base_reward=y), reps)
+    t_full64, _ = _timed(full_distribution, reps)
     cal.set_params(inference_dtype="float32")
 
     reference = ref.ReferenceEnergyNet.from_energy_net(cal.module_).eval()
@@ -348,7 +349,8 @@ def section_inference(cfg):
     base_s = torch.as_tensor(cal._to_std(y), dtype=torch.float32)
     ref.reference_ascent(reference, e[:8], base_s[:8])  # warm-up
     t_ref, r_ref_s = _timed(
-        lambda: ref.reference_ascent(reference, e, base_s, n_steps=50, step_size=0.5, shrink=0.2)
+        lambda: ref.reference_ascent(reference, e, base_s, n_steps=50, step_size=0.5, shrink=0.2),
+        reps,
     )
     r_ref = cal._to_raw(r_ref_s.double().numpy())
     diff = np.abs(r_lib - r_ref) / cal.reward_scale_
@@ -562,12 +564,13 @@ FULL = dict(
     train_dims=[512, 2048, 4096],
     batch=256,
     n_neg=768,
-    lib_steps=2,
+    lib_steps=3,
     ref_steps=1,
     memory_dim=4096,
     inference_dim=2048,
     inference_rows=256,
     inference_fit_rows=512,
+    inference_reps=3,
     scaling_dim=512,
     scaling_rows=[10_000, 50_000, 160_000],
     scaling_energy="basis",
@@ -588,6 +591,7 @@ QUICK = dict(
     inference_dim=256,
     inference_rows=128,
     inference_fit_rows=256,
+    inference_reps=1,
     scaling_dim=64,
     scaling_rows=[1_000, 2_000, 4_000],
     mmap_rows=20_000,

@@ -218,6 +218,11 @@ class EnergyNet(nn.Module):
         """Width of the widest activation computed per reward candidate."""
         return self.first.out_features
 
+    def __getstate__(self):
+        state = self.__dict__.copy()
+        state.pop("_sigmoid_form_cache", None)  # derived from the weights; not pickled
+        return state
+
     def embed(self, e: torch.Tensor) -> torch.Tensor:
         """The embedding's share of the first trunk layer, ``W_e·e + b``: (B, d) → (B, H)."""
         return F.linear(e, self.first.weight[:, : self.n_features], self.first.bias)
@@ -272,11 +277,17 @@ class EnergyNet(nn.Module):
         pre-activation (``4W``, ``2(b − W·1)``) so the next activation is again ``σ``.
         """
         lins = [m for m in self.trunk if isinstance(m, nn.Linear)]
+        # cached until a weight is replaced or changed in place (version counter)
+        key = tuple((t.data_ptr(), t._version) for m in lins for t in (m.weight, m.bias))
+        cached = self.__dict__.get("_sigmoid_form_cache")
+        if cached is not None and cached[0] == key:
+            return cached[1]
         out = []
         for i, lin in enumerate(lins):
             shift = lin.bias - lin.weight.sum(1)
             last = i + 1 == len(lins)
             out.append((lin.weight * (2.0 if last else 4.0), shift if last else 2.0 * shift))
+        self.__dict__["_sigmoid_form_cache"] = (key, out)
         return out
 
     def _sigmoid_form_energies(

@@ -118,3 +118,20 @@ def test_basis_energy_is_inner_product():
 def test_energy_net_rejects_empty_trunk():
     with pytest.raises(ValueError, match="hidden must name at least one"):
         EnergyNet(4, hidden=())
+
+
+def test_evaluation_form_follows_weight_changes_and_is_not_pickled():
+    import pickle
+
+    torch.manual_seed(0)
+    net = EnergyNet(5, reward_hidden=(4,), hidden=(9, 6)).double().eval()
+    e = torch.randn(3, 5, dtype=torch.float64)
+    r = torch.randn(3, 4, dtype=torch.float64)
+    with torch.no_grad():
+        before = net(e, r)
+        net.trunk[-1].bias.add_(1.5)  # in place: the cached folded weights must refresh
+        after = net(e, r)
+    torch.testing.assert_close(after, before + 1.5)
+    torch.testing.assert_close(after, net(e, r).detach())  # autograd (tanh) form agrees
+    assert "_sigmoid_form_cache" in net.__dict__
+    assert "_sigmoid_form_cache" not in pickle.loads(pickle.dumps(net)).__dict__
