@@ -14,7 +14,7 @@ from sklearn.utils.validation import check_is_fitted, check_random_state, valida
 from skebrm import _inference as inf
 from skebrm._compat import Interval, StrOptions, _fit_context
 from skebrm._pairs import check_pairs, conflicting_pairs
-from skebrm._training import train_energy_model
+from skebrm._training import ACTIVATION_BUDGET, train_energy_model
 from skebrm.energy import BasisEnergyNet, EnergyNet, nce_plus_loss, sample_nce_noise
 from skebrm.exceptions import RefinementWarning
 
@@ -611,7 +611,8 @@ class EnergyRewardCalibrator(RegressorMixin, BaseEstimator):
         global mode on the grid, unless the energy is higher at the base reward itself;
         the result is deterministic. Without ``base_reward``: the global mode, found by
         evaluating the energy on the whole grid in one batched pass and refining the best
-        grid point by the same ascent.
+        grid point by the same accept/reject ascent, with the step ``1 / |f''|`` of the
+        grid's local quadratic model, until the move is below ``1e-4`` cell widths.
 
         Parameters
         ----------
@@ -816,7 +817,7 @@ def _heldout_loss(X, y, *, sigmas, beta, n_negatives, penalty, device, seed):
     sig = torch.as_tensor(sigmas, dtype=torch.float32)
     samples = sample_nce_noise(y_t, sig, beta, n_negatives, gen)
     X_t = torch.from_numpy(np.asarray(X, dtype=np.float32))
-    rows = max(1, (1 << 25) // ((n_negatives + 1) * 1024))
+    rows = max(1, ACTIVATION_BUDGET // ((n_negatives + 1) * 1024))
 
     @torch.no_grad()
     def loss(net) -> float:

@@ -131,3 +131,13 @@ def test_sigmoid_form_of_tanh_is_accurate_in_float32():
     x = torch.linspace(-12, 12, 200_001)
     out = tanh_dropout(x, 1e-9, training=True)  # nothing dropped: the fused tanh only
     assert float((out - torch.tanh(x)).abs().max()) < 3e-7
+
+
+def test_fused_gradients_without_a_reward_branch():
+    torch.manual_seed(0)
+    net = EnergyNet(6, reward_hidden=(), hidden=(12, 7), dropout=0.5).double().train()
+    loss_a, grads_a = _grads(net, fused=False, budget=400)
+    loss_f, grads_f = _grads(net, fused=True, budget=400)
+    assert abs(loss_a - loss_f) < 1e-12
+    for a, f in zip(grads_a, grads_f, strict=True):
+        torch.testing.assert_close(f, a, rtol=1e-10, atol=1e-13)
