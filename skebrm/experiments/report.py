@@ -110,6 +110,21 @@ def load_runs(root: str | os.PathLike) -> list[tuple[Path, dict]]:
     ]
 
 
+def _job_overrides(folder: Path) -> dict[str, str]:
+    """The job's command-line overrides (``key=value`` in ``.hydra/overrides.yaml``)."""
+    path = Path(folder) / ".hydra" / "overrides.yaml"
+    if not path.is_file():
+        return {}
+    out = {}
+    for line in path.read_text(encoding="utf-8").splitlines():
+        item = line.strip()
+        if item.startswith("- "):
+            key, sep, value = item[2:].strip().strip("'\"").partition("=")
+            if sep:
+                out[key.lstrip("+~")] = value
+    return out
+
+
 def summary_table(
     runs: list[tuple[Path, dict]],
     *,
@@ -134,6 +149,14 @@ def summary_table(
     if not runs:
         return "(no runs)"
     varying = [k for k in keys if len({str(r.get(k)) for _, r in runs}) > 1] or list(keys[:2])
+    # sweep overrides that vary and are not among the result keys (for example
+    # calibrator.estimator.random_state=0,1,2): one column each, from .hydra/overrides.yaml
+    overrides = [_job_overrides(folder) for folder, _ in runs]
+    swept = [
+        k
+        for k in dict.fromkeys(k for o in overrides for k in o)
+        if k.rsplit(".", 1)[-1] not in keys and len({o.get(k) for o in overrides}) > 1
+    ]
 
     def block(r):
         return r["test"] if split == "test" else r.get("ood", {}).get(split)
@@ -156,14 +179,20 @@ def summary_table(
     per_section = (
         [(m, sec) for m in ("base", "ebrm") for sec in sections] if len(sections) > 1 else []
     )
-    header = [*varying, *names, *(f"{m}: {sec}" for m, sec in per_section), "EBRM − base [95% CI]"]
+    header = [
+        *varying,
+        *swept,
+        *names,
+        *(f"{m}: {sec}" for m, sec in per_section),
+        "EBRM − base [95% CI]",
+    ]
     rows = []
-    for _, r in runs:
+    for (_, r), over in zip(runs, overrides, strict=True):
         b = block(r)
         if b is None:
             continue
         ms = b["methods"]
-        row = [str(r.get(k)) for k in varying]
+        row = [str(r.get(k)) for k in varying] + [over.get(k, "–") for k in swept]
         row += [_fmt(ms[n]["accuracy"]) if n in ms else "–" for n in names]
         for m, sec in per_section:
             secs = ms.get(m, {}).get("rewardbench", {}).get("sections", {})
