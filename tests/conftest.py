@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import importlib.util
 import os
+from pathlib import Path
 
 import pytest
 
@@ -97,3 +99,20 @@ def extraction_tokenizer():
 @pytest.fixture
 def extraction_chat_tokenizer():
     return extraction_make_tokenizer(EXTRACTION_CHAT_TEMPLATE)
+
+
+REPO_ROOT = Path(__file__).resolve().parents[1]
+
+
+@pytest.fixture
+def load_script():
+    """Import a repository script (``scripts/…``, ``benchmarks/…``) by its path."""
+
+    def load(relative: str):
+        path = REPO_ROOT / relative
+        spec = importlib.util.spec_from_file_location(path.stem, path)
+        module = importlib.util.module_from_spec(spec)
+        spec.loader.exec_module(module)
+        return module
+
+    return load

@@ -1,26 +1,16 @@
 """benchmarks/report.py renders a benchmark result and judges it against the targets."""
 
 import copy
-import importlib.util
 import json
 from pathlib import Path
 
 import pytest
 
-ROOT = Path(__file__).resolve().parents[2]
-SCRIPT = ROOT / "benchmarks" / "report.py"
-RESULT = ROOT / "benchmarks" / "results" / "calibrator-20261125T173213Z.json"
+RESULT = Path(__file__).resolve().parents[2] / "benchmarks/results/calibrator-20261125T173213Z.json"
 
 
-def _module():
-    spec = importlib.util.spec_from_file_location("bench_report", SCRIPT)
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
-
-
-def test_targets_are_judged_from_the_figures():
-    m = _module()
+def test_targets_are_judged_from_the_figures(load_script):
+    m = load_script("benchmarks/report.py")
     result = json.loads(RESULT.read_text())
     text = m.render(result, RESULT.name)
     assert "5.27× (≥ 4.5×: met)" in text
@@ -30,8 +20,8 @@ def test_targets_are_judged_from_the_figures():
     assert "4.00× (≥ 4.5×: **not met**)" in m.render(slower, RESULT.name)
 
 
-def test_readme_block_is_replaced_in_place(tmp_path):
-    m = _module()
+def test_readme_block_is_replaced_in_place(tmp_path, load_script):
+    m = load_script("benchmarks/report.py")
     readme = tmp_path / "README.md"
     readme.write_text(f"intro\n{m.START}\nold\n{m.END}\noutro\n")
     m.main([str(RESULT), "--readme", str(readme)])
