@@ -37,9 +37,8 @@ import torch
 
 import skebrm
 from skebrm import EnergyRewardCalibrator, _training
-from skebrm._fused import Workspace
 from skebrm._training import accumulate_nce_plus_gradients
-from skebrm.energy import BasisEnergyNet, EnergyNet, sample_nce_noise
+from skebrm.energy import BasisEnergyNet, EnergyNet, Workspace, sample_nce_noise
 
 HERE = Path(__file__).resolve().parent
 

@@ -7,13 +7,11 @@ width)`` tensors, which the allocator returns to the operating system and takes 
 page by page, and ``tanh``, the dropout mask and its ``masked_fill`` were separate
 passes. Here every per-candidate activation lives in buffers allocated once per fit
 and reused by every micro-batch (:class:`Workspace`), weight gradients accumulate in
-place (``addmm_``), and each ``tanh`` + dropout layer is four cheap in-place passes:
-
-- ``tanh(x) = 2·σ(2x) − 1`` (``sigmoid`` is several times cheaper than ``tanh`` on CPU);
-- the keep mask is written as 0/1 floats straight from random bits
-  (:func:`~skebrm.energy.dropout_keep_mask`, the same draws as the autograd path);
-- the backward pass needs one saved tensor per layer, ``keep − out²``, which is
-  ``1 − tanh²`` where the entry is kept and 0 where it is dropped.
+place (``addmm_``), and each ``tanh`` + dropout layer is the in-place
+:func:`~skebrm.energy.tanh_dropout_` that the autograd path uses too: ``tanh(x) =
+2·σ(2x) − 1`` (``sigmoid`` is several times cheaper than ``tanh`` on CPU), the keep mask
+written as 0/1 floats straight from random bits (the same draws in both paths), and one
+saved tensor per layer, ``keep − out²``, that is the layer's whole backward.
 
 The embedding's share of the first layer, ``W_e·e + b``, is computed once per batch
 rather than once per micro-batch, and its weight gradient is one product per batch.
@@ -25,9 +23,9 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from skebrm.energy import EnergyNet, Workspace, dropout_keep_mask, nce_plus_loss
+from skebrm.energy import EnergyNet, Workspace, nce_plus_loss, tanh_dropout_
 
-__all__ = ["Workspace", "fused_nce_plus_gradients", "supports_fused"]
+__all__ = ["fused_nce_plus_gradients", "supports_fused"]
 
 
 def _trunk_layers(net: EnergyNet) -> list[tuple[float, nn.Linear]] | None:
@@ -52,11 +50,6 @@ def _trunk_layers(net: EnergyNet) -> list[tuple[float, nn.Linear]] | None:
 def supports_fused(net: nn.Module) -> bool:
     """Whether :func:`fused_nce_plus_gradients` can train ``net``."""
     return type(net) is EnergyNet and _trunk_layers(net) is not None
-
-
-def _tanh_(x: torch.Tensor) -> torch.Tensor:
-    """``tanh`` in place, as ``2·σ(2x) − 1``."""
-    return x.mul_(2.0).sigmoid_().mul_(2.0).sub_(1.0)
 
 
 def fused_nce_plus_gradients(
@@ -93,6 +86,11 @@ def fused_nce_plus_gradients(
 
     with torch.no_grad():
         h = torch.addmm(first.bias, X, w_e.t())  # (B, H0): embedding share, once per batch
+        # dropout's 1 / (1 − p) is folded into the weight of the layer after it
+        scales = [1.0 / (1.0 - p) if 0.0 < p < 1.0 else 1.0 for p, _ in layers]
+        weights = [
+            lin.weight * s if s != 1.0 else lin.weight for (_, lin), s in zip(layers, scales)
+        ]
     d_h = torch.zeros_like(h)
     widths = [first.out_features] + [lin.out_features for _, lin in layers[:-1]]
     rows = max(1, int(rows_per_chunk))
@@ -105,34 +103,20 @@ def fused_nce_plus_gradients(
         # ---- forward
         phi = net.reward_net(samples[start:stop].reshape(n, 1))  # autograd: tiny
         with torch.no_grad():
-            pre = ws.get("act0", n, widths[0], dtype=dtype, device=device)
-            torch.mm(phi, w_r.t(), out=pre)
-            pre.view(stop - start, n_cand, -1).add_(h[start:stop].unsqueeze(1))
-            acts, slopes, scales = [], [], []
-            x = pre
+            x = ws.get("act0", n, widths[0], dtype=dtype, device=device)
+            torch.mm(phi, w_r.t(), out=x)
+            x.view(stop - start, n_cand, -1).add_(h[start:stop].unsqueeze(1))
+            acts, slopes = [], []
             for i, (p, lin) in enumerate(layers):
-                a = _tanh_(x)
                 slope = ws.get(f"slope{i}", n, widths[i], dtype=dtype, device=device)
-                if 0.0 < p < 1.0:
-                    dropout_keep_mask(a.shape, p, out=slope)
-                    a.mul_(slope)
-                    slope.addcmul_(a, a, value=-1.0)
-                    scales.append(1.0 / (1.0 - p))
-                elif p >= 1.0:
-                    a.zero_()
-                    slope.zero_()
-                    scales.append(1.0)
-                else:
-                    torch.mul(a, a, out=slope).neg_().add_(1.0)
-                    scales.append(1.0)
+                a, slope = tanh_dropout_(x, p, slope_out=slope)
                 acts.append(a)
                 slopes.append(slope)
-                w = lin.weight * scales[-1] if scales[-1] != 1.0 else lin.weight
                 if i + 1 < len(layers):
                     x = ws.get(f"act{i + 1}", n, lin.out_features, dtype=dtype, device=device)
-                    torch.addmm(lin.bias, a, w.t(), out=x)
+                    torch.addmm(lin.bias, a, weights[i].t(), out=x)
                 else:
-                    f = torch.addmm(lin.bias, a, w.t())  # (n, 1)
+                    f = torch.addmm(lin.bias, a, weights[i].t())  # (n, 1)
 
         # ---- loss and its gradient with respect to the energies (small: (rows, K))
         f_leaf = f.view(stop - start, n_cand).detach().requires_grad_(True)
@@ -145,14 +129,13 @@ def fused_nce_plus_gradients(
             g = g.reshape(n, 1)
             for i in range(len(layers) - 1, -1, -1):
                 _, lin = layers[i]
-                a, scale = acts[i], scales[i]
                 lin.bias.grad.add_(g.sum(0))
-                lin.weight.grad.addmm_(g.t(), a, alpha=scale)
+                lin.weight.grad.addmm_(g.t(), acts[i], alpha=scales[i])
                 d_a = ws.get(f"grad{i}", n, widths[i], dtype=dtype, device=device)
-                if g.shape[1] == 1:
-                    torch.mul(g, lin.weight * scale, out=d_a)
+                if g.shape[1] == 1:  # the output layer: an outer product
+                    torch.mul(g, weights[i], out=d_a)
                 else:
-                    torch.mm(g, lin.weight * scale if scale != 1.0 else lin.weight, out=d_a)
+                    torch.mm(g, weights[i], out=d_a)
                 g = d_a.mul_(slopes[i])
             # g: gradient at the first layer's pre-activation (n, H0)
             first.weight.grad[:, d:].addmm_(g.t(), phi.detach())

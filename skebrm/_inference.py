@@ -17,7 +17,7 @@ import numpy as np
 import torch
 from torch.func import jvp
 
-from skebrm.energy import EnergyNet, Workspace
+from skebrm.energy import Workspace
 
 __all__ = [
     "ROW_TILE",
@@ -162,8 +162,8 @@ def grid_energies(net, h: torch.Tensor, grid: torch.Tensor, *, chunk: int = 1 <<
 
     A chunk's widest activation (rows, G, ``net.candidate_width``) holds about ``chunk``
     numbers, in buffers reused by every chunk. When the network splits into
-    ``reward_features`` / ``energy_from_features`` (both energy networks do), the
-    reward features of the grid, shared by every row, are computed once.
+    ``reward_features`` / ``energy_from_features(h, u, workspace=...)`` (both energy
+    networks do), the reward features of the grid, shared by every row, are computed once.
     """
     size = grid.numel()
     # pad the grid to whole row tiles (see ROW_TILE): every chunk's products then have a
@@ -176,20 +176,15 @@ def grid_energies(net, h: torch.Tensor, grid: torch.Tensor, *, chunk: int = 1 <<
     shared = None
     if hasattr(net, "reward_features") and hasattr(net, "energy_from_features"):
         shared = net.reward_features(grid.reshape(1, -1))
-    workspace = Workspace() if isinstance(net, EnergyNet) else None
+    workspace = Workspace()
     out = h.new_empty((h.shape[0], grid.numel()))
     for start in range(0, h.shape[0], rows_per_chunk):
         hb = h[start : start + rows_per_chunk]
-        if workspace is not None:
-            out[start : start + hb.shape[0]] = net.energy_from_features(
-                hb, shared, workspace=workspace
-            )
-        elif shared is not None:
-            out[start : start + hb.shape[0]] = net.energy_from_features(hb, shared)
+        if shared is not None:
+            f = net.energy_from_features(hb, shared, workspace=workspace)
         else:
-            out[start : start + hb.shape[0]] = net.energy_from_embedded(
-                hb, grid.expand(hb.shape[0], -1)
-            )
+            f = net.energy_from_embedded(hb, grid.expand(hb.shape[0], -1))
+        out[start : start + hb.shape[0]] = f
     return out[:, :size]
 
 

@@ -10,8 +10,8 @@ from dataclasses import dataclass, field
 import numpy as np
 import torch
 
-from skebrm._fused import Workspace, fused_nce_plus_gradients, supports_fused
-from skebrm.energy import nce_plus_loss, sample_nce_noise
+from skebrm._fused import fused_nce_plus_gradients, supports_fused
+from skebrm.energy import Workspace, nce_plus_loss, sample_nce_noise
 from skebrm.exceptions import ConvergenceWarning
 
 __all__ = ["TrainingResult", "accumulate_nce_plus_gradients", "train_energy_model"]

@@ -33,6 +33,7 @@ __all__ = [
     "nce_plus_loss",
     "sample_nce_noise",
     "tanh_dropout",
+    "tanh_dropout_",
 ]
 
 
@@ -98,22 +99,29 @@ def dropout_keep_mask(
     return torch.lt(ints, _keep_threshold(n_keep, bits), out=out)
 
 
-class _TanhDrop(torch.autograd.Function):
-    """``tanh(x)`` with a random fraction ``p`` of entries set to 0 (not rescaled).
+def tanh_dropout_(x: torch.Tensor, p: float, *, slope_out: torch.Tensor | None = None):
+    """In place, no autograd: ``x ← tanh(x)·keep`` with ``keep ~ Bernoulli(1 − p)`` (not
+    rescaled); returns ``(x, slope)`` with ``slope = keep − x²``.
 
-    Consumes ``x`` (a fresh pre-activation that nothing else reads): the output is
-    written into it. ``tanh(x) = 2·σ(2x) − 1``, since ``sigmoid`` is several times
-    cheaper than ``tanh`` on CPU (agreement to a few float ulps). Saves one tensor for
-    the backward pass, ``s = keep − out²``: ``1 − tanh²(x)`` where the entry is kept and
-    0 where it is dropped, so the input gradient is ``grad · s``.
+    ``tanh(x) = 2·σ(2x) − 1``, since ``sigmoid`` is several times cheaper than ``tanh`` on
+    CPU (agreement to a few float ulps). ``slope`` is ``1 − tanh²(x)`` where the entry is
+    kept and 0 where it is dropped: the layer's whole backward is ``grad · slope``. It is
+    written into ``slope_out`` if given. ``p = 0`` draws no random bits.
     """
+    keep = dropout_keep_mask(x.shape, p, dtype=x.dtype, device=x.device, out=slope_out)
+    x.mul_(2.0).sigmoid_().mul_(2.0).sub_(1.0).mul_(keep)
+    return x, keep.addcmul_(x, x, value=-1.0)
+
+
+class _TanhDrop(torch.autograd.Function):
+    """:func:`tanh_dropout_` as an autograd node: consumes ``x`` (a fresh pre-activation
+    that nothing else reads) and saves only ``slope`` for the backward pass."""
 
     @staticmethod
     def forward(ctx, x: torch.Tensor, p: float) -> torch.Tensor:
-        keep = dropout_keep_mask(x.shape, p, dtype=x.dtype, device=x.device)
-        out = x.mul_(2.0).sigmoid_().mul_(2.0).sub_(1.0).mul_(keep)
+        out, slope = tanh_dropout_(x, p)
         ctx.mark_dirty(x)
-        ctx.save_for_backward(keep.addcmul_(out, out, value=-1.0))
+        ctx.save_for_backward(slope)
         return out
 
     @staticmethod
@@ -444,8 +452,14 @@ class BasisEnergyNet(nn.Module):
         """ψ(r), the reward's features: (..., K) → (..., K, n_basis)."""
         return self.basis(r)
 
-    def energy_from_features(self, h: torch.Tensor, u: torch.Tensor) -> torch.Tensor:
-        """Energies from ``h = g(e)`` (B, n_basis) and ``u = ψ(r)`` (B or 1, K, n_basis)."""
+    def energy_from_features(
+        self, h: torch.Tensor, u: torch.Tensor, *, workspace: Workspace | None = None
+    ) -> torch.Tensor:
+        """Energies from ``h = g(e)`` (B, n_basis) and ``u = ψ(r)`` (B or 1, K, n_basis).
+
+        One small product per row: ``workspace`` is accepted for the common interface
+        and not needed.
+        """
         return torch.matmul(u, h.unsqueeze(-1)).squeeze(-1)
 
     def energy_from_embedded(self, h: torch.Tensor, r: torch.Tensor) -> torch.Tensor:

@@ -5,11 +5,12 @@ from __future__ import annotations
 import pytest
 import torch
 
-from skebrm._fused import Workspace, fused_nce_plus_gradients, supports_fused
+from skebrm._fused import fused_nce_plus_gradients, supports_fused
 from skebrm._training import accumulate_nce_plus_gradients
 from skebrm.energy import (
     BasisEnergyNet,
     EnergyNet,
+    Workspace,
     dropout_drop_mask,
     dropout_keep_mask,
     sample_nce_noise,
