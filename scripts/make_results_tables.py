@@ -25,9 +25,7 @@ def _label_noise_plot(runs, path: Path) -> bool:
     noises = sorted({r["label_noise"] for _, r in runs})
     if len(noises) < 2:
         return False
-    from matplotlib.figure import Figure
-
-    from skebrm.metrics import _save_figure
+    from skebrm.metrics import plot_percent_lines
 
     lines: dict[str, dict[float, float]] = {}
     for _, r in runs:
@@ -39,15 +37,14 @@ def _label_noise_plot(runs, path: Path) -> bool:
             lines.setdefault("mlp_filtered", {})[r["label_noise"]] = methods["mlp_filtered"][
                 "accuracy"
             ]
-    fig = Figure(figsize=(5.6, 4.2))
-    ax = fig.add_subplot()
-    for name, acc in lines.items():
-        xs = sorted(acc)
-        ax.plot([100 * x for x in xs], [acc[x] for x in xs], marker="o", label=name)
-    ax.set(xlabel="flipped training labels (%)", ylabel="test accuracy (clean labels)")
-    ax.legend(fontsize=8)
-    fig.tight_layout()
-    _save_figure(fig, path)
+    plot_percent_lines(
+        lines,
+        path,
+        xlabel="flipped training labels (%)",
+        ylabel="test accuracy (clean labels)",
+        figsize=(5.6, 4.2),
+        legend_size=8,
+    )
     return True
 
 

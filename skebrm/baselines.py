@@ -22,7 +22,7 @@ run inside ``GridSearchCV(..., cv=GroupKFold())`` with metadata routing enabled:
 
 from __future__ import annotations
 
-import numbers
+from numbers import Integral, Real
 
 import numpy as np
 import torch
@@ -30,41 +30,12 @@ from sklearn.base import BaseEstimator
 from sklearn.utils import check_random_state
 from sklearn.utils.validation import check_is_fitted, validate_data
 
+from skebrm._compat import Interval, StrOptions, _fit_context
 from skebrm._pairs import check_pairs, conflicting_pairs
 from skebrm.bradley_terry import fit_bradley_terry
 from skebrm.metrics import pairwise_accuracy
 
 __all__ = ["BradleyTerryEnsemble", "MLPRewardHead"]
-
-
-def _check_number(owner, name, *, low=None, high=None, integer=False, low_open=False):
-    value = getattr(owner, name)
-    kind = numbers.Integral if integer else numbers.Real
-    ok = isinstance(value, kind) and not isinstance(value, bool)
-    if ok and low is not None:
-        ok = value > low if low_open else value >= low
-    if ok and high is not None:
-        ok = value <= high
-    if not ok:
-        bound = ""
-        if low is not None:
-            bound += f" {'>' if low_open else '>='} {low}"
-        if high is not None:
-            bound += f" and <= {high}"
-        what = "an int" if integer else "a float"
-        raise ValueError(
-            f"The '{name}' parameter of {type(owner).__name__} must be {what}{bound}. "
-            f"Got {value!r} instead."
-        )
-
-
-def _check_option(owner, name, options):
-    value = getattr(owner, name)
-    if value not in options:
-        raise ValueError(
-            f"The '{name}' parameter of {type(owner).__name__} must be a str among "
-            f"{sorted(options)}. Got {value!r} instead."
-        )
 
 
 class _PairScoreMixin:
@@ -125,7 +96,14 @@ class BradleyTerryEnsemble(_PairScoreMixin, BaseEstimator):
     (200,)
     """
 
-    _AGGREGATIONS = ("mean", "worst_case", "uncertainty_weighted")
+    _parameter_constraints: dict = {
+        "n_estimators": [Interval(Integral, 1, None, closed="left")],
+        "aggregation": [StrOptions({"mean", "worst_case", "uncertainty_weighted"})],
+        "uncertainty_penalty": [Interval(Real, 0, None, closed="left")],
+        "C": [Interval(Real, 0, None, closed="neither")],
+        "max_iter": [Interval(Integral, 1, None, closed="left")],
+        "random_state": ["random_state"],
+    }
 
     def __init__(
         self,
@@ -144,13 +122,7 @@ class BradleyTerryEnsemble(_PairScoreMixin, BaseEstimator):
         self.max_iter = max_iter
         self.random_state = random_state
 
-    def _validate_params(self):
-        _check_number(self, "n_estimators", low=1, integer=True)
-        _check_option(self, "aggregation", self._AGGREGATIONS)
-        _check_number(self, "uncertainty_penalty", low=0)
-        _check_number(self, "C", low=0, low_open=True)
-        _check_number(self, "max_iter", low=1, integer=True)
-
+    @_fit_context(prefer_skip_nested_validation=True)
     def fit(self, X, y=None, *, pair_id=None, chosen=None):
         """Fit K members on bootstrap resamples of the pairs; ``y`` is ignored.
 
@@ -165,7 +137,6 @@ class BradleyTerryEnsemble(_PairScoreMixin, BaseEstimator):
         -------
         self
         """
-        self._validate_params()
         X = validate_data(self, X, dtype=np.float64)
         idx_c, idx_r = check_pairs(pair_id, chosen, X.shape[0], caller="BradleyTerryEnsemble.fit")
         rng = check_random_state(self.random_state)
@@ -265,7 +236,18 @@ class MLPRewardHead(_PairScoreMixin, BaseEstimator):
     (200,)
     """
 
-    _OBJECTIVES = ("regression", "bradley_terry")
+    _parameter_constraints: dict = {
+        "objective": [StrOptions({"regression", "bradley_terry"})],
+        "filter_conflicts": ["boolean"],
+        "hidden": ["array-like"],
+        "dropout": [Interval(Real, 0, 0.99, closed="both")],
+        "learning_rate": [Interval(Real, 0, None, closed="neither")],
+        "weight_decay": [Interval(Real, 0, None, closed="left")],
+        "batch_size": [Interval(Integral, 1, None, closed="left")],
+        "max_epochs": [Interval(Integral, 1, None, closed="left")],
+        # an int seed (the torch generator is seeded from it), not a RandomState
+        "random_state": [Interval(Integral, None, None, closed="neither"), None],
+    }
 
     def __init__(
         self,
@@ -290,31 +272,16 @@ class MLPRewardHead(_PairScoreMixin, BaseEstimator):
         self.max_epochs = max_epochs
         self.random_state = random_state
 
-    def _validate_params(self):
-        _check_option(self, "objective", self._OBJECTIVES)
-        if not isinstance(self.filter_conflicts, (bool, np.bool_)):
-            raise ValueError(
-                "The 'filter_conflicts' parameter of MLPRewardHead must be a bool. "
-                f"Got {self.filter_conflicts!r} instead."
-            )
+    def _hidden(self) -> tuple[int, ...]:
         hidden = tuple(self.hidden)
-        if not all(isinstance(h, numbers.Integral) and h >= 1 for h in hidden):
+        if not all(isinstance(h, Integral) and h >= 1 for h in hidden):
             raise ValueError(
                 "The 'hidden' parameter of MLPRewardHead must be a tuple of positive ints. "
                 f"Got {self.hidden!r} instead."
             )
-        _check_number(self, "dropout", low=0, high=0.99)
-        _check_number(self, "learning_rate", low=0, low_open=True)
-        _check_number(self, "weight_decay", low=0)
-        _check_number(self, "batch_size", low=1, integer=True)
-        _check_number(self, "max_epochs", low=1, integer=True)
-        if self.random_state is not None and not isinstance(self.random_state, numbers.Integral):
-            raise ValueError(
-                "The 'random_state' parameter of MLPRewardHead must be an int or None. "
-                f"Got {self.random_state!r} instead."
-            )
         return hidden
 
+    @_fit_context(prefer_skip_nested_validation=True)
     def fit(self, X, y=None, *, pair_id=None, chosen=None):
         """Drop conflicting pairs, then train the MLP.
 
@@ -330,7 +297,7 @@ class MLPRewardHead(_PairScoreMixin, BaseEstimator):
         -------
         self
         """
-        hidden = self._validate_params()
+        hidden = self._hidden()
         if y is None and (self.objective == "regression" or self.filter_conflicts):
             raise ValueError(
                 "MLPRewardHead.fit: y (the base reward per row) is required with "

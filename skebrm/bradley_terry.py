@@ -2,11 +2,14 @@
 
 from __future__ import annotations
 
+from numbers import Integral, Real
+
 import numpy as np
 from sklearn.base import BaseEstimator, RegressorMixin
 from sklearn.linear_model import LogisticRegression
 from sklearn.utils.validation import check_is_fitted, validate_data
 
+from skebrm._compat import Interval, _fit_context
 from skebrm._pairs import check_pairs
 
 __all__ = ["BradleyTerryHead", "fit_bradley_terry"]
@@ -75,7 +78,10 @@ class BradleyTerryHead(RegressorMixin, BaseEstimator):
     (200,)
     """
 
-    _parameter_constraints: dict = {}
+    _parameter_constraints: dict = {
+        "C": [Interval(Real, 0, None, closed="neither")],
+        "max_iter": [Interval(Integral, 1, None, closed="left")],
+    }
 
     def __init__(self, *, C: float = 1.0, max_iter: int = 1000):
         self.C = C
@@ -86,6 +92,7 @@ class BradleyTerryHead(RegressorMixin, BaseEstimator):
         tags.target_tags.required = False
         return tags
 
+    @_fit_context(prefer_skip_nested_validation=True)
     def fit(self, X, y=None, *, pair_id=None, chosen=None):
         """Fit on rows that carry pair metadata; ``y`` is ignored."""
         X = validate_data(self, X, dtype=np.float64)

@@ -383,12 +383,6 @@ class EnergyNet(nn.Module):
                 z = _tanh_jvp(z)
         return z[0, :, 0], z[1, :, 0]
 
-    def forward_concatenated(self, e: torch.Tensor, r: torch.Tensor) -> torch.Tensor:
-        """The same energies through the literal concatenation (slow; for tests)."""
-        phi = self.reward_net(r.unsqueeze(-1))
-        x = torch.cat([e.unsqueeze(1).expand(-1, r.shape[1], -1), phi], dim=-1)
-        return self.trunk(self.first(x)).squeeze(-1)
-
 
 class BasisEnergyNet(nn.Module):
     """An energy that is an inner product ``f(e, r) = g(e)·ψ(r) + c(r)``.

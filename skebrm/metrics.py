@@ -38,6 +38,7 @@ __all__ = [
     "pairwise_accuracy",
     "pairwise_correct",
     "plot_abstention",
+    "plot_percent_lines",
     "plot_reliability_diagram",
     "preference_calibration_data",
     "preference_probability",
@@ -473,6 +474,39 @@ def _save_figure(fig, path: str | os.PathLike) -> Path:
     return path
 
 
+def _finish_figure(fig, ax, *, title: str | None, path, legend_size: int = 7):
+    """Title, legend, tight layout; write to ``path`` (atomically) if given."""
+    if title:
+        ax.set_title(title, fontsize=10)
+    ax.legend(fontsize=legend_size)
+    fig.tight_layout()
+    if path is not None:
+        _save_figure(fig, path)
+    return fig
+
+
+def plot_percent_lines(
+    lines: dict[str, dict[float, float]],
+    path: str | os.PathLike | None = None,
+    *,
+    xlabel: str,
+    ylabel: str,
+    title: str | None = None,
+    figsize: tuple[float, float] = (6.0, 4.4),
+    legend_size: int = 7,
+):
+    """One line per name through its ``{fraction: value}`` points, fractions shown in %."""
+    from matplotlib.figure import Figure
+
+    fig = Figure(figsize=figsize)
+    ax = fig.add_subplot()
+    for name, points in lines.items():
+        xs = sorted(points)
+        ax.plot([100 * x for x in xs], [points[x] for x in xs], marker="o", label=name)
+    ax.set(xlabel=xlabel, ylabel=ylabel)
+    return _finish_figure(fig, ax, title=title, path=path, legend_size=legend_size)
+
+
 def plot_reliability_diagram(
     curves: dict[str, ReliabilityCurve],
     path: str | os.PathLike | None = None,
@@ -501,12 +535,7 @@ def plot_reliability_diagram(
         filled = c.count > 0
         ax.plot(c.mean_predicted[filled], c.fraction_positive[filled], marker="o", label=name)
     ax.set(xlim=(0, 1), ylim=(0, 1), xlabel="predicted probability", ylabel="observed frequency")
-    ax.set_title(title, fontsize=10)
-    ax.legend(fontsize=7)
-    fig.tight_layout()
-    if path is not None:
-        _save_figure(fig, path)
-    return fig
+    return _finish_figure(fig, ax, title=title, path=path)
 
 
 def plot_abstention(
@@ -528,17 +557,10 @@ def plot_abstention(
     -------
     matplotlib.figure.Figure
     """
-    from matplotlib.figure import Figure
-
-    fig = Figure(figsize=(6.0, 4.4))
-    ax = fig.add_subplot()
-    for name, acc in curves.items():
-        xs = sorted(acc)
-        ax.plot([100 * x for x in xs], [acc[x] for x in xs], marker="o", label=name)
-    ax.set(xlabel="abstained pairs (%)", ylabel="accuracy on kept pairs")
-    ax.set_title(title, fontsize=10)
-    ax.legend(fontsize=7)
-    fig.tight_layout()
-    if path is not None:
-        _save_figure(fig, path)
-    return fig
+    return plot_percent_lines(
+        curves,
+        path,
+        xlabel="abstained pairs (%)",
+        ylabel="accuracy on kept pairs",
+        title=title,
+    )

@@ -14,7 +14,7 @@ that layer on preference pairs.
 
 from __future__ import annotations
 
-import hashlib
+import contextlib
 import importlib.util
 import json
 import os
@@ -24,6 +24,7 @@ from pathlib import Path
 import torch
 
 from skebrm.extraction._heads import find_scoring_head
+from skebrm.extraction.cache import _sha256_file
 
 __all__ = [
     "cache_root",
@@ -78,10 +79,18 @@ def _seed_head(model: torch.nn.Module, seed: int) -> None:
             layer.bias.zero_()
 
 
+@contextlib.contextmanager
 def _quiet_loading():
+    """transformers' logging at error level inside the block (loading warns about the
+    fresh scoring head and the GGUF conversion), restored afterwards."""
     from transformers.utils import logging as hf_logging
 
-    return hf_logging
+    level = hf_logging.get_verbosity()
+    hf_logging.set_verbosity_error()
+    try:
+        yield
+    finally:
+        hf_logging.set_verbosity(level)
 
 
 def load_minilm(*, head_seed: int = 0, dtype: torch.dtype = torch.float32):
@@ -98,25 +107,12 @@ def load_minilm(*, head_seed: int = 0, dtype: torch.dtype = torch.float32):
     from transformers import AutoTokenizer, BertForSequenceClassification
 
     path = minilm_path()
-    hf_logging = _quiet_loading()
-    level = hf_logging.get_verbosity()
-    hf_logging.set_verbosity_error()
-    try:
+    with _quiet_loading():
         model = BertForSequenceClassification.from_pretrained(path, num_labels=1, dtype=dtype)
-    finally:
-        hf_logging.set_verbosity(level)
     tokenizer = AutoTokenizer.from_pretrained(path)
     _seed_head(model, head_seed)
     model.config._name_or_path = "sentence-transformers/all-MiniLM-L6-v2"
     return model.eval(), tokenizer
-
-
-def _sha256_file(path: Path) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as fh:
-        for block in iter(lambda: fh.read(1 << 22), b""):
-            h.update(block)
-    return h.hexdigest()
 
 
 def convert_smollm2(cache_dir: str | os.PathLike | None = None, *, force: bool = False) -> Path:
@@ -137,16 +133,11 @@ def convert_smollm2(cache_dir: str | os.PathLike | None = None, *, force: bool =
     tmp = out.with_name(f".{out.name}.tmp-{os.getpid()}")
     if tmp.exists():
         shutil.rmtree(tmp)
-    hf_logging = _quiet_loading()
-    level = hf_logging.get_verbosity()
-    hf_logging.set_verbosity_error()
-    try:
+    with _quiet_loading():
         tokenizer = AutoTokenizer.from_pretrained(gguf.parent, gguf_file=gguf.name)
         model = AutoModelForCausalLM.from_pretrained(
             gguf.parent, gguf_file=gguf.name, dtype=torch.float32
         )
-    finally:
-        hf_logging.set_verbosity(level)
     # transformers de-quantizes GGUF tensors on load: the weights are plain float32, so
     # drop the quantizer bookkeeping that would stop save_pretrained.
     model.hf_quantizer = None
@@ -183,13 +174,8 @@ def load_smollm2(
     from transformers import AutoTokenizer, LlamaForSequenceClassification
 
     path = convert_smollm2(cache_dir)
-    hf_logging = _quiet_loading()
-    level = hf_logging.get_verbosity()
-    hf_logging.set_verbosity_error()
-    try:
+    with _quiet_loading():
         model = LlamaForSequenceClassification.from_pretrained(path, num_labels=1, dtype=dtype)
-    finally:
-        hf_logging.set_verbosity(level)
     tokenizer = AutoTokenizer.from_pretrained(path)
     if model.config.pad_token_id is None:
         model.config.pad_token_id = tokenizer.pad_token_id

@@ -81,7 +81,7 @@ def test_ensemble_is_deterministic():
     [
         ({"n_estimators": 0}, "'n_estimators' parameter of BradleyTerryEnsemble must be an int"),
         ({"aggregation": "max"}, "'aggregation' parameter .* among"),
-        ({"C": 0.0}, "'C' parameter .* > 0"),
+        ({"C": 0.0}, "'C' parameter .* range \\(0.0, inf\\)"),
         ({"uncertainty_penalty": -1.0}, "'uncertainty_penalty' parameter"),
     ],
 )
@@ -185,3 +185,13 @@ def test_grid_search_with_group_kfold(est, grid):
     scores = search.cv_results_["mean_test_score"]
     assert np.all((scores >= 0) & (scores <= 1))
     assert search.best_estimator_.predict(X).shape == (120,)
+
+
+def test_bradley_terry_head_validates_its_parameters():
+    from skebrm import BradleyTerryHead
+
+    X, _, pair_id, chosen = _pairs(n_pairs=10)
+    with pytest.raises(ValueError, match="'C' parameter of BradleyTerryHead"):
+        BradleyTerryHead(C=-1.0).fit(X, pair_id=pair_id, chosen=chosen)
+    with pytest.raises(ValueError, match="'max_iter' parameter of BradleyTerryHead"):
+        BradleyTerryHead(max_iter=0).fit(X, pair_id=pair_id, chosen=chosen)
