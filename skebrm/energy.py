@@ -258,9 +258,8 @@ class EnergyNet(nn.Module):
                 n = shape[0] * shape[1]
                 out = workspace.get("pre", n, shape[2], dtype=h.dtype, device=h.device)
                 out = out.view(shape)
-            # doubling the (1, K, H) shared features and (B, H) rows costs one pass less
-            # than doubling their (B, K, H) sum
-            pre2 = torch.add(u * 2.0, (h * 2.0).unsqueeze(1), out=out)
+            # 2h + 2u in one pass over (B, K, H): only the small (B, H) rows are doubled
+            pre2 = torch.add((h * 2.0).unsqueeze(1), u, alpha=2.0, out=out)
             return self._sigmoid_form_energies(pre2, workspace=workspace)
         return self._trunk(u + h.unsqueeze(1))
 
@@ -269,7 +268,8 @@ class EnergyNet(nn.Module):
         u = self.reward_features(r.expand(h.shape[0], -1))
         # ``u`` is a fresh (B, K, H) product that its backward does not need: add in place.
         if self._sigmoid_form_applies():
-            return self._sigmoid_form_energies(u.add_(h.unsqueeze(1)).mul_(2.0))
+            pre2 = torch.add((h * 2.0).unsqueeze(1), u, alpha=2.0, out=u)
+            return self._sigmoid_form_energies(pre2)
         return self._trunk(u.add_(h.unsqueeze(1)))
 
     # -- evaluation without autograd: tanh(x) = 2·σ(2x) − 1 with the affine parts folded
