@@ -386,19 +386,24 @@ def section_inference(cfg):
     return out
 
 
+def _one_epoch_calibrator(cfg, energy: str) -> EnergyRewardCalibrator:
+    """The scaling and memory-mapped sections' estimator: one epoch, the run's M and batch."""
+    return EnergyRewardCalibrator(
+        energy=energy,
+        n_negatives=cfg["n_neg"],
+        max_epochs=1,
+        batch_size=cfg["batch"],
+        random_state=0,
+        device="cpu",
+    )
+
+
 def section_scaling(cfg):
     d = cfg["scaling_dim"]
     rows = []
     for n in cfg["scaling_rows"]:
         X, y = _synthetic(n, d, 3)
-        cal = EnergyRewardCalibrator(
-            energy=cfg["scaling_energy"],
-            n_negatives=cfg["n_neg"],
-            max_epochs=1,
-            batch_size=cfg["batch"],
-            random_state=0,
-            device="cpu",
-        )
+        cal = _one_epoch_calibrator(cfg, cfg["scaling_energy"])
         t_fit, _ = _timed(lambda cal=cal, X=X, y=y: cal.fit(X, y))
         t_pred, _ = _timed(lambda cal=cal, X=X, y=y: cal.predict(X, base_reward=y))
         rows.append(
@@ -472,14 +477,7 @@ def section_mmap(cfg):
                     return
                 yield idx
 
-        cal = EnergyRewardCalibrator(
-            energy=cfg["mmap_energy"],
-            n_negatives=cfg["n_neg"],
-            max_epochs=1,
-            batch_size=cfg["batch"],
-            random_state=0,
-            device="cpu",
-        )
+        cal = _one_epoch_calibrator(cfg, cfg["mmap_energy"])
         t0 = time.perf_counter()
         with mock.patch.object(_training, "_batches", capped):
             cal.fit(X, y)
