@@ -18,7 +18,6 @@ canvas, so they never touch the global pyplot state.
 from __future__ import annotations
 
 import os
-import tempfile
 from collections.abc import Sequence
 from pathlib import Path
 from typing import NamedTuple
@@ -27,6 +26,7 @@ import numpy as np
 from sklearn.utils import check_random_state
 
 from skebrm._inference import preference_probability_from_masses
+from skebrm._io import write_bytes_atomic
 
 __all__ = [
     "BootstrapResult",
@@ -457,21 +457,16 @@ def preference_probability(log_density_a, log_density_b, grid) -> np.ndarray:
 
 
 def _save_figure(fig, path: str | os.PathLike) -> Path:
-    """Write a figure to ``path`` through a temporary file in the same folder."""
+    """Write a figure to ``path`` atomically (rendered in memory, then renamed into place)."""
+    import io
+
     from matplotlib.backends.backend_agg import FigureCanvasAgg
 
     path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
     FigureCanvasAgg(fig)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=path.suffix)
-    try:
-        with os.fdopen(fd, "wb") as fh:
-            fig.savefig(fh, format=path.suffix.lstrip(".") or "png", dpi=120)
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
-    return path
+    buf = io.BytesIO()
+    fig.savefig(buf, format=path.suffix.lstrip(".") or "png", dpi=120)
+    return write_bytes_atomic(path, buf.getvalue())
 
 
 def _finish_figure(fig, ax, *, title: str | None, path, legend_size: int = 7):

@@ -5,11 +5,12 @@ from __future__ import annotations
 import json
 import math
 import os
-import tempfile
 from collections.abc import Iterable
 from pathlib import Path
 
 import numpy as np
+
+from skebrm._io import write_text_atomic
 
 __all__ = ["format_table", "load_runs", "summary_table", "write_json", "write_text"]
 
@@ -30,17 +31,7 @@ def _jsonable(obj):
 
 def write_text(text: str, path: str | os.PathLike) -> Path:
     """Write ``text`` to a temporary file next to ``path``, then rename it."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.")
-    try:
-        with os.fdopen(fd, "w", encoding="utf-8") as fh:
-            fh.write(text)
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
-    return path
+    return write_text_atomic(path, text)
 
 
 def write_json(obj, path: str | os.PathLike) -> Path:

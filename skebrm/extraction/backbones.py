@@ -23,8 +23,8 @@ from pathlib import Path
 
 import torch
 
+from skebrm._io import sha256_file
 from skebrm.extraction._heads import find_scoring_head
-from skebrm.extraction.cache import _sha256_file
 
 __all__ = [
     "cache_root",
@@ -147,7 +147,7 @@ def convert_smollm2(cache_dir: str | os.PathLike | None = None, *, force: bool =
     model.save_pretrained(tmp)
     tokenizer.save_pretrained(tmp)
     with open(tmp / "skebrm_source.json", "w", encoding="utf-8") as fh:
-        json.dump({"gguf": gguf.name, "gguf_sha256": _sha256_file(gguf)}, fh, indent=1)
+        json.dump({"gguf": gguf.name, "gguf_sha256": sha256_file(gguf)}, fh, indent=1)
     if out.exists():
         shutil.rmtree(out)
     os.replace(tmp, out)

@@ -39,6 +39,7 @@ import numpy as np
 from safetensors.numpy import load_file, save_file
 from tqdm.auto import tqdm
 
+from skebrm._io import sha256_file, tmp_name, write_json_atomic
 from skebrm.extraction._formatting import check_texts
 from skebrm.extraction.extractor import EmbeddingExtractor, ExtractionResult, Rows, as_rows
 
@@ -85,27 +86,6 @@ class CacheReport:
 
 
 # --------------------------------------------------------------------- file helpers
-def _sha256_file(path: Path) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as fh:
-        for block in iter(lambda: fh.read(1 << 22), b""):
-            h.update(block)
-    return h.hexdigest()
-
-
-def _tmp_name(path: Path) -> Path:
-    return path.with_name(f".{path.name}.tmp-{os.getpid()}")
-
-
-def _write_json_atomic(path: Path, obj) -> None:
-    tmp = _tmp_name(path)
-    with open(tmp, "w", encoding="utf-8") as fh:
-        json.dump(obj, fh, indent=1, sort_keys=True)
-        fh.flush()
-        os.fsync(fh.fileno())
-    os.replace(tmp, path)
-
-
 def _read_json(path: Path) -> dict:
     try:
         with open(path, encoding="utf-8") as fh:
@@ -169,7 +149,7 @@ def _verify_shard(cache_dir: Path, k: int, key_sha: str) -> dict | None:
             f"cache shard {str(data)!r} is missing but its record exists; delete "
             f"{str(record_path)!r} and rerun extract_to_cache to recompute it."
         )
-    digest = _sha256_file(data)
+    digest = sha256_file(data)
     if digest != record["sha256"]:
         raise CacheCorruptError(
             f"cache shard {str(data)!r} is corrupted: SHA-256 {digest[:12]}… differs from "
@@ -251,8 +231,8 @@ def extract_to_cache(
             manifest_path.unlink()
     (cache_dir / "shards").mkdir(parents=True, exist_ok=True)
     if not manifest_path.exists():
-        _write_json_atomic(cache_dir / "metadata.json", _metadata(rows))
-        _write_json_atomic(manifest_path, manifest)
+        write_json_atomic(cache_dir / "metadata.json", _metadata(rows))
+        write_json_atomic(manifest_path, manifest)
     key_sha = manifest["key_sha256"]
 
     mine = list(range(int(shard_index), n_shards, int(num_shards)))
@@ -274,7 +254,7 @@ def extract_to_cache(
             a, b = k * shard_size, min(n, (k + 1) * shard_size)
             res = extractor.extract(rows.take(a, b))
             data, record_path = _shard_paths(cache_dir, k)
-            tmp = _tmp_name(data)
+            tmp = tmp_name(data)
             save_file(
                 {
                     "embeddings": np.ascontiguousarray(res.embeddings, dtype=np.float32),
@@ -282,9 +262,9 @@ def extract_to_cache(
                 },
                 str(tmp),
             )
-            digest = _sha256_file(tmp)
+            digest = sha256_file(tmp)
             os.replace(tmp, data)
-            _write_json_atomic(
+            write_json_atomic(
                 record_path,
                 {
                     "key_sha256": key_sha,
@@ -317,7 +297,7 @@ def _write_merged(cache_dir: Path, records: list[dict], n: int, d: int) -> None:
     raw = json.dumps(header, separators=(",", ":")).encode()
     raw += b" " * (-len(raw) % 8)
     path = cache_dir / "merged.safetensors"
-    tmp = _tmp_name(path)
+    tmp = tmp_name(path)
     with open(tmp, "wb") as fh:
         fh.write(len(raw).to_bytes(8, "little"))
         fh.write(raw)
@@ -327,9 +307,9 @@ def _write_merged(cache_dir: Path, records: list[dict], n: int, d: int) -> None:
                 fh.write(np.ascontiguousarray(arr, dtype="<f4").tobytes())
         fh.flush()
         os.fsync(fh.fileno())
-    digest = _sha256_file(tmp)
+    digest = sha256_file(tmp)
     os.replace(tmp, path)
-    _write_json_atomic(
+    write_json_atomic(
         cache_dir / "merged.json",
         {"sha256": digest, "shards": [r["sha256"] for r in records], "n_rows": n, "dim": d},
     )
@@ -409,7 +389,7 @@ def load_cache(
         if merged_json.exists() and merged.exists():
             info = _read_json(merged_json)
             fresh = info.get("shards") == [r["sha256"] for r in records]
-            if fresh and verify and _sha256_file(merged) != info["sha256"]:
+            if fresh and verify and sha256_file(merged) != info["sha256"]:
                 raise CacheCorruptError(
                     f"load_cache: {str(merged)!r} is corrupted (SHA-256 mismatch); delete it "
                     "and it will be rebuilt from the shards."
@@ -466,9 +446,9 @@ def merge_caches(sources, dest: str | os.PathLike) -> Path:
         if _read_json(dest / "manifest.json")["key_sha256"] != ref["key_sha256"]:
             raise CacheMismatchError(f"merge_caches: {str(dest)!r} holds another cache.")
     else:
-        shutil.copyfile(sources[0] / "metadata.json", _tmp_name(dest / "metadata.json"))
-        os.replace(_tmp_name(dest / "metadata.json"), dest / "metadata.json")
-        _write_json_atomic(dest / "manifest.json", ref)
+        shutil.copyfile(sources[0] / "metadata.json", tmp_name(dest / "metadata.json"))
+        os.replace(tmp_name(dest / "metadata.json"), dest / "metadata.json")
+        write_json_atomic(dest / "manifest.json", ref)
     for k in range(ref["layout"]["n_shards"]):
         have = _verify_shard(dest, k, ref["key_sha256"])
         for s in sources:
@@ -484,8 +464,8 @@ def merge_caches(sources, dest: str | os.PathLike) -> Path:
                 continue
             src_data = _shard_paths(s, k)[0]
             dst_data, dst_rec = _shard_paths(dest, k)
-            shutil.copyfile(src_data, _tmp_name(dst_data))
-            os.replace(_tmp_name(dst_data), dst_data)
-            _write_json_atomic(dst_rec, rec)
+            shutil.copyfile(src_data, tmp_name(dst_data))
+            os.replace(tmp_name(dst_data), dst_data)
+            write_json_atomic(dst_rec, rec)
             have = rec
     return dest

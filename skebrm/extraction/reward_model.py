@@ -11,14 +11,13 @@ the backbone and ``r = w·e``.
 
 from __future__ import annotations
 
-import json
 import os
-import shutil
 from pathlib import Path
 
 import numpy as np
 import torch
 
+from skebrm._io import staged_directory, write_json_atomic
 from skebrm._pairs import check_pairs
 from skebrm.bradley_terry import fit_bradley_terry
 from skebrm.extraction._heads import find_scoring_head
@@ -124,12 +123,6 @@ def build_reward_model(
     model = extractor.model_
     model.config.num_labels = 1
 
-    output_dir.parent.mkdir(parents=True, exist_ok=True)
-    tmp = output_dir.with_name(f".{output_dir.name}.tmp-{os.getpid()}")
-    if tmp.exists():
-        shutil.rmtree(tmp)
-    model.save_pretrained(tmp)
-    tokenizer.save_pretrained(tmp)
     from skebrm import __version__
     from skebrm.datasets import dataset_fingerprint
 
@@ -145,13 +138,8 @@ def build_reward_model(
         "n_truncated": res.n_truncated,
         "skebrm_version": __version__,
     }
-    with open(tmp / "skebrm_reward_model.json", "w", encoding="utf-8") as fh:
-        json.dump(info, fh, indent=1)
-    if output_dir.exists():
-        trash = output_dir.with_name(f".{output_dir.name}.old-{os.getpid()}")
-        os.replace(output_dir, trash)
-        os.replace(tmp, output_dir)
-        shutil.rmtree(trash)
-    else:
-        os.replace(tmp, output_dir)
+    with staged_directory(output_dir) as tmp:
+        model.save_pretrained(tmp)
+        tokenizer.save_pretrained(tmp)
+        write_json_atomic(tmp / "skebrm_reward_model.json", info)
     return output_dir
