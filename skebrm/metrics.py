@@ -25,19 +25,35 @@ from typing import NamedTuple
 import numpy as np
 from sklearn.utils import check_random_state
 
+from skebrm._best_of_n import (
+    BestOfNCurve,
+    best_of_n,
+    best_of_n_curve,
+    best_of_n_per_prompt,
+    best_of_n_weights,
+    kl_best_of_n,
+    plot_best_of_n,
+)
 from skebrm._inference import preference_probability_from_masses
 from skebrm._io import write_bytes_atomic
 
 __all__ = [
+    "BestOfNCurve",
     "BootstrapResult",
     "ReliabilityCurve",
     "abstention_accuracy",
+    "best_of_n",
+    "best_of_n_curve",
+    "best_of_n_per_prompt",
+    "best_of_n_weights",
     "expected_calibration_error",
+    "kl_best_of_n",
     "misorder_auroc",
     "paired_bootstrap",
     "pairwise_accuracy",
     "pairwise_correct",
     "plot_abstention",
+    "plot_best_of_n",
     "plot_percent_lines",
     "plot_reliability_diagram",
     "preference_calibration_data",
