@@ -91,6 +91,43 @@ def extraction_make_model(model_type: str, *, seed: int = 0, **overrides):
     return model.eval()
 
 
+SAMPLING_CHAT_TEMPLATE = (
+    "{% for m in messages %}<|{{ m['role'] }}|>\n{{ m['content'] }}</s>\n{% endfor %}"
+    "{% if add_generation_prompt %}<|assistant|>\n{% endif %}"
+)
+
+
+def sampling_make_causal_lm(seed: int = 0, dtype=None):
+    """A tiny random llama causal LM (a policy) on the 260-id byte tokenizer above."""
+    import torch
+    from transformers import AutoConfig, AutoModelForCausalLM
+
+    config = AutoConfig.for_model(
+        "llama",
+        vocab_size=260,
+        hidden_size=32,
+        num_hidden_layers=2,
+        num_attention_heads=4,
+        num_key_value_heads=2,
+        head_dim=8,
+        intermediate_size=64,
+        max_position_embeddings=512,
+        pad_token_id=0,
+        bos_token_id=1,
+        eos_token_id=2,
+    )
+    torch.manual_seed(seed)
+    return AutoModelForCausalLM.from_config(config).to(dtype or torch.float32).eval()
+
+
+def sampling_make_sampler(**kwargs):
+    """A TransformersSampler on a tiny random policy and the byte tokenizer with a chat template."""
+    from skebrm.sampling import TransformersSampler
+
+    model = kwargs.pop("model", None) or sampling_make_causal_lm()
+    return TransformersSampler(model, extraction_make_tokenizer(SAMPLING_CHAT_TEMPLATE), **kwargs)
+
+
 @pytest.fixture
 def extraction_tokenizer():
     return extraction_make_tokenizer()
