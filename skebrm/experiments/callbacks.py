@@ -17,7 +17,8 @@ class MultirunSummary(Callback):
 
     def on_multirun_end(self, config: DictConfig, **kwargs) -> None:
         sweep_dir = Path(config.hydra.sweep.dir)
-        runs = load_runs(sweep_dir)
+        # the preference-accuracy runs (the over-optimisation study writes no test split)
+        runs = [(path, r) for path, r in load_runs(sweep_dir) if "test" in r]
         if not runs:
             return
         parts = ["# Multirun summary", "", "## Test split", "", summary_table(runs)]

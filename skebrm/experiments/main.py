@@ -9,6 +9,10 @@ The default main job (MiniLM + the bundled HH-RLHF harmless sample, fully offlin
 A study, as a Hydra multirun (its sweep is declared in ``conf/experiment/``)::
 
     skebrm-experiment -m experiment=label_noise
+
+The best-of-n over-optimisation study (``task: overoptimization`` in its config)::
+
+    skebrm-experiment experiment=overoptimization
 """
 
 from __future__ import annotations
@@ -30,8 +34,15 @@ register_resolvers()
 
 @hydra.main(config_path=str(conf_dir()), config_name="config", version_base="1.3")
 def main(cfg: DictConfig) -> float:
-    """Run one job; returns the EBRM test accuracy (for Hydra sweepers that optimise)."""
-    results = run_experiment(cfg, HydraConfig.get().runtime.output_dir)
+    """Run one job; returns the EBRM test accuracy, or for the over-optimisation study
+    EBRM's peak best-of-n gold reward (for Hydra sweepers that optimise)."""
+    output_dir = HydraConfig.get().runtime.output_dir
+    if cfg.get("task") == "overoptimization":
+        from skebrm.experiments.overoptimization import run_overoptimization
+
+        results = run_overoptimization(cfg, output_dir)
+        return float(results["summary"]["ebrm"]["peak_gold"])
+    results = run_experiment(cfg, output_dir)
     return float(results["test"]["methods"]["ebrm"]["accuracy"])
 
 

@@ -16,7 +16,7 @@ from skebrm.experiments import conf_dir, register_resolvers
 from skebrm.experiments.data import EmbeddedPairs
 
 CONF = conf_dir()
-GROUPS = ("backbone", "data", "calibrator", "baselines", "experiment")
+GROUPS = ("backbone", "data", "calibrator", "baselines", "experiment", "sampler", "bon_data")
 SHARED_DATA = Path(__file__).resolve().parents[2].parent / "shared" / "data"
 # model nodes that download from the hub or convert large files: the target is resolved,
 # and the config's tiny random twin is built instead
@@ -210,6 +210,37 @@ def test_experiment_configs_compose_and_instantiate(option):
         assert obj is not None, path
         built += 1
     assert built >= 5
+
+
+@pytest.mark.parametrize("option", _options("sampler"))
+def test_sampler_configs_share_the_settings_and_build_lazily(option):
+    from skebrm.sampling import PolicySampler
+
+    cfg = compose("config", overrides=["experiment=overoptimization", f"sampler={option}"])
+    assert cfg.sampler.name == option
+    sampler = instantiate(cfg.sampler.policy, _convert_="all")  # nothing is loaded yet
+    assert isinstance(sampler, PolicySampler) and sampler.backend == option
+    assert sampler.settings() == {
+        "temperature": 1.0,
+        "top_p": 1.0,
+        "top_k": 0,
+        "max_new_tokens": 96,
+    }
+
+
+def test_overoptimization_configs():
+    cfg = compose("config", overrides=["experiment=overoptimization"])
+    assert cfg.task == "overoptimization" and cfg.bon_data.name == "policy"
+    src = cfg.bon_data.source
+    assert src.n_eval_prompts >= 100 and src.n_eval_samples == 32 and src.n_train_samples >= 8
+    n_pairs = src.n_train_prompts * cfg.overoptimization.pairs_per_prompt
+    assert n_pairs >= 2000 and cfg.overoptimization.label_noise == 0.25
+    assert cfg.overoptimization.proxies.laplace_bt is None  # waits for its estimator
+    assert all(Path(f).name.startswith(("hh_rlhf", "ultrafeedback")) for f in src.prompt_files)
+    gold_loader = instantiate(cfg.overoptimization.gold.model)
+    assert callable(gold_loader)  # a partial: the model loads only when called
+    synth = compose("config", overrides=["experiment=overoptimization_synthetic"])
+    assert synth.bon_data.name == "synthetic" and synth.task == "overoptimization"
 
 
 def test_hydra_nodes_instantiate():

@@ -1,0 +1,350 @@
+"""Best-of-n over-optimisation with a gold reward model (``experiment=overoptimization``).
+
+Coste et al.'s (2024) synthetic-gold protocol: policy samples of training prompts are
+paired (pairs among the ``k`` samples of one prompt), labelled by the gold RM, and a share
+of the labels (25 %) is flipped; every proxy RM is fitted on those pairs, on the proxy
+backbone's frozen features. On held-out prompts with ``N`` samples each, best-of-n by
+each proxy is scored by the gold RM for every ``n ≤ N`` (:func:`skebrm.metrics.best_of_n`,
+unbiased, all ``N`` samples) and plotted against ``kl_best_of_n(n)``, with bootstrap
+bands over prompts and the gold-selected oracle as the ceiling. A proxy over-optimises
+when its gold curve peaks before ``n = N`` and falls.
+
+Proxies: the base Bradley–Terry head; EBRM's refined reward (hybrid mode from the base
+reward) and refined − λ·std (``ebrm_penalties``); the baselines of
+``overoptimization.proxies`` (head ensembles mean / worst-case / uncertainty-weighted;
+an entry set to null is skipped, which is how the Bayesian last layer waits for its
+estimator).
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable
+from pathlib import Path
+
+import numpy as np
+
+from skebrm import metrics
+from skebrm.experiments.bon_data import BestOfNContext, BestOfNData
+from skebrm.experiments.report import markdown_table, write_json
+
+__all__ = [
+    "build_context",
+    "fit_proxies",
+    "gold_labelled_pairs",
+    "proxy_agreement",
+    "run_overoptimization",
+    "summarise_curves",
+]
+
+
+def _build(node, **kwargs):
+    from hydra.utils import instantiate
+
+    return instantiate(node, _convert_="all", **kwargs)
+
+
+def gold_labelled_pairs(
+    features: np.ndarray,
+    gold: np.ndarray,
+    *,
+    pairs_per_prompt: int,
+    label_noise: float,
+    random_state: int | None = 0,
+) -> dict:
+    """Pairs among the samples of each prompt, labelled by the gold reward, some flipped.
+
+    Per prompt, ``pairs_per_prompt`` distinct pairs ``(a, b)`` of its samples are drawn;
+    pairs whose two gold rewards are equal carry no preference and are dropped. The
+    sample with the higher gold reward is chosen, then the labels of
+    ``round(label_noise · n_pairs)`` random pairs are swapped.
+
+    Returns
+    -------
+    dict
+        ``X`` (rows chosen first: row ``2i`` chosen, ``2i + 1`` rejected), ``pair_id``,
+        ``chosen``, ``prompt`` (per pair), ``flipped`` (bool per pair), ``n_ties``.
+    """
+    n_prompts, k, _ = features.shape
+    if k < 2:
+        raise ValueError(f"gold_labelled_pairs: need at least 2 samples per prompt, got {k}.")
+    max_pairs = k * (k - 1) // 2
+    if (
+        not isinstance(pairs_per_prompt, (int, np.integer))
+        or not 1 <= pairs_per_prompt <= max_pairs
+    ):
+        raise ValueError(
+            f"gold_labelled_pairs: pairs_per_prompt must be an int in [1, {max_pairs}] for "
+            f"{k} samples per prompt, got {pairs_per_prompt!r}."
+        )
+    if not 0.0 <= label_noise <= 1.0:
+        raise ValueError(
+            f"gold_labelled_pairs: label_noise must be in [0, 1], got {label_noise!r}."
+        )
+    rng = np.random.default_rng(random_state)
+    all_pairs = np.array([(a, b) for a in range(k) for b in range(a + 1, k)])
+    rows, prompt, n_ties = [], [], 0
+    for i in range(n_prompts):
+        for a, b in all_pairs[rng.choice(max_pairs, size=pairs_per_prompt, replace=False)]:
+            if gold[i, a] == gold[i, b]:
+                n_ties += 1
+                continue
+            win, lose = (a, b) if gold[i, a] > gold[i, b] else (b, a)
+            rows.append((i, win, lose))
+            prompt.append(i)
+    rows = np.array(rows)
+    flipped = np.zeros(len(rows), dtype=bool)
+    flipped[rng.choice(len(rows), size=round(label_noise * len(rows)), replace=False)] = True
+    rows[flipped, 1], rows[flipped, 2] = rows[flipped, 2], rows[flipped, 1].copy()
+    X = np.stack([features[rows[:, 0], rows[:, 1]], features[rows[:, 0], rows[:, 2]]], axis=1)
+    return {
+        "X": X.reshape(2 * len(rows), -1),
+        "pair_id": np.repeat(np.arange(len(rows)), 2),
+        "chosen": np.tile(np.array([True, False]), len(rows)),
+        "prompt": np.array(prompt),
+        "flipped": flipped,
+        "n_ties": n_ties,
+    }
+
+
+def fit_proxies(cfg, pairs: dict, *, progress: bool = False) -> tuple[dict[str, Callable], object]:
+    """Fit every proxy on the gold-labelled pairs.
+
+    Returns
+    -------
+    scorers : dict of str to callable
+        Proxy name -> ``score(X)``, a reward per row.
+    calibrator : EnergyRewardCalibrator
+        The fitted EBRM (for its fit history).
+    """
+    ov = cfg.overoptimization
+    X, fit_kw = pairs["X"], {"pair_id": pairs["pair_id"], "chosen": pairs["chosen"]}
+    head = _build(cfg.head).fit(X, **fit_kw)
+    base_train = head.predict(X)
+    scorers: dict[str, Callable] = {"base": head.predict}
+
+    calibrator = _build(cfg.calibrator.estimator, verbose=int(progress))
+    calibrator.fit(X, base_train, **fit_kw)
+
+    def refined(Z):
+        return calibrator.predict(Z, base_reward=head.predict(Z))
+
+    scorers["ebrm"] = refined
+    for lam in ov.ebrm_penalties or []:
+
+        def penalised(Z, lam=float(lam)):
+            return refined(Z) - lam * calibrator.score_uncertainty(Z)
+
+        scorers[f"ebrm_minus_{float(lam):g}std"] = penalised
+    for name, node in (ov.proxies or {}).items():
+        if node is None:
+            continue
+        est = _build(node.estimator).fit(X, base_train, **fit_kw)
+        penalty = node.get("uncertainty_penalty")
+        if penalty:
+
+            def scored(Z, est=est, penalty=float(penalty)):
+                return est.predict(Z) - penalty * est.score_uncertainty(Z)
+
+            scorers[name] = scored
+        else:
+            scorers[name] = est.predict
+    return scorers, calibrator
+
+
+def proxy_agreement(
+    proxy: np.ndarray, gold: np.ndarray, *, pairs_per_prompt: int, random_state: int | None = 0
+) -> dict:
+    """Pairwise accuracy of the proxy against gold preferences on held-out sample pairs."""
+    n_prompts, n = gold.shape
+    rng = np.random.default_rng(random_state)
+    all_pairs = np.array([(a, b) for a in range(n) for b in range(a + 1, n)])
+    m = min(pairs_per_prompt, len(all_pairs))
+    correct = []
+    for i in range(n_prompts):
+        for a, b in all_pairs[rng.choice(len(all_pairs), size=m, replace=False)]:
+            if gold[i, a] == gold[i, b]:
+                continue
+            w, lo = (a, b) if gold[i, a] > gold[i, b] else (b, a)
+            correct.append(metrics.pairwise_correct([proxy[i, w]], [proxy[i, lo]])[0])
+    correct = np.asarray(correct)
+    boot = metrics.paired_bootstrap(correct, np.zeros_like(correct), random_state=random_state)
+    return {
+        "accuracy": float(correct.mean()),
+        "ci_low": boot.ci_low,
+        "ci_high": boot.ci_high,
+        "n_pairs": int(len(correct)),
+    }
+
+
+def summarise_curves(curves: dict[str, metrics.BestOfNCurve], reference: str = "base") -> dict:
+    """Peak gold, KL at the peak, gold at n = N, and the peak's delay against ``reference``."""
+    out = {}
+    ref = curves[reference].peak() if reference in curves else None
+    for name, c in curves.items():
+        peak = c.peak()
+        peak["drop_from_peak"] = peak["peak_gold"] - peak["final_gold"]
+        peak["over_optimises"] = bool(peak["peak_n"] < peak["final_n"])
+        if ref is not None:
+            peak["peak_kl_minus_base"] = peak["peak_kl"] - ref["peak_kl"]
+        out[name] = peak
+    return out
+
+
+def _table(results: dict) -> str:
+    rows = []
+    for name, s in results["summary"].items():
+        agree = results["agreement"].get(name)
+        rows.append(
+            [
+                name,
+                f"{s['peak_gold']:.3f}",
+                str(s["peak_n"]),
+                f"{s['peak_kl']:.2f}",
+                f"{s['final_gold']:.3f}",
+                f"{s['drop_from_peak']:.3f}",
+                "–" if agree is None else f"{agree['accuracy']:.3f}",
+            ]
+        )
+    header = ["proxy", "peak gold", "n at peak", "KL at peak", "gold at n=N", "drop", "agreement"]
+    return markdown_table(header, rows)
+
+
+def build_context(cfg, progress: bool) -> BestOfNContext:
+    """The :class:`BestOfNContext` of a composed config (sampler built, models lazy)."""
+    from omegaconf import OmegaConf
+
+    def plain(node):
+        return OmegaConf.to_container(node, resolve=True) if node is not None else None
+
+    sampler = _build(cfg.sampler.policy) if "sampler" in cfg else None
+    gold, backbone = cfg.overoptimization.gold, cfg.backbone
+    return BestOfNContext(
+        sampler=sampler,
+        load_gold=lambda: _build(gold.model)(),
+        load_proxy=lambda: _build(backbone.model),
+        gold={
+            "name": gold.name,
+            "model": plain(gold.model),
+            "max_length": gold.max_length,
+            "batch_size": gold.batch_size,
+        },
+        proxy={
+            "name": backbone.name,
+            "model": plain(backbone.model),
+            "max_length": backbone.max_length,
+            "batch_size": backbone.batch_size,
+        },
+        cache_dir=cfg.cache_dir,
+        seed=int(cfg.seed),
+        device=cfg.device,
+        verbose=progress,
+    )
+
+
+def run_overoptimization(
+    cfg, output_dir: str | Path, *, echo: Callable[[str], None] = print, data: BestOfNData = None
+) -> dict:
+    """Run the study from a composed config; write ``results.json`` and ``best_of_n.png``.
+
+    ``data`` replaces the configured source (tests pass tiny models' data this way).
+
+    Returns
+    -------
+    dict
+        The content of ``results.json``.
+    """
+    import torch
+
+    threads = torch.get_num_threads()
+    if cfg.torch_threads is not None:
+        torch.set_num_threads(int(cfg.torch_threads))
+    try:
+        return _run(cfg, Path(output_dir), echo, data)
+    finally:
+        torch.set_num_threads(threads)
+
+
+def _run(cfg, output_dir: Path, echo, data) -> dict:
+    output_dir.mkdir(parents=True, exist_ok=True)
+    ov, seed, progress = cfg.overoptimization, int(cfg.seed), bool(cfg.progress)
+    timings = {}
+    t0 = time.perf_counter()
+    if data is None:
+        data = _build(cfg.bon_data.source)(build_context(cfg, progress))
+    timings["data"] = round(time.perf_counter() - t0, 3)
+
+    t0 = time.perf_counter()
+    pairs = gold_labelled_pairs(
+        data.train_features,
+        data.train_gold,
+        pairs_per_prompt=int(ov.pairs_per_prompt),
+        label_noise=float(ov.label_noise),
+        random_state=seed,
+    )
+    scorers, calibrator = fit_proxies(cfg, pairs, progress=progress)
+    timings["fit"] = round(time.perf_counter() - t0, 3)
+
+    t0 = time.perf_counter()
+    n_eval, n_samples, d = data.eval_features.shape
+    flat = data.eval_features.reshape(n_eval * n_samples, d)
+    ns = list(ov.ns) if ov.ns else list(range(1, n_samples + 1))
+    gold = data.eval_gold
+    boot = {"n_resamples": int(ov.n_bootstrap), "random_state": seed}
+    scores = {
+        name: np.asarray(f(flat), float).reshape(n_eval, n_samples) for name, f in scorers.items()
+    }
+    curves = {name: metrics.best_of_n_curve(s, gold, ns, **boot) for name, s in scores.items()}
+    curves["oracle"] = metrics.best_of_n_curve(gold, gold, ns, **boot)
+    agreement = {
+        name: proxy_agreement(
+            s, gold, pairs_per_prompt=int(ov.eval_pairs_per_prompt), random_state=seed
+        )
+        for name, s in scores.items()
+    }
+    timings["evaluation"] = round(time.perf_counter() - t0, 3)
+
+    def curve_json(c: metrics.BestOfNCurve) -> dict:
+        return {
+            k: np.asarray(getattr(c, k)).tolist()
+            for k in ("n", "kl", "mean", "ci_low", "ci_high", "std_error")
+        }
+
+    results = {
+        "experiment": cfg.experiment_name,
+        "task": "overoptimization",
+        "seed": seed,
+        "source": data.info,
+        "proxy_backbone": cfg.backbone.name,
+        "gold": ov.gold.name,
+        "calibrator": cfg.calibrator.name,
+        "label_noise": float(ov.label_noise),
+        "n_train_pairs": int(len(pairs["prompt"])),
+        "n_train_ties_dropped": int(pairs["n_ties"]),
+        "n_eval_prompts": int(n_eval),
+        "n_eval_samples": int(n_samples),
+        "gold_mean": float(gold.mean()),
+        "curves": {name: curve_json(c) for name, c in curves.items()},
+        "proxy_self_curves": {
+            name: metrics.best_of_n(s, s, ns).tolist() for name, s in scores.items()
+        },
+        "summary": summarise_curves(curves),
+        "agreement": agreement,
+        "calibrator_fit": {
+            "n_pairs_dropped": int(getattr(calibrator, "n_pairs_dropped_", 0)),
+            "history": getattr(calibrator, "history_", []),
+        },
+        "timings_s": timings,
+    }
+    if cfg.evaluation.plots:
+        metrics.plot_best_of_n(
+            curves,
+            output_dir / "best_of_n.png",
+            title=f"Best-of-n, {n_eval} prompts × N = {n_samples} "
+            f"({results['label_noise']:.0%} of training labels flipped)",
+        )
+        results["plots"] = ["best_of_n.png"]
+    write_json(results, output_dir / "results.json")
+    echo(_table(results))
+    echo(f"results: {output_dir / 'results.json'}")
+    return results
