@@ -172,10 +172,16 @@ def main(argv=None) -> Path:
     torch.set_num_threads(args.threads)
     load_before = os.getloadavg()
     results = bench_transformers(sorted(set(args.batches)), args.rows)
+    errors = {}
     if importlib.util.find_spec("llama_cpp") is not None:
-        results.update(bench_llama(args.parallel, args.llama_samples, args.threads))
+        try:
+            results.update(bench_llama(args.parallel, args.llama_samples, args.threads))
+        except Exception as exc:  # recorded in the JSON: the transformers figures still count
+            errors["llama_cpp"] = f"{type(exc).__name__}: {exc}"
+            print(f"llama.cpp failed: {errors['llama_cpp']}")
     else:
-        print("llama-cpp-python is not installed (pip install 'skebrm[llama]'): skipped")
+        errors["llama_cpp"] = "llama-cpp-python is not installed (pip install 'skebrm[llama]')"
+        print(errors["llama_cpp"])
     table = report(results)
     print(table)
     stamp = dt.datetime.now(dt.timezone.utc).strftime("%Y%m%dT%H%M%SZ")
@@ -194,6 +200,7 @@ def main(argv=None) -> Path:
             "machine": platform.platform(),
             "torch": torch.__version__,
             "results": results,
+            "errors": errors,
             "table": table,
         },
     )
