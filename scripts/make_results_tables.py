@@ -17,6 +17,7 @@ import shutil
 import sys
 from pathlib import Path
 
+from skebrm.experiments.overoptimization import format_overoptimization
 from skebrm.experiments.report import format_table, load_runs, summary_table, write_text
 
 
@@ -86,7 +87,10 @@ def build_markdown(folders: list[Path], figures: Path, docs: Path) -> str:
         slug = f"{experiment}-{folder.name}"
         if len(runs) == 1 and runs[0][0] == folder:
             run_dir, results = runs[0]
-            parts += [format_table(results), ""]
+            if results.get("task") == "overoptimization":
+                parts += [format_overoptimization(results), ""]
+            else:
+                parts += [format_table(results), ""]
             for plot in results.get("plots", []):
                 dest = figures / f"{slug}-{plot}"
                 _copy_atomic(run_dir / plot, dest)

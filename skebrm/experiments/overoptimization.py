@@ -31,6 +31,7 @@ from skebrm.experiments.report import markdown_table, write_json
 __all__ = [
     "build_context",
     "fit_proxies",
+    "format_overoptimization",
     "gold_labelled_pairs",
     "proxy_agreement",
     "run_overoptimization",
@@ -191,6 +192,37 @@ def summarise_curves(curves: dict[str, metrics.BestOfNCurve], reference: str = "
     return out
 
 
+def format_overoptimization(results: dict) -> str:
+    """The run's table (one row per proxy) and its settings, as Markdown."""
+    src = results["source"]
+    lines = [
+        f"{results['n_eval_prompts']} held-out prompts × N = {results['n_eval_samples']} "
+        f"samples; proxies fitted on {results['n_train_pairs']} gold-labelled pairs "
+        f"({results['label_noise']:.0%} flipped) of {src.get('train_prompts')} training "
+        f"prompts × {src.get('train_samples_per_prompt')} samples; proxy backbone "
+        f"{results['proxy_backbone']}, gold RM {results['gold']}, calibrator "
+        f"{results['calibrator']}.",
+    ]
+    gold = results.get("gold_report")
+    if gold:
+        per = ", ".join(
+            f"{d['name']} {d['test_accuracy_after']:.3f} ({d['test_pairs']} pairs)"
+            for d in gold["datasets"]
+        )
+        lines.append(
+            f"Gold RM held-out pairwise accuracy: {gold['test_accuracy_after']:.3f} ({per})."
+        )
+    if "sampler" in src:
+        s = src["sampler"]
+        lines.append(
+            f"Policy {s.get('policy')} ({s.get('backend')}), temperature "
+            f"{s['settings']['temperature']:g}, {s['settings']['max_new_tokens']} new tokens; "
+            f"mean {src.get('eval_mean_tokens', float('nan')):.0f} tokens per sample, "
+            f"{src.get('eval_stopped', float('nan')):.0%} ended before the limit."
+        )
+    return "\n\n".join([*lines, _table(results)])
+
+
 def _table(results: dict) -> str:
     rows = []
     for name, s in results["summary"].items():
@@ -208,6 +240,17 @@ def _table(results: dict) -> str:
         )
     header = ["proxy", "peak gold", "n at peak", "KL at peak", "gold at n=N", "drop", "agreement"]
     return markdown_table(header, rows)
+
+
+def _gold_report(cfg) -> dict | None:
+    """``finetune_report.json`` of the gold RM's folder, where the gold is such a folder."""
+    import json
+
+    folder = cfg.overoptimization.gold.model.get("name_or_path")
+    path = Path(str(folder)).expanduser() / "finetune_report.json" if folder else None
+    if path is None or not path.is_file():
+        return None
+    return json.loads(path.read_text(encoding="utf-8"))
 
 
 def build_context(cfg, progress: bool) -> BestOfNContext:
@@ -336,6 +379,9 @@ def _run(cfg, output_dir: Path, echo, data) -> dict:
         },
         "timings_s": timings,
     }
+    report = _gold_report(cfg)
+    if report is not None:
+        results["gold_report"] = report
     if cfg.evaluation.plots:
         metrics.plot_best_of_n(
             curves,
@@ -345,6 +391,6 @@ def _run(cfg, output_dir: Path, echo, data) -> dict:
         )
         results["plots"] = ["best_of_n.png"]
     write_json(results, output_dir / "results.json")
-    echo(_table(results))
+    echo(format_overoptimization(results))
     echo(f"results: {output_dir / 'results.json'}")
     return results

@@ -53,11 +53,12 @@ def _compose(overrides):
         GlobalHydra.instance().clear()
 
 
-def test_synthetic_config_end_to_end(tmp_path):
+def test_synthetic_config_end_to_end(tmp_path, load_script):
     cfg = _compose(["experiment=overoptimization_synthetic", *FAST])
     assert cfg.task == "overoptimization" and cfg.bon_data.name == "synthetic"
     lines = []
-    res = run_overoptimization(cfg, tmp_path, echo=lines.append)
+    res = run_overoptimization(cfg, tmp_path / "run", echo=lines.append)
+    tmp_path = tmp_path / "run"
     saved = json.loads((tmp_path / "results.json").read_text())
     assert saved["summary"] == json.loads(json.dumps(res["summary"]))
     assert (tmp_path / "best_of_n.png").read_bytes()[:4] == b"\x89PNG"
@@ -85,6 +86,13 @@ def test_synthetic_config_end_to_end(tmp_path):
     assert base["over_optimises"] and base["peak_n"] < 16 and base["drop_from_peak"] > 0
     assert res["summary"]["oracle"]["peak_n"] == 16
     assert any("peak gold" in line for line in lines)
+    # the results script renders the run: its table and its plot
+    docs = tmp_path.parent / "docs"
+    md = load_script("scripts/make_results_tables.py").build_markdown(
+        [tmp_path], docs / "figures", docs
+    )
+    assert "| base | " in md and "KL at peak" in md and "60 training prompts × 8 samples" in md
+    assert (docs / "figures" / "overoptimization_synthetic-run-best_of_n.png").exists()
 
 
 def test_gold_labelled_pairs_against_a_loop():
