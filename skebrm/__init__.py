@@ -1,8 +1,8 @@
 """skebrm: energy-based reward models on top of frozen LLM reward models.
 
 The estimator, the heads and the metrics import eagerly; the Hugging Face extraction
-names (``EmbeddingExtractor``, ``load_cache``, ...) and the baselines load on first
-access, so ``import skebrm`` does not import transformers.
+names (``EmbeddingExtractor``, ``load_cache``, ...), the policy samplers and the
+baselines load on first access, so ``import skebrm`` does not import transformers.
 """
 
 from importlib import import_module
@@ -28,6 +28,12 @@ _LAZY = {
     "build_reward_model": "skebrm.extraction",
     "load_minilm": "skebrm.extraction",
     "load_smollm2": "skebrm.extraction",
+    "PolicySampler": "skebrm.sampling",
+    "TransformersSampler": "skebrm.sampling",
+    "LlamaCppSampler": "skebrm.sampling",
+    "VLLMSampler": "skebrm.sampling",
+    "sample_to_cache": "skebrm.sampling",
+    "load_samples": "skebrm.sampling",
 }
 
 __all__ = [
