@@ -30,6 +30,7 @@ __all__ = [
     "BestOfNContext",
     "BestOfNData",
     "embed_rows",
+    "folder_weights_fingerprint",
     "policy_best_of_n_data",
     "policy_samples",
     "sample_cache_folder",
@@ -146,6 +147,18 @@ def select_prompts(
         evaluation += [prompts[i] for i in order[:k_eval]]
         train += [prompts[i] for i in order[k_eval : k_eval + k_train]]
     return train, evaluation
+
+
+def folder_weights_fingerprint(folder: str | os.PathLike) -> str | None:
+    """SHA-256 over the weight files of a saved model folder (None if it holds none)."""
+    from skebrm._io import sha256_file
+
+    files = sorted(
+        p for p in Path(folder).iterdir() if p.suffix in (".safetensors", ".bin", ".gguf")
+    )
+    if not files:
+        return None
+    return _digest(*[(p.name, sha256_file(p)) for p in files])
 
 
 def _digest(*parts) -> str:

@@ -25,7 +25,7 @@ from pathlib import Path
 import numpy as np
 
 from skebrm import metrics
-from skebrm.experiments.bon_data import BestOfNContext, BestOfNData
+from skebrm.experiments.bon_data import BestOfNContext, BestOfNData, folder_weights_fingerprint
 from skebrm.experiments.report import markdown_table, write_json
 
 __all__ = [
@@ -262,16 +262,21 @@ def build_context(cfg, progress: bool) -> BestOfNContext:
 
     sampler = _build(cfg.sampler.policy) if "sampler" in cfg else None
     gold, backbone = cfg.overoptimization.gold, cfg.backbone
+    gold_identity = {
+        "name": gold.name,
+        "model": plain(gold.model),
+        "max_length": gold.max_length,
+        "batch_size": gold.batch_size,
+    }
+    # a gold RM retrained into the same folder must not meet its old scores in the cache
+    folder = Path(str(gold.model.get("name_or_path", ""))).expanduser()
+    if folder.is_dir():
+        gold_identity["weights_sha256"] = folder_weights_fingerprint(folder)
     return BestOfNContext(
         sampler=sampler,
         load_gold=lambda: _build(gold.model)(),
         load_proxy=lambda: _build(backbone.model),
-        gold={
-            "name": gold.name,
-            "model": plain(gold.model),
-            "max_length": gold.max_length,
-            "batch_size": gold.batch_size,
-        },
+        gold=gold_identity,
         proxy={
             "name": backbone.name,
             "model": plain(backbone.model),

@@ -197,6 +197,19 @@ def test_policy_path_on_tiny_models_uses_its_caches(tmp_path, monkeypatch):
     assert res["source"]["sample_caches"]["eval"].startswith(str(tmp_path / "cache"))
 
 
+def test_context_keys_the_gold_cache_by_its_weights(tmp_path):
+    from skebrm.experiments.overoptimization import build_context
+
+    gold = tmp_path / "gold"
+    gold.mkdir()
+    (gold / "model.safetensors").write_bytes(b"v1")
+    overrides = ["experiment=overoptimization", f"overoptimization.gold.model.name_or_path={gold}"]
+    first = build_context(_compose(overrides), progress=False).gold["weights_sha256"]
+    (gold / "model.safetensors").write_bytes(b"v2")  # retrained into the same folder
+    second = build_context(_compose(overrides), progress=False).gold["weights_sha256"]
+    assert first != second and len(first) == 64
+
+
 def test_synthetic_source_shapes_and_errors():
     d = make_synthetic_best_of_n(
         n_train_prompts=3, n_train_samples=4, n_eval_prompts=2, n_eval_samples=5, random_state=0
