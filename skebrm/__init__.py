@@ -10,6 +10,7 @@ from importlib import import_module
 from skebrm._version import __version__
 from skebrm.bradley_terry import BradleyTerryHead, fit_bradley_terry
 from skebrm.calibrator import EnergyRewardCalibrator
+from skebrm.distribution import GridDistribution
 from skebrm.exceptions import RefinementWarning
 
 _LAZY = {
@@ -33,6 +34,7 @@ _LAZY = {
 __all__ = [
     "BradleyTerryHead",
     "EnergyRewardCalibrator",
+    "GridDistribution",
     "RefinementWarning",
     "__version__",
     "fit_bradley_terry",

@@ -25,8 +25,8 @@ from typing import NamedTuple
 import numpy as np
 from sklearn.utils import check_random_state
 
-from skebrm._inference import preference_probability_from_masses
 from skebrm._io import write_bytes_atomic
+from skebrm.distribution import preference_probability_from_masses
 
 __all__ = [
     "BootstrapResult",

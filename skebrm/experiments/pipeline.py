@@ -103,16 +103,20 @@ def _base_model(cfg, head_split: EmbeddedPairs) -> Callable[[EmbeddedPairs], Met
 
 
 def _ebrm_outputs(calibrator, data: EmbeddedPairs, base: np.ndarray, prefix: str) -> dict:
-    """EBRM's three readings of ``p(r | e)``: hybrid mode, global mode and mean."""
+    """EBRM's three readings of ``p(r | e)``: hybrid mode, global mode and mean.
+
+    Uncertainty and ``P(chosen ≻ rejected)`` come from the calibrator's own distribution
+    (:meth:`~skebrm.GridDistribution.preference_probability`, the number
+    ``calibrator.preference_probability`` gives), from one grid pass.
+    """
     X = data.embeddings
-    dist = calibrator.predict_distribution(X)  # one grid pass for everything but hybrid
-    u = dist["std"]
-    ld = dist["log_density"]
-    prob = metrics.preference_probability(ld[0::2], ld[1::2], dist["grid"])
+    dist = calibrator.predict_distribution(X)
+    u = dist.std()
+    prob = dist[0::2].preference_probability(dist[1::2])
     return {
         prefix: MethodOutput(calibrator.predict(X, base_reward=base), u, prob),
-        f"{prefix}_global": MethodOutput(dist["mode"], u, prob),
-        f"{prefix}_mean": MethodOutput(dist["mean"], u, prob),
+        f"{prefix}_global": MethodOutput(dist.mode, u, prob),
+        f"{prefix}_mean": MethodOutput(dist.mean(), u, prob),
     }
 
 

@@ -28,7 +28,6 @@ REPO = Path(__file__).resolve().parents[2]
 # a small, fast calibrator and baselines: these tests check the machinery, not the method
 TINY_CALIBRATOR = [
     "calibrator.estimator.hidden=[32,16]",
-    "calibrator.estimator.reward_hidden=[8,8,8]",
     "calibrator.estimator.n_negatives=32",
     "calibrator.estimator.max_epochs=3",
     "calibrator.estimator.learning_rate=1e-3",
