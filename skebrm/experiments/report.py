@@ -69,7 +69,9 @@ def _method_rows(methods: dict, reference: str = "base") -> tuple[list[str], lis
     if has_votes:
         header.append("AUROC disagreement")
     if best_of_k:
-        header.append(f"best-of-k ({best_of_k['n_groups']} groups, k̄ {best_of_k['mean_k']:.1f})")
+        header.append(
+            f"best-of-k ({best_of_k['n_groups']} groups, mean k {best_of_k['mean_k']:.1f})"
+        )
     rows = []
     for name, m in methods.items():
         vs = m.get(f"vs_{reference}")

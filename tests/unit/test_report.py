@@ -111,6 +111,6 @@ def test_per_run_table_shows_disagreement_and_best_of_k():
     text = format_table(r)
     assert "annotators disagree on 9 of the 80 with votes" in text
     header = next(line for line in text.splitlines() if line.startswith("| method"))
-    assert "AUROC disagreement" in header and "best-of-k (12 groups, k̄ 3.5)" in header
+    assert "AUROC disagreement" in header and "best-of-k (12 groups, mean k 3.5)" in header
     margin = next(line for line in text.splitlines() if line.startswith("| base_margin |"))
     assert "| 0.586 |" in margin and margin.rstrip().endswith("| 0.610 | – |")

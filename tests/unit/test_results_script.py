@@ -62,7 +62,7 @@ def test_tables_carry_the_uncertainty_baselines(m, tmp_path):
     run_part, sweep_part = text.split("### demo (sweep)")
     # the per-run table: one row per method, base margin and Laplace among them
     assert "| base_margin | 0.600 |" in run_part and "| laplace_bt | 0.600 |" in run_part
-    assert "AUROC disagreement" in run_part and "best-of-k (5 groups, k̄ 3.2)" in run_part
+    assert "AUROC disagreement" in run_part and "best-of-k (5 groups, mean k 3.2)" in run_part
     # the sweep table: one row per run, the new columns by method
     header = next(line for line in sweep_part.splitlines() if line.startswith("| label_noise"))
     for column in (
