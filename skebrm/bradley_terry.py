@@ -21,7 +21,7 @@ from sklearn.base import BaseEstimator
 from sklearn.linear_model import LogisticRegression
 from sklearn.utils.validation import check_is_fitted, validate_data
 
-from skebrm._compat import Interval, _fit_context
+from skebrm._compat import Interval, StrOptions, _fit_context
 from skebrm._pairs import check_pairs
 from skebrm.metrics import pairwise_accuracy
 
@@ -173,19 +173,33 @@ class BradleyTerryHead(_PairScoreMixin, BaseEstimator):
 class LaplaceBradleyTerryHead(BradleyTerryHead):
     """A Bradley–Terry head with a Laplace posterior over its weights (Bayesian last layer).
 
-    The mean is the MAP weight vector of :class:`BradleyTerryHead` (the same fit). Around
-    it the posterior is approximated by a Gaussian ``N(w, H⁻¹)`` whose precision is the
-    Hessian of the negative log posterior,
+    The posterior over the weights ``w`` of the linear reward ``r(e) = w·e + b`` is
+    approximated by a Gaussian ``N(w, H⁻¹)`` around them, whose precision is the Hessian of
+    the negative log posterior of the pairs,
 
-    ``H = λ I + Σ_pairs p (1 − p) z zᵀ``, ``z = e_c − e_r``, ``p = σ(w·z)``.
+    ``H = λ I + Σ_pairs p (1 − p) z zᵀ``, ``z = e_c − e_r``, ``p = σ(w·z)``
+
+    (the offset ``b`` cancels in every comparison and carries no posterior).
+
+    **Where the weights come from** (``weights``):
+
+    * ``"fit"`` — the MAP weights of :class:`BradleyTerryHead` with the same ``C`` (the
+      same fit, so the same rewards), which are exactly the mode of that posterior;
+    * ``"base_reward"`` — the weights of the reward model whose reward per row is ``y``:
+      ``(w, b)`` by least squares of ``y`` on ``[X, 1]``. When ``X`` are the inputs of an
+      RM's scoring layer (what :class:`skebrm.extraction.EmbeddingExtractor` returns) and
+      ``y`` its rewards, this recovers the RM's own last layer, so the posterior is a
+      last-layer Laplace approximation of that trained RM (its weights taken as the mode,
+      as last-layer Laplace on trained networks does). ``y`` must be linear in ``X``: an
+      R² below 0.999 raises a ``ValueError``.
 
     **Prior precision.** :func:`fit_bradley_terry` minimises scikit-learn's
     ``½‖w‖² + C Σ_rows loss`` over the pairs *and* their negations; both copies of a pair
     have the loss ``−log σ(w·z)``, so the objective is ``2C`` times
     ``Σ_pairs −log σ(w·z) + ‖w‖² / (4C)``: the negative log posterior of one Bradley–Terry
     likelihood per pair under the prior ``N(0, λ⁻¹ I)`` with ``λ = 1 / (2C)``. That is the
-    ``λ`` used here, so the Laplace posterior is centred on the mode of the objective that
-    was fitted (each pair counted once, as the data hold it).
+    ``λ`` used here, so with ``weights="fit"`` the Laplace posterior is centred on the
+    mode of the objective that was fitted (each pair counted once, as the data hold it).
 
     Uncertainty and preference probability follow from the Gaussian:
 
@@ -203,20 +217,24 @@ class LaplaceBradleyTerryHead(BradleyTerryHead):
         Inverse L2 regularisation strength, as for :class:`BradleyTerryHead`; the prior
         precision is ``1 / (2C)``.
     max_iter : int, default=1000
-        Iterations of the LBFGS solver.
+        Iterations of the LBFGS solver (``weights="fit"``).
+    weights : {"fit", "base_reward"}, default="fit"
+        Fit the MAP weights on the pairs, or take those of the base reward ``y``.
 
     Attributes
     ----------
     coef_ : ndarray of shape (n_features,)
-        Posterior mean (the MAP weights).
+        Posterior mean of the weights.
     intercept_ : float
-        Always 0.0.
+        0.0 for ``weights="fit"``; the base reward's offset for ``"base_reward"``.
     prior_precision_ : float
         ``λ = 1 / (2C)``.
     precision_ : ndarray of shape (n_features, n_features)
         ``H``.
     covariance_ : ndarray of shape (n_features, n_features)
         ``H⁻¹``.
+    base_reward_r2_ : float
+        R² of the least-squares fit of ``y`` (``weights="base_reward"``; NaN for ``"fit"``).
     n_features_in_ : int
 
     Examples
@@ -231,21 +249,59 @@ class LaplaceBradleyTerryHead(BradleyTerryHead):
     ((200,), (5,))
     """
 
+    _parameter_constraints: dict = {
+        **BradleyTerryHead._parameter_constraints,
+        "weights": [StrOptions({"fit", "base_reward"})],
+    }
+
+    def __init__(self, *, C: float = 1.0, max_iter: int = 1000, weights: str = "fit"):
+        self.C = C
+        self.max_iter = max_iter
+        self.weights = weights
+
     @_fit_context(prefer_skip_nested_validation=True)
     def fit(self, X, y=None, *, pair_id=None, chosen=None):
-        """Fit the MAP weights, then the Laplace posterior around them; ``y`` is ignored.
+        """Take or fit the weights, then the Laplace posterior around them.
 
         Parameters
         ----------
         X : array-like of shape (n_samples, n_features)
-        y : ignored
+        y : array-like of shape (n_samples,), optional
+            The base reward per row; required with ``weights="base_reward"``, else ignored.
         pair_id, chosen : array-like of shape (n_samples,)
 
         Returns
         -------
         self
         """
-        z, coef = self._fit_pairs(X, pair_id, chosen)
+        r2 = float("nan")
+        if self.weights == "fit":
+            z, coef = self._fit_pairs(X, pair_id, chosen)
+            intercept = 0.0
+        else:
+            if y is None:
+                raise ValueError(
+                    "LaplaceBradleyTerryHead.fit: y (the base reward per row) is required "
+                    "with weights='base_reward'; pass y or use weights='fit'."
+                )
+            X, y = validate_data(self, X, y, dtype=np.float64, y_numeric=True)
+            idx_c, idx_r = check_pairs(
+                pair_id, chosen, X.shape[0], caller="LaplaceBradleyTerryHead.fit"
+            )
+            design = np.hstack([X, np.ones((X.shape[0], 1))])
+            solution = np.linalg.lstsq(design, y, rcond=None)[0]
+            coef, intercept = solution[:-1], float(solution[-1])
+            residual = y - design @ solution
+            total = np.sum((y - y.mean()) ** 2)
+            r2 = 1.0 - float(residual @ residual) / total if total > 0 else 1.0
+            if r2 < 0.999:
+                raise ValueError(
+                    "LaplaceBradleyTerryHead.fit: with weights='base_reward', y must be a "
+                    f"linear function of X (a reward model's last layer), got R² {r2:.4f} "
+                    "for the least-squares fit; pass the scoring layer's inputs as X or use "
+                    "weights='fit'."
+                )
+            z = X[idx_c] - X[idx_r]
         lam = 1.0 / (2.0 * float(self.C))
         p = _sigmoid(z @ coef)
         precision = (z * (p * (1.0 - p))[:, None]).T @ z
@@ -253,10 +309,11 @@ class LaplaceBradleyTerryHead(BradleyTerryHead):
         factor = cho_factor(precision, lower=True)
         covariance = cho_solve(factor, np.eye(precision.shape[0]))
         self.coef_ = coef
-        self.intercept_ = 0.0
+        self.intercept_ = intercept
         self.prior_precision_ = lam
         self.precision_ = precision
         self.covariance_ = 0.5 * (covariance + covariance.T)
+        self.base_reward_r2_ = r2
         return self
 
     def _quad(self, E: np.ndarray) -> np.ndarray:

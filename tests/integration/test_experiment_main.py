@@ -83,9 +83,9 @@ def _check_method_block(methods):
     assert margin["accuracy"] == methods["base"]["accuracy"]
     assert margin["vs_base"]["difference"] == 0.0
     assert margin["misorder_auroc_base"] == margin["misorder_auroc_self"] > 0.5
-    # the Laplace head is the base head's fit (same C, same split) with a posterior
+    # the Laplace head is the base head's weights (read off its rewards) with a posterior
     laplace = methods["laplace_bt"]
-    assert laplace["accuracy"] == methods["base"]["accuracy"]
+    assert laplace["accuracy"] == pytest.approx(methods["base"]["accuracy"], abs=0.02)
     assert 0.0 <= laplace["misorder_auroc_base"] <= 1.0 and 0.0 <= laplace["ece"] <= 1.0
 
 

@@ -189,6 +189,34 @@ def test_posterior_narrows_with_more_pairs():
     assert np.all(large.score_uncertainty(probe) < small.score_uncertainty(probe))
 
 
+def test_laplace_around_the_base_rewards_weights():
+    """weights='base_reward': the posterior sits on the RM's own last layer."""
+    X, pair_id, chosen = _pairs(n_pairs=70, d=4, seed=9)
+    w_rm = np.array([0.7, -0.2, 1.1, 0.4])
+    y = X @ w_rm + 3.0  # a trained RM's scoring layer: reward = w·e + b
+    lap = LaplaceBradleyTerryHead(C=0.5, weights="base_reward").fit(
+        X, y, pair_id=pair_id, chosen=chosen
+    )
+    np.testing.assert_allclose(lap.coef_, w_rm, atol=1e-10)
+    assert lap.intercept_ == pytest.approx(3.0) and lap.base_reward_r2_ == pytest.approx(1.0)
+    np.testing.assert_allclose(lap.predict(X), y)
+    z = _diffs(X, chosen)
+    expected = np.eye(4) / (2 * 0.5)
+    for zi in z:
+        p = 1.0 / (1.0 + math.exp(-float(zi @ w_rm)))
+        expected += p * (1.0 - p) * np.outer(zi, zi)
+    np.testing.assert_allclose(lap.precision_, expected)
+    # on the rewards of a fitted head it is that head's posterior
+    head = BradleyTerryHead(C=0.5).fit(X, pair_id=pair_id, chosen=chosen)
+    fitted = LaplaceBradleyTerryHead(C=0.5).fit(X, pair_id=pair_id, chosen=chosen)
+    taken = LaplaceBradleyTerryHead(C=0.5, weights="base_reward").fit(
+        X, head.predict(X), pair_id=pair_id, chosen=chosen
+    )
+    np.testing.assert_allclose(taken.coef_, fitted.coef_, atol=1e-10)
+    np.testing.assert_allclose(taken.precision_, fitted.precision_, rtol=1e-8)
+    assert math.isnan(fitted.base_reward_r2_)
+
+
 def test_laplace_errors():
     X, pair_id, chosen = _pairs(n_pairs=10)
     with pytest.raises(NotFittedError):
@@ -202,3 +230,10 @@ def test_laplace_errors():
         lap.pair_uncertainty(X[:3, :2], X[:3, :2])
     with pytest.raises(ValueError, match="LaplaceBradleyTerryHead.fit: pair_id was given"):
         LaplaceBradleyTerryHead().fit(X, pair_id=pair_id)
+    base = LaplaceBradleyTerryHead(weights="base_reward")
+    with pytest.raises(ValueError, match="y \\(the base reward per row\\) is required"):
+        base.fit(X, pair_id=pair_id, chosen=chosen)
+    with pytest.raises(ValueError, match="y must be a linear function of X .* got R²"):
+        base.fit(X, np.tanh(3 * X[:, 0]) ** 2, pair_id=pair_id, chosen=chosen)
+    with pytest.raises(ValueError, match="'weights' parameter of LaplaceBradleyTerryHead"):
+        LaplaceBradleyTerryHead(weights="map").fit(X, pair_id=pair_id, chosen=chosen)
