@@ -8,7 +8,7 @@ access, so ``import skebrm`` does not import transformers.
 from importlib import import_module
 
 from skebrm._version import __version__
-from skebrm.bradley_terry import BradleyTerryHead, fit_bradley_terry
+from skebrm.bradley_terry import BradleyTerryHead, LaplaceBradleyTerryHead, fit_bradley_terry
 from skebrm.calibrator import EnergyRewardCalibrator
 from skebrm.distribution import GridDistribution
 from skebrm.exceptions import RefinementWarning
@@ -35,6 +35,7 @@ __all__ = [
     "BradleyTerryHead",
     "EnergyRewardCalibrator",
     "GridDistribution",
+    "LaplaceBradleyTerryHead",
     "RefinementWarning",
     "__version__",
     "fit_bradley_terry",
