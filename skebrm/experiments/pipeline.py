@@ -143,18 +143,22 @@ def _baseline_output(est, X: np.ndarray) -> MethodOutput:
 def _ebrm_outputs(calibrator, data: EmbeddedPairs, base: np.ndarray, prefix: str) -> dict:
     """EBRM's three readings of ``p(r | e)``: hybrid mode, global mode and mean.
 
-    Uncertainty and ``P(chosen ≻ rejected)`` come from the calibrator's own distribution
+    ``P(chosen ≻ rejected)`` comes from the calibrator's own distributions
     (:meth:`~skebrm.GridDistribution.preference_probability`, the number
-    ``calibrator.preference_probability`` gives), from one grid pass.
+    ``calibrator.preference_probability`` gives), from one grid pass; the pair
+    uncertainty is how close that probability is to a coin flip, ``−|P − ½|`` (it uses
+    both the distance of the two distributions and their spreads); the rows' standard
+    deviations are kept too (``misorder_auroc_spread_*`` scores ``hypot(std_c, std_r)``).
     """
     X = data.embeddings
     dist = calibrator.predict_distribution(X)
     u = dist.std()
     prob = dist[0::2].preference_probability(dist[1::2])
+    pair_u = -np.abs(prob - 0.5)
     return {
-        prefix: MethodOutput(calibrator.predict(X, base_reward=base), u, prob),
-        f"{prefix}_global": MethodOutput(dist.mode, u, prob),
-        f"{prefix}_mean": MethodOutput(dist.mean(), u, prob),
+        prefix: MethodOutput(calibrator.predict(X, base_reward=base), u, prob, pair_u),
+        f"{prefix}_global": MethodOutput(dist.mode, u, prob, pair_u),
+        f"{prefix}_mean": MethodOutput(dist.mean(), u, prob, pair_u),
     }
 
 
@@ -220,6 +224,9 @@ def evaluate(
             )
             if data.disagreement is not None:
                 res["disagreement_auroc"] = metrics.disagreement_auroc(pair_u, data.disagreement)
+        if o.pair_uncertainty is not None and o.uncertainty is not None:
+            spread = np.hypot(o.uncertainty[0::2], o.uncertainty[1::2])
+            res["misorder_auroc_spread_" + reference] = metrics.misorder_auroc(spread, ref_c, ref_r)
         if o.preference_probability is not None:
             p, y = metrics.preference_calibration_data(o.preference_probability)
             res["ece"] = metrics.expected_calibration_error(p, y, n_bins=n_bins)
@@ -314,7 +321,14 @@ def _run(cfg, output_dir: Path, echo: Callable[[str], None]) -> dict:
         raise ValueError(f"split.calibrator_fit_on must be 'head' or 'calibrator', got {fit_on!r}.")
     train = splits[fit_on]
     calibrator = build(cfg.calibrator.estimator, verbose=int(progress))
-    calibrator.fit(train.embeddings, base(train).reward, **_fit_kwargs(train))
+    # the calibrator's validation split (if any) holds out whole prompts
+    _, prompt_codes = np.unique(train.prompt.astype(str), return_inverse=True)
+    calibrator.fit(
+        train.embeddings,
+        base(train).reward,
+        **_fit_kwargs(train),
+        groups=np.repeat(prompt_codes.reshape(-1), 2),
+    )
     done("calibrator")
 
     stage("baselines")
