@@ -12,8 +12,7 @@ when its gold curve peaks before ``n = N`` and falls.
 Proxies: the base Bradley–Terry head; EBRM's refined reward (hybrid mode from the base
 reward) and refined − λ·std (``ebrm_penalties``); the baselines of
 ``overoptimization.proxies`` (head ensembles mean / worst-case / uncertainty-weighted;
-an entry set to null is skipped, which is how the Bayesian last layer waits for its
-estimator).
+the Laplace Bayesian last layer's mean − λ·std; an entry set to null is skipped).
 """
 
 from __future__ import annotations

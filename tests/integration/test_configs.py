@@ -235,7 +235,9 @@ def test_overoptimization_configs():
     assert src.n_eval_prompts >= 100 and src.n_eval_samples == 32 and src.n_train_samples >= 8
     n_pairs = src.n_train_prompts * cfg.overoptimization.pairs_per_prompt
     assert n_pairs >= 2000 and cfg.overoptimization.label_noise == 0.25
-    assert cfg.overoptimization.proxies.laplace_bt is None  # waits for its estimator
+    laplace = cfg.overoptimization.proxies.laplace_bt_minus_1std
+    assert laplace.estimator._target_ == "skebrm.LaplaceBradleyTerryHead"
+    assert laplace.uncertainty_penalty == 1.0
     assert all(Path(f).name.startswith(("hh_rlhf", "ultrafeedback")) for f in src.prompt_files)
     gold_loader = instantiate(cfg.overoptimization.gold.model)
     assert callable(gold_loader)  # a partial: the model loads only when called

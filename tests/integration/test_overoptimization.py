@@ -69,8 +69,9 @@ def test_synthetic_config_end_to_end(tmp_path, load_script):
         "bt_ensemble_mean",
         "bt_ensemble_worst_case",
         "bt_ensemble_uncertainty_weighted",
+        "laplace_bt_minus_1std",
     }
-    assert set(res["summary"]) == expected | {"oracle"}  # laplace_bt: null is skipped
+    assert set(res["summary"]) == expected | {"oracle"}
     assert set(res["agreement"]) == expected
     assert res["n_train_pairs"] == 60 * 8 and res["label_noise"] == 0.25
     n = res["curves"]["base"]["n"]
