@@ -156,9 +156,9 @@ class TransformersSampler(PolicySampler):
                 "chat_template_sha256": _sha(str(self.tokenizer_.chat_template)),
                 "eos_ids": self.eos_ids_,
                 "dtype": str(next(self.model_.parameters()).dtype).replace("torch.", ""),
-                "settings": self.settings(),
             }
-        return dict(self._identity)
+        # the settings are read at every call: they may be changed after loading
+        return {**self._identity, "settings": self.settings()}
 
     def encode_prompt(self, prompt: str) -> list[int]:
         """Token ids of the chat-templated prompt, with the generation prompt."""

@@ -124,9 +124,9 @@ class VLLMSampler(PolicySampler):
                 "chat_template_sha256": hashlib.sha256(template.encode()).hexdigest(),
                 "dtype": str(self.dtype),
                 "vllm_version": self.vllm_version_,
-                "settings": self.settings(),
             }
-        return dict(self._identity)
+        # the settings are read at every call: they may be changed after loading
+        return {**self._identity, "settings": self.settings()}
 
     def _sample(self, prompts, n_samples, seed):
         import numpy as np

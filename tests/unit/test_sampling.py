@@ -127,6 +127,10 @@ def test_identity_changes_with_weights_and_settings():
         != (a["weights_sha256"])
     )
     assert tiny_sampler(max_new_tokens=5).identity()["settings"] != a["settings"]
+    s = tiny_sampler()
+    before = s.identity()
+    s.max_new_tokens = 7  # changed after loading: the key follows
+    assert s.identity()["settings"]["max_new_tokens"] == 7 != before["settings"]["max_new_tokens"]
 
 
 @pytest.mark.parametrize(
