@@ -28,6 +28,8 @@ _LAZY = {
     "build_reward_model": "skebrm.extraction",
     "load_minilm": "skebrm.extraction",
     "load_smollm2": "skebrm.extraction",
+    "RefinedRewardModel": "skebrm.bundle",
+    "RewardScores": "skebrm.bundle",
 }
 
 __all__ = [
