@@ -27,7 +27,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from skebrm._io import sha256_file, staged_directory, write_json_atomic
+from skebrm._io import sha256_bytes, sha256_file, staged_directory, write_json_atomic
 from skebrm.calibrator import EnergyRewardCalibrator
 
 __all__ = [
@@ -393,6 +393,7 @@ class RefinedRewardModel:
                 "embedding_dim": int(self.extractor.n_features_out_),
                 "files": files,
             }
+            config["config_sha256"] = _config_digest(config)
             write_json_atomic(tmp / _CONFIG, config)
         return target
 
@@ -407,9 +408,11 @@ class RefinedRewardModel:
     ) -> RefinedRewardModel:
         """Load a bundle written by :meth:`save_pretrained`; nothing is unpickled.
 
-        Every file is checked against the SHA-256 recorded at save time, and the loaded
-        RM's weights and tokenizer against the recorded fingerprints; any difference (a
-        file edited or swapped after saving) raises :class:`BundleMismatchError`.
+        The config must match its own SHA-256, every file the SHA-256 recorded at save
+        time, and the loaded RM's weights and tokenizer the recorded fingerprints; any
+        difference (a file edited or swapped after saving) raises
+        :class:`BundleMismatchError`, and so does a calibrator whose embedding width is
+        not the RM's.
 
         Parameters
         ----------
@@ -491,7 +494,19 @@ def _read_config(folder: Path, caller: str) -> dict:
     ]
     if missing:
         raise BundleMismatchError(f"{caller}: {str(path)!r} lacks the field(s) {missing}.")
+    if config.get("config_sha256") != _config_digest(config):
+        raise BundleMismatchError(
+            f"{caller}: {str(path)!r} was edited after saving (its content does not match "
+            "its config_sha256); pass penalty= or batch_size= to from_pretrained to change "
+            "those, or save the bundle again."
+        )
     return config
+
+
+def _config_digest(config: dict) -> str:
+    """SHA-256 of the config's canonical JSON, without its own digest."""
+    body = {k: v for k, v in config.items() if k != "config_sha256"}
+    return sha256_bytes(json.dumps(body, sort_keys=True, allow_nan=False).encode("utf-8"))
 
 
 def _verify_files(folder: Path, files: dict, caller: str) -> None:
