@@ -30,6 +30,7 @@ _LAZY = {
     "load_smollm2": "skebrm.extraction",
     "RefinedRewardModel": "skebrm.bundle",
     "RewardScores": "skebrm.bundle",
+    "BundleMismatchError": "skebrm.bundle",
 }
 
 __all__ = [
