@@ -372,9 +372,15 @@ class RefinedRewardModel:
 
         target = Path(save_directory)
         with staged_directory(target) as tmp:
-            model = self.reward_model
-            model.save_pretrained(tmp / _RM_DIR, safe_serialization=True)
+            # safetensors is save_pretrained's only format in transformers 5 and its
+            # default since 4.35; checked below
+            self.reward_model.save_pretrained(tmp / _RM_DIR)
             self.tokenizer.save_pretrained(tmp / _RM_DIR)
+            if not any((tmp / _RM_DIR).glob("*.safetensors")):
+                raise RuntimeError(
+                    "RefinedRewardModel.save_pretrained: the reward model was not saved as "
+                    "safetensors; upgrade transformers (>= 4.35)."
+                )
             self.calibrator.save_pretrained(tmp / _CAL_DIR)
             files = {
                 p.relative_to(tmp).as_posix(): sha256_file(p)
@@ -431,12 +437,20 @@ class RefinedRewardModel:
         _verify_files(folder, config["files"], caller)
         settings = config["extraction"]
         dtype = settings["dtype"]
-        model = AutoModelForSequenceClassification.from_pretrained(
-            folder / _RM_DIR,
-            dtype=getattr(torch, dtype),
-            use_safetensors=True,
-            trust_remote_code=False,
-        )
+        from transformers.utils import logging as hf_logging
+
+        bars = hf_logging.is_progress_bar_enabled()
+        hf_logging.disable_progress_bar()
+        try:
+            model = AutoModelForSequenceClassification.from_pretrained(
+                folder / _RM_DIR,
+                dtype=getattr(torch, dtype),
+                use_safetensors=True,
+                trust_remote_code=False,
+            )
+        finally:
+            if bars:
+                hf_logging.enable_progress_bar()
         tokenizer = AutoTokenizer.from_pretrained(folder / _RM_DIR, trust_remote_code=False)
         calibrator = EnergyRewardCalibrator.from_pretrained(folder / _CAL_DIR)
         bundle = cls(
