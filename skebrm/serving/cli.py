@@ -6,12 +6,14 @@
 
 then point OpenRLHF at it with ``--remote_rm_url http://127.0.0.1:5000/get_reward``.
 SIGINT / SIGTERM shut it down cleanly: it stops accepting connections, answers the
-requests in flight, then exits with status 0.
+requests in flight (for up to ``--graceful-timeout`` seconds), stops the micro-batcher,
+then exits with status 0.
 """
 
 from __future__ import annotations
 
 import argparse
+import signal
 import sys
 
 __all__ = ["build_parser", "main"]
@@ -98,13 +100,24 @@ def main(argv: list[str] | None = None) -> int:
         print(f"skebrm-serve: error: {exc}", file=sys.stderr)
         return 2
     print(f"skebrm-serve: {bundle!r} from {args.model}", file=sys.stderr, flush=True)
-    uvicorn.run(
-        create_app(bundle, settings),
-        host=args.host,
-        port=args.port,
-        log_level=args.log_level,
-        timeout_graceful_shutdown=args.graceful_timeout,
+    server = uvicorn.Server(
+        uvicorn.Config(
+            create_app(bundle, settings),
+            host=args.host,
+            port=args.port,
+            log_level=args.log_level,
+            timeout_graceful_shutdown=args.graceful_timeout,
+        )
     )
+    # uvicorn handles SIGINT / SIGTERM itself (graceful shutdown) and re-raises the signal
+    # once it is done; these handlers receive that re-raised signal, so a shutdown that
+    # was asked for and completed exits with status 0 instead of dying by the signal.
+    received = []
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        signal.signal(sig, lambda signum, frame: received.append(signum))
+    server.run()
+    if not server.started:
+        return 1  # could not bind the address (uvicorn logged why)
     return 0
 
 
