@@ -165,7 +165,11 @@ class RefinedRewardModel:
     penalty : float, default=0.0
         λ ≥ 0 of the reward ``refined − λ · std`` returned by ``__call__``.
     batch_size : int, default=16
-        Rows per RM forward pass.
+        Rows per RM forward pass. A float32 RM's embeddings change in their last bits
+        with the padding and size of the batch a row is in, and the refinement's
+        accept/reject ascent can turn such a change into a visible jump of the refined
+        reward (see benchmarks/README.md); ``batch_size=1`` runs every row alone, so a
+        row's numbers never depend on the rows scored with it, at some cost in speed.
     device : str or torch.device, default="cpu"
         Where the RM and the calibrator run.
     name : str, default="refined_reward"
