@@ -161,7 +161,8 @@ class RefinedRewardModel:
         Scoring layer of the RM, when the generic rule cannot find it.
     long_response : {"truncate", "error"}, default="truncate"
     dtype : None or {"float32", "bfloat16", "float16", "float64"}, default=None
-        None keeps the model's dtype.
+        None keeps the model's dtype; otherwise the model instance is converted in place
+        (as ``nn.Module.to`` does).
     penalty : float, default=0.0
         λ ≥ 0 of the reward ``refined − λ · std`` returned by ``__call__``.
     batch_size : int, default=16

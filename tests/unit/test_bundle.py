@@ -154,3 +154,131 @@ def test_score_input_errors(bundle):
         bundle.score("a", ["c"])
     with pytest.raises(TypeError, match=r"completions\[1\] must be a str, got int"):
         bundle.score(["a", "b"], ["c", 3])
+
+
+# ------------------------------------------------------------------ persistence
+def _resign(folder, edit):
+    """Edit the saved config and recompute its digest (a deliberate, consistent forgery)."""
+    import json
+
+    from skebrm.bundle import _config_digest
+
+    path = folder / "refined_reward_model.json"
+    config = json.loads(path.read_text())
+    edit(config)
+    config["config_sha256"] = _config_digest(config)
+    path.write_text(json.dumps(config))
+
+
+@pytest.fixture
+def saved(bundle, tmp_path):
+    if not hasattr(EnergyRewardCalibrator, "save_pretrained"):  # pragma: no cover
+        pytest.skip("needs EnergyRewardCalibrator.save_pretrained (issue 9, point 4)")
+    return bundle.save_pretrained(tmp_path / "bundle")
+
+
+def test_round_trip_gives_the_same_numbers(parts, bundle, saved):
+    prompts, completions = _rows(parts)
+    loaded = RefinedRewardModel.from_pretrained(saved)
+    a, b = bundle.score(prompts, completions), loaded.score(prompts, completions)
+    np.testing.assert_array_equal(a.base_reward, b.base_reward)
+    np.testing.assert_array_equal(a.refined_reward, b.refined_reward)
+    np.testing.assert_array_equal(a.std, b.std)
+    assert loaded.penalty == 0.5 and loaded.__name__ == "refined_reward"
+    assert loaded.extraction_settings == bundle.extraction_settings
+    assert RefinedRewardModel.from_pretrained(saved, penalty=0.0, batch_size=3).penalty == 0.0
+    names = sorted(p.relative_to(saved).as_posix() for p in saved.rglob("*") if p.is_file())
+    assert "refined_reward_model.json" in names
+    assert any(n.startswith("reward_model/") and n.endswith(".safetensors") for n in names)
+    assert any(n.startswith("calibrator/") for n in names)
+    assert not any(n.endswith((".bin", ".pkl", ".pt", ".joblib")) for n in names)
+
+
+def test_loading_and_scoring_never_unpickle(parts, saved, monkeypatch):
+    import pickle
+
+    def refuse(*args, **kwargs):
+        raise AssertionError("unpickling on the serving path")
+
+    monkeypatch.setattr(pickle, "load", refuse)
+    monkeypatch.setattr(pickle, "loads", refuse)
+    monkeypatch.setattr(pickle, "Unpickler", refuse)
+    monkeypatch.setattr(torch, "load", refuse)
+    loaded = RefinedRewardModel.from_pretrained(saved)
+    assert len(loaded.score(*_rows(parts, 3))) == 3
+
+
+def test_saving_again_replaces_the_folder_whole(parts, bundle, saved, monkeypatch):
+    (saved / "stray.txt").write_text("left over")
+    bundle.save_pretrained(saved)
+    assert not (saved / "stray.txt").exists()
+    before = sorted(p.read_bytes() for p in saved.rglob("*") if p.is_file())
+
+    def boom(directory):
+        raise OSError("disk full")
+
+    monkeypatch.setattr(parts.calibrator, "save_pretrained", boom)
+    with pytest.raises(OSError, match="disk full"):
+        bundle.save_pretrained(saved)
+    assert sorted(p.read_bytes() for p in saved.rglob("*") if p.is_file()) == before
+
+
+def test_an_edited_file_is_refused(saved):
+    weights = next((saved / "reward_model").glob("*.safetensors"))
+    data = bytearray(weights.read_bytes())
+    data[-1] ^= 1
+    weights.write_bytes(bytes(data))
+    with pytest.raises(BundleMismatchError, match=r"reward_model/.*changed after saving"):
+        RefinedRewardModel.from_pretrained(saved)
+
+
+def test_an_edited_config_is_refused(saved):
+    path = saved / "refined_reward_model.json"
+    path.write_text(path.read_text().replace('"max_length": 64', '"max_length": 128'))
+    with pytest.raises(BundleMismatchError, match="was edited after saving"):
+        RefinedRewardModel.from_pretrained(saved)
+
+
+def test_an_extra_file_is_refused(saved):
+    (saved / "reward_model" / "pytorch_model.bin").write_bytes(b"not loaded")
+    with pytest.raises(BundleMismatchError, match="pytorch_model.bin"):
+        RefinedRewardModel.from_pretrained(saved)
+
+
+def test_another_reward_model_is_refused(saved):
+    _resign(saved, lambda c: c["extraction"].update(weights_sha256="0" * 64))
+    with pytest.raises(BundleMismatchError, match=r"not the one the bundle was saved with"):
+        RefinedRewardModel.from_pretrained(saved)
+
+
+def test_a_calibrator_of_another_width_is_refused(saved, tmp_path):
+    import shutil
+
+    from skebrm._io import sha256_file
+
+    rng = np.random.default_rng(0)
+    X = rng.normal(size=(40, 8)).astype(np.float32)
+    other = EnergyRewardCalibrator(
+        hidden=(8,), reward_hidden=(4,), n_negatives=8, max_epochs=1, grid_size=16, device="cpu"
+    ).fit(X, X[:, 0])
+    shutil.rmtree(saved / "calibrator")
+    other.save_pretrained(saved / "calibrator")
+
+    def files(config):
+        config["files"] = {
+            p.relative_to(saved).as_posix(): sha256_file(p)
+            for p in saved.rglob("*")
+            if p.is_file() and p.name != "refined_reward_model.json"
+        }
+
+    _resign(saved, files)
+    with pytest.raises(BundleMismatchError, match="fitted on 8-dimensional embeddings"):
+        RefinedRewardModel.from_pretrained(saved)
+
+
+def test_not_a_bundle_and_other_versions_are_refused(saved, tmp_path):
+    with pytest.raises(FileNotFoundError, match="is not a saved RefinedRewardModel"):
+        RefinedRewardModel.from_pretrained(tmp_path / "nothing")
+    _resign(saved, lambda c: c.update(format_version=99))
+    with pytest.raises(BundleMismatchError, match="format_version 99"):
+        RefinedRewardModel.from_pretrained(saved)
