@@ -37,8 +37,9 @@ import torch
 
 import skebrm
 from skebrm import EnergyRewardCalibrator, _training
-from skebrm._training import accumulate_nce_plus_gradients
-from skebrm.energy import BasisEnergyNet, EnergyNet, Workspace, sample_nce_noise
+from skebrm._objectives import GridNLL, NCEPlus
+from skebrm._training import accumulate_gradients
+from skebrm.energy import BasisEnergyNet, EnergyNet, Workspace
 
 HERE = Path(__file__).resolve().parent
 
@@ -135,19 +136,29 @@ def _batch(d: int, rows: int, seed: int):
     return torch.randn(rows, d, generator=g), 4 * torch.randn(rows, generator=g)
 
 
-def time_library_steps(net, d, batch, n_neg, steps, seed=0):
-    """Median seconds of one library training step (after one warm-up step)."""
+def _grid_nll(grid_size):
+    """The grid-likelihood objective on a grid as wide as the calibrator's for these rewards."""
+    low, high = -16.0, 16.0
+    width = (high - low) / grid_size
+    centres = low + (torch.arange(grid_size, dtype=torch.float32) + 0.5) * width
+    return GridNLL((centres, low, width), SIGMAS, BETA, PENALTY)
+
+
+def time_library_steps(net, d, batch, n_neg, steps, seed=0, objective=None):
+    """Median seconds of one library training step (after one warm-up step); NCE+ with
+    ``n_neg`` negatives unless another objective is given."""
     opt = torch.optim.AdamW(net.parameters(), lr=LR, weight_decay=WD)
     x, y = _batch(d, batch, seed)
     g = torch.Generator().manual_seed(seed)
+    objective = objective or NCEPlus(SIGMAS, BETA, n_neg, PENALTY)
     net.train()
     workspace = Workspace()  # reused across steps, as the training loop does
     times = []
     for i in range(steps + 1):
         t0 = time.perf_counter()
-        samples = sample_nce_noise(y, SIGMAS, BETA, n_neg, g)
+        plan = objective.plan(y, generator=g)
         opt.zero_grad(set_to_none=True)
-        accumulate_nce_plus_gradients(net, x, samples, y, SIGMAS, PENALTY, workspace=workspace)
+        accumulate_gradients(net, x, plan, workspace=workspace)
         opt.step()
         if i > 0:
             times.append(time.perf_counter() - t0)
@@ -179,6 +190,12 @@ def section_train(cfg, peak):
         net = EnergyNet(d)
         t_lib = time_library_steps(net, d, cfg["batch"], cfg["n_neg"], cfg["lib_steps"])
         torch.manual_seed(0)
+        net = EnergyNet(d)
+        grid = _grid_nll(cfg["grid_size"])
+        t_grid = time_library_steps(
+            net, d, cfg["batch"], cfg["n_neg"], cfg["lib_steps"], objective=grid
+        )
+        torch.manual_seed(0)
         reference = ref.ReferenceEnergyNet(d)
         t_ref = time_reference_steps(reference, d, cfg["batch"], cfg["n_neg"], cfg["ref_steps"])
         k = cfg["n_neg"] + 1
@@ -192,6 +209,10 @@ def section_train(cfg, peak):
             "reference_rows_per_s": cfg["batch"] / t_ref,
             "library_step_s": t_lib,
             "reference_step_s": t_ref,
+            "library_grid_nll_rows_per_s": cfg["batch"] / t_grid,
+            "grid_nll_cells": cfg["grid_size"],
+            "grid_nll_over_nce_plus": t_lib / t_grid,
+            "grid_nll_over_reference": t_ref / t_grid,
             "library_flops_per_row": f_lib,
             "reference_flops_per_row": f_ref,
         }
@@ -205,7 +226,10 @@ def section_train(cfg, peak):
             f"  train d={d:5d}: library {row['library_rows_per_s']:7.2f} rows/s "
             f"({row['library_peak_fraction']:.0%} of peak), reference "
             f"{row['reference_rows_per_s']:6.2f} rows/s "
-            f"({row['reference_peak_fraction']:.0%}), speedup {row['speedup']:.2f}x",
+            f"({row['reference_peak_fraction']:.0%}), speedup {row['speedup']:.2f}x; grid NLL "
+            f"({cfg['grid_size']} cells) {row['library_grid_nll_rows_per_s']:7.2f} rows/s = "
+            f"{row['grid_nll_over_nce_plus']:.2f}x library NCE+, "
+            f"{row['grid_nll_over_reference']:.2f}x the reference",
             flush=True,
         )
     return rows
@@ -245,9 +269,8 @@ def _memory_child(args) -> None:
         )
     else:
         net.train()
-        samples = sample_nce_noise(y, SIGMAS, BETA, n_neg)
         opt.zero_grad(set_to_none=True)
-        accumulate_nce_plus_gradients(net, x, samples, y, SIGMAS, PENALTY)
+        accumulate_gradients(net, x, NCEPlus(SIGMAS, BETA, n_neg, PENALTY).plan(y))
         opt.step()
     seconds = time.perf_counter() - t0
     if method.startswith("VmHWM"):
@@ -322,7 +345,8 @@ def section_inference(cfg):
 
     def full_distribution():
         # the public one-pass method: global mode (grid + ascent), mean, std, quantiles
-        return cal.predict_distribution(X, quantiles=[0.05, 0.5, 0.95])
+        d = cal.predict_distribution(X)
+        return d.mode, d.mean(), d.std(), d.quantiles([0.05, 0.5, 0.95])
 
     t_full, _ = _timed(full_distribution, reps)
 
@@ -345,19 +369,20 @@ def section_inference(cfg):
     for p in reference.parameters():
         p.requires_grad_(False)
     e = torch.from_numpy(X)
-    base_s = torch.as_tensor(cal._to_std(y), dtype=torch.float32)
+    scaler = cal.posterior_.scaler
+    base_s = torch.as_tensor(scaler.transform(y), dtype=torch.float32)
     ref.reference_ascent(reference, e[:8], base_s[:8])  # warm-up
     t_ref, r_ref_s = _timed(
         lambda: ref.reference_ascent(reference, e, base_s, n_steps=50, step_size=0.5, shrink=0.2),
         reps,
     )
-    r_ref = cal._to_raw(r_ref_s.double().numpy())
+    r_ref = scaler.inverse_transform(r_ref_s.double().numpy())
     diff = np.abs(r_lib - r_ref) / cal.reward_scale_
     out = {
         "d": d,
         "rows": n,
         "grid_size": cal.grid_size,
-        "library_dtype": str(next(cal._device_module()[0].parameters()).dtype),
+        "library_dtype": str(next(cal.posterior_.net(cal._settings())[0].parameters()).dtype),
         "reference_dtype": "torch.float32",
         "library_hybrid_rows_per_s": n / t_hybrid,
         "reference_ascent_T50_rows_per_s": n / t_ref,
@@ -468,18 +493,18 @@ def section_mmap(cfg):
         sampler = _RssSampler()
         sampler.start()
         n_batches = max(1, max_rows // cfg["batch"])
-        original = _training._batches
+        original = _training.TrainingData.batches
 
-        def capped(n_rows, batch_size, generator):
+        def capped(self, batch_size, generator):
             # The permutation spans all n rows of the file; only the first batches run.
-            for i, idx in enumerate(original(n_rows, batch_size, generator)):
+            for i, batch in enumerate(original(self, batch_size, generator)):
                 if i >= n_batches:
                     return
-                yield idx
+                yield batch
 
         cal = _one_epoch_calibrator(cfg, cfg["mmap_energy"])
         t0 = time.perf_counter()
-        with mock.patch.object(_training, "_batches", capped):
+        with mock.patch.object(_training.TrainingData, "batches", capped):
             cal.fit(X, y)
         t_fit = time.perf_counter() - t0
         t0 = time.perf_counter()
@@ -561,6 +586,7 @@ FULL = dict(
     train_dims=[512, 2048, 4096],
     batch=256,
     n_neg=768,
+    grid_size=512,
     lib_steps=3,
     ref_steps=1,
     memory_dim=4096,

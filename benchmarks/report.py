@@ -40,14 +40,22 @@ def render(result: dict, name: str) -> str:
         "",
     ]
     if "train" in result:
+        grid = "library_grid_nll_rows_per_s" in result["train"][0]
         out += [
             "Training step, batch 256, M = 768 (library: median of "
             f"{meta['config']['lib_steps']} steps after a warm-up; reference: "
-            f"{meta['config']['ref_steps']} step):",
+            f"{meta['config']['ref_steps']} step)"
+            + (
+                f'; `objective="grid_nll"` on {result["train"][0]["grid_nll_cells"]} cells '
+                "next to NCE+:"
+                if grid
+                else ":"
+            ),
             "",
             "| d | library rows/s | reference rows/s | speedup (target) "
-            "| GFLOP/row lib / ref | fraction of peak lib / ref (target ≥ 50 %) |",
-            "|---|---|---|---|---|---|",
+            "| GFLOP/row lib / ref | fraction of peak lib / ref (target ≥ 50 %) |"
+            + (" grid NLL rows/s (vs library NCE+) |" if grid else ""),
+            "|---|---|---|---|---|---|" + ("---|" if grid else ""),
         ]
         for row in result["train"]:
             target = TRAIN_TARGETS.get(row["d"])
@@ -60,6 +68,12 @@ def render(result: dict, name: str) -> str:
                 f"{row['reference_flops_per_row'] / 1e9:.1f} "
                 f"| {frac:.0%} ({_met(frac >= PEAK_TARGET)}) / "
                 f"{row['reference_peak_fraction']:.0%} |"
+                + (
+                    f" {row['library_grid_nll_rows_per_s']:.1f} "
+                    f"({row['grid_nll_over_nce_plus']:.2f}×) |"
+                    if grid
+                    else ""
+                )
             )
         out.append("")
     if "memory" in result:

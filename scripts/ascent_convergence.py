@@ -36,11 +36,11 @@ def main(calibrator: str) -> None:
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
         est.fit(cal.embeddings, base(cal).reward, pair_id=cal.pair_id, chosen=cal.chosen)
-    net, _ = est._device_module()
+    net, _ = est.posterior_.net(est._settings())
     dtype = next(net.parameters()).dtype
     with torch.no_grad():
         h = net.embed(torch.as_tensor(np.asarray(test.embeddings), dtype=dtype))
-    r0 = torch.as_tensor(est._to_std(base(test).reward), dtype=dtype)
+    r0 = torch.as_tensor(est.posterior_.scaler.transform(base(test).reward), dtype=dtype)
     kw = {"step_size": 0.5, "shrink": 0.2}
     r50, _ = ascend(net, h, r0, max_steps=50, **kw)
     r51, _ = ascend(net, h, r0, max_steps=51, **kw)

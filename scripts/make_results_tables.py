@@ -4,6 +4,14 @@ Every argument is a run folder (holding ``results.json``) or a multirun sweep fo
 (holding one per job). Tables go to ``docs/results.md`` (to be spliced into the README)
 and figures to ``docs/figures/``; both are written atomically.
 
+A single run gets one row per method (the base margin ``base_margin`` and the Laplace
+head ``laplace_bt`` among them), with the misorder AUROC, abstention accuracy and ECE,
+plus the annotator-disagreement AUROC and the best-of-k accuracy where the data has
+votes or best-of-k groups. A sweep gets one row per job, with the accuracies, then the
+misorder and disagreement AUROCs, ECEs and best-of-k accuracies by method (see
+:func:`skebrm.experiments.report.summary_table`); runs written before those columns
+existed show "–" there.
+
 Usage::
 
     python scripts/make_results_tables.py outputs/default/2026-11-25_15-00-00 \\

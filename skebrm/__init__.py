@@ -8,8 +8,9 @@ access, so ``import skebrm`` does not import transformers.
 from importlib import import_module
 
 from skebrm._version import __version__
-from skebrm.bradley_terry import BradleyTerryHead, fit_bradley_terry
+from skebrm.bradley_terry import BradleyTerryHead, LaplaceBradleyTerryHead, fit_bradley_terry
 from skebrm.calibrator import EnergyRewardCalibrator
+from skebrm.distribution import GridDistribution
 from skebrm.exceptions import RefinementWarning
 
 _LAZY = {
@@ -36,6 +37,8 @@ _LAZY = {
 __all__ = [
     "BradleyTerryHead",
     "EnergyRewardCalibrator",
+    "GridDistribution",
+    "LaplaceBradleyTerryHead",
     "RefinementWarning",
     "__version__",
     "fit_bradley_terry",

@@ -1,14 +1,9 @@
-"""Inference on ``p(r | e) ∝ exp f(e, r)``: mode finding and exact-on-grid statistics.
+"""Inference on ``p(r | e) ∝ exp f(e, r)``: energies on the grid and mode finding.
 
-All functions work in the calibrator's internal (standardised) reward units.
-
-Grid convention
----------------
-A grid of ``G`` cells of width ``Δ`` covers ``[low, high]``; ``centres[i] = low + (i + ½)Δ``.
-``p(r | e)`` is normalised on the grid: the probability of cell ``i`` is
-``softmax(f(e, centres))_i`` and the density is taken uniform inside a cell, so masses
-sum to exactly 1, the mean is ``Σ p_i c_i`` and the variance adds the within-cell
-``Δ²/12``. Rewards outside ``[low, high]`` have density 0.
+All functions work in the calibrator's internal (standardised) reward units, on torch
+tensors. A grid of ``G`` cells of width ``Δ`` covers ``[low, high]``;
+``centres[i] = low + (i + ½)Δ``. What the grid energies mean as a distribution (cells
+uniform inside, masses ``softmax(f)``) is :class:`skebrm.GridDistribution`.
 """
 
 from __future__ import annotations
@@ -23,14 +18,9 @@ __all__ = [
     "ROW_TILE",
     "ascend",
     "grid_energies",
-    "grid_log_density",
-    "grid_mean_std",
     "grid_newton_steps",
-    "grid_preference_probability",
-    "grid_quantiles",
     "make_grid",
     "pad_rows",
-    "preference_probability_from_masses",
     "tile_rows",
 ]
 
@@ -90,6 +80,7 @@ def ascend(
     step_size: float | torch.Tensor = 0.5,
     shrink: float = 0.2,
     tol: float = 0.0,
+    bounds: tuple[float, float] | None = None,
     return_path: bool = False,
 ):
     """Monotone gradient ascent of ``f(e, ·)`` from ``r0`` (accept/reject with backtracking).
@@ -100,7 +91,9 @@ def ascend(
     never decreases along the path. A row stops for good once its proposed move is at
     most ``tol`` (with ``tol = 0``: once the move is exactly 0, after which it could not
     change anyway), so each row's result is independent of the other rows; iteration
-    ends after ``max_steps`` or when every row has stopped.
+    ends after ``max_steps`` or when every row has stopped. With ``bounds = (lo, hi)``
+    the start and every proposal are clipped to ``[lo, hi]`` (the calibrator keeps modes on
+    its grid), so the result lies in the bounds.
 
     Returns
     -------
@@ -110,7 +103,7 @@ def ascend(
     path : Tensor (T + 1, B), only if ``return_path``
         Energy at the current point after each step.
     """
-    r = r0.clone()
+    r = r0.clone() if bounds is None else r0.clamp(bounds[0], bounds[1])
     f, g = _energy_and_slope(net, h, r)
     step = torch.as_tensor(step_size, dtype=r.dtype, device=r.device).expand_as(r).clone()
     active = torch.ones_like(r, dtype=torch.bool)
@@ -122,7 +115,11 @@ def ascend(
             if return_path:
                 path.append(f.clone())
             break
-        cand = torch.where(active, r + move, r)
+        cand = r + move
+        if bounds is not None:
+            cand = cand.clamp(bounds[0], bounds[1])
+            active &= cand != r  # pinned against a bound: nothing left to try
+        cand = torch.where(active, cand, r)
         f_new, g_new = _energy_and_slope(net, h, cand)
         accept = active & (f_new > f)
         r = torch.where(accept, cand, r)
@@ -186,59 +183,3 @@ def grid_energies(net, h: torch.Tensor, grid: torch.Tensor, *, chunk: int = 1 <<
             f = net.energy_from_embedded(hb, grid.expand(hb.shape[0], -1))
         out[start : start + hb.shape[0]] = f
     return out[:, :size]
-
-
-def _log_masses(energies: np.ndarray) -> np.ndarray:
-    e = np.asarray(energies, dtype=np.float64)
-    m = e.max(axis=1, keepdims=True)
-    return e - m - np.log(np.exp(e - m).sum(axis=1, keepdims=True))
-
-
-def grid_log_density(energies: np.ndarray, width: float) -> np.ndarray:
-    """Log-density at the cell centres: ``log softmax(f) − log Δ``. (B, G)."""
-    return _log_masses(energies) - np.log(width)
-
-
-def grid_mean_std(energies: np.ndarray, centres: np.ndarray, width: float):
-    """Mean and standard deviation of the grid-normalised distribution of each row."""
-    p = np.exp(_log_masses(energies))
-    # row-wise sums, not ``p @ centres``: a matrix-vector product may round a row
-    # differently depending on how many rows come with it
-    mean = (p * centres).sum(axis=1)
-    second = (p * centres**2).sum(axis=1) + width**2 / 12.0
-    var = np.maximum(second - mean**2, 0.0)
-    return mean, np.sqrt(var)
-
-
-def grid_quantiles(energies: np.ndarray, centres: np.ndarray, width: float, q) -> np.ndarray:
-    """Quantiles of the piecewise-uniform distribution on the grid: (B, len(q)).
-
-    The CDF is piecewise linear between cell edges, so quantiles are exact for the
-    grid-normalised distribution and strictly increasing in ``q`` wherever mass is > 0.
-    """
-    q = np.atleast_1d(np.asarray(q, dtype=np.float64))
-    p = np.exp(_log_masses(energies))
-    cdf = np.concatenate([np.zeros((p.shape[0], 1)), np.cumsum(p, axis=1)], axis=1)
-    cdf[:, -1] = 1.0
-    n, size = p.shape
-    rows = np.arange(n)
-    out = np.empty((n, q.size))
-    for k, qk in enumerate(q):
-        j = np.minimum(np.sum(cdf[:, 1:] < qk, axis=1), size - 1)
-        pj = p[rows, j]
-        frac = np.divide(qk - cdf[rows, j], pj, out=np.zeros(n), where=pj > 0)
-        out[:, k] = centres[j] - width / 2 + np.clip(frac, 0.0, 1.0) * width
-    return out
-
-
-def preference_probability_from_masses(pa: np.ndarray, pb: np.ndarray) -> np.ndarray:
-    """P(r_a > r_b) + ½·P(r_a = r_b) for independent discrete masses on one grid (..., G)."""
-    cdf_b_below = np.cumsum(pb, axis=-1) - pb
-    return np.sum(pa * (cdf_b_below + 0.5 * pb), axis=-1)
-
-
-def grid_preference_probability(energies_a: np.ndarray, energies_b: np.ndarray) -> np.ndarray:
-    """P(r_a > r_b) for independent grid distributions, ties (same cell) counting ½."""
-    return preference_probability_from_masses(
-        np.exp(_log_masses(energies_a)), np.exp(_log_masses(energies_b))
-    )

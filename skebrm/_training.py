@@ -1,20 +1,27 @@
-"""The NCE+ training loop with pairwise-accuracy model selection."""
+"""The training loop: batches, gradient accumulation over micro-batches, model selection."""
 
 from __future__ import annotations
 
 import copy
-import warnings
 from collections.abc import Callable
 from dataclasses import dataclass, field
 
 import numpy as np
 import torch
 
-from skebrm._fused import fused_nce_plus_gradients, supports_fused
-from skebrm.energy import Workspace, nce_plus_loss, sample_nce_noise
-from skebrm.exceptions import ConvergenceWarning
+from skebrm._fused import fused_plan_gradients, supports_fused
+from skebrm._objectives import BatchPlan
+from skebrm.energy import Workspace
 
-__all__ = ["TrainingResult", "accumulate_nce_plus_gradients", "train_energy_model"]
+__all__ = [
+    "ACTIVATION_BUDGET",
+    "TrainingData",
+    "TrainingResult",
+    "accumulate_gradients",
+    "improvement_probability",
+    "plan_loss",
+    "train_energy_model",
+]
 
 
 @dataclass
@@ -22,17 +29,54 @@ class TrainingResult:
     history: list[dict] = field(default_factory=list)
     best_epoch: int | None = None
     stopped_early: bool = False
+    #: messages for the estimator to warn with (it knows the user's stack level)
+    warnings: list[str] = field(default_factory=list)
+
+
+@dataclass
+class TrainingData:
+    """The training rows of a fit.
+
+    X : array-like (n, d), indexed lazily (may be a memmap)
+    y : ndarray (n,), standardised rewards
+    rows : ndarray of int
+        Rows in the likelihood term (NCE+ / grid NLL).
+    pairs : ndarray (P, 2) of int or None
+        ``(chosen row, rejected row)`` of the pairs in the preference term; with pairs,
+        batches are made of whole pairs and a row outside ``rows`` is only in the
+        preference term.
+    """
+
+    X: object
+    y: np.ndarray
+    rows: np.ndarray
+    pairs: np.ndarray | None = None
+
+    def batches(self, batch_size: int, generator: torch.Generator):
+        """Yield ``(row indices, likelihood mask or None)`` for one epoch."""
+        if self.pairs is None:
+            perm = torch.randperm(len(self.rows), generator=generator).numpy()
+            for start in range(0, len(perm), batch_size):
+                yield np.sort(self.rows[perm[start : start + batch_size]]), None
+            return
+        in_likelihood = np.zeros(len(self.y), dtype=bool)
+        in_likelihood[self.rows] = True
+        perm = torch.randperm(len(self.pairs), generator=generator).numpy()
+        per_batch = max(1, batch_size // 2)
+        for start in range(0, len(perm), per_batch):
+            pairs = self.pairs[np.sort(perm[start : start + per_batch])]
+            idx = pairs.reshape(-1)  # chosen, rejected, chosen, rejected, ...
+            yield idx, in_likelihood[idx]
 
 
 # Rows of a batch are pushed through the network in micro-batches whose widest
-# per-candidate activation, (rows, M + 1, width), holds about this many floats (32 MiB
-# in float32), with gradients accumulated. The loss is a mean over rows (and over all
-# candidates for the penalty), so the sum of the micro-batch losses, each weighted by its
-# share of the batch, is the batch loss, and its gradient is the batch gradient up to the
-# order of floating-point summation. Peak memory then no longer grows with the batch size.
-# Measured at d = 2,048, M = 768 on the 2-core CPU of benchmarks/README.md: 2 to 42 rows
-# per micro-batch all ran within 4 % of each other with the fused step; 10 rows is the
-# middle of that plateau.
+# per-candidate activation, (rows, K, width), holds about this many floats (32 MiB in
+# float32), with gradients accumulated. Every chunk loss is normalised by the batch's
+# totals, so the micro-batch losses add up to the batch loss and their gradients to the
+# batch gradient up to the order of floating-point summation; peak memory no longer grows
+# with the batch size. Measured at d = 2,048, M = 768 on the 2-core CPU of
+# benchmarks/README.md: 2 to 42 rows per micro-batch all ran within 4 % of each other with
+# the fused step; 10 rows is the middle of that plateau.
 ACTIVATION_BUDGET = 1 << 23
 
 # A held-out loss counts as lower (to break ties in validation accuracy) only when it
@@ -40,63 +84,75 @@ ACTIVATION_BUDGET = 1 << 23
 LOSS_TOL = 1e-4
 
 
-def _batches(n: int, batch_size: int, generator: torch.Generator):
-    perm = torch.randperm(n, generator=generator).numpy()
-    for start in range(0, n, batch_size):
-        yield np.sort(perm[start : start + batch_size])
+def _chunk_rows(net, plan: BatchPlan, activation_budget: int) -> int:
+    width = int(getattr(net, "candidate_width", 1024))
+    rows = max(1, activation_budget // (max(1, plan.n_candidates) * width))
+    step = max(1, plan.chunk_rows)
+    return max(step, rows // step * step)
 
 
-def accumulate_nce_plus_gradients(
+def _candidates(plan: BatchPlan, start: int, stop: int) -> torch.Tensor:
+    parts = []
+    if plan.row_candidates is not None:
+        parts.append(plan.row_candidates[start:stop])
+    if plan.shared_candidates is not None:
+        parts.append(plan.shared_candidates.reshape(1, -1).expand(stop - start, -1))
+    return parts[0] if len(parts) == 1 else torch.cat(parts, dim=1)
+
+
+def accumulate_gradients(
     net: torch.nn.Module,
     X: torch.Tensor,
-    samples: torch.Tensor,
-    y: torch.Tensor,
-    sigmas: torch.Tensor,
-    penalty: float,
+    plan: BatchPlan,
     *,
     activation_budget: int = ACTIVATION_BUDGET,
     workspace: Workspace | None = None,
     fused: bool | None = None,
 ) -> float:
-    """Add the gradient of the batch's NCE+ loss to ``net``'s ``.grad``; return the loss.
+    """Add the gradient of a batch plan's loss to ``net``'s ``.grad``; return the loss.
 
-    The batch (X (B, d), samples (B, M + 1), y (B,)) is processed in micro-batches of
-    ``activation_budget // ((M + 1) · net.candidate_width)`` rows (at least 1), each
-    loss weighted by its share of the rows, so that the result is the full batch's loss
-    and gradient (up to the order of summation).
+    The batch ``X`` (B, d) is processed in micro-batches of about
+    ``activation_budget // (K · net.candidate_width)`` rows (a multiple of
+    ``plan.chunk_rows``, at least one), so that the result is the whole batch's loss and
+    gradient up to the order of summation.
 
     An :class:`~skebrm.energy.EnergyNet` goes through the written-out forward and backward
     of :mod:`skebrm._fused` (same gradients, buffers reused across micro-batches and,
     given a ``workspace``, across calls); ``fused=False`` forces autograd.
     """
-    n_rows = X.shape[0]
-    width = int(getattr(net, "candidate_width", 1024))
-    rows = max(1, activation_budget // (samples.shape[1] * width))
+    rows = _chunk_rows(net, plan, activation_budget)
     if fused is None:
         fused = supports_fused(net)
     if fused:
-        return fused_nce_plus_gradients(
-            net, X, samples, y, sigmas, penalty, rows_per_chunk=rows, workspace=workspace
-        )
+        return fused_plan_gradients(net, X, plan, rows_per_chunk=rows, workspace=workspace)
     total = 0.0
-    for start in range(0, n_rows, rows):
-        sl = slice(start, min(start + rows, n_rows))
-        weight = (sl.stop - sl.start) / n_rows
-        loss = nce_plus_loss(net(X[sl], samples[sl]), samples[sl], y[sl], sigmas, penalty)
-        (loss * weight).backward()
-        total += loss.detach().item() * weight
+    for start in range(0, X.shape[0], rows):
+        stop = min(start + rows, X.shape[0])
+        loss = plan.chunk_loss(net(X[start:stop], _candidates(plan, start, stop)), start, stop)
+        loss.backward()
+        total += loss.detach().item()
+    return total
+
+
+@torch.no_grad()
+def plan_loss(
+    net: torch.nn.Module, X: torch.Tensor, plan: BatchPlan, *, activation_budget=ACTIVATION_BUDGET
+) -> float:
+    """The plan's loss without gradients (held-out loss)."""
+    rows = _chunk_rows(net, plan, activation_budget)
+    total = 0.0
+    for start in range(0, X.shape[0], rows):
+        stop = min(start + rows, X.shape[0])
+        f = net(X[start:stop], _candidates(plan, start, stop))
+        total += float(plan.chunk_loss(f, start, stop))
     return total
 
 
 def train_energy_model(
     net: torch.nn.Module,
-    X,
-    y: np.ndarray,
+    data: TrainingData,
+    objective,
     *,
-    sigmas: torch.Tensor,
-    beta: float,
-    n_negatives: int,
-    penalty: float,
     learning_rate: float,
     weight_decay: float,
     batch_size: int,
@@ -108,35 +164,34 @@ def train_energy_model(
     tol: float = 0.0,
     progress=None,
 ) -> TrainingResult:
-    """Fit ``net`` in place by NCE+ on rows ``X`` (n, d; may be a memmap) with rewards ``y``.
+    """Fit ``net`` in place on ``data`` with ``objective`` (AdamW, shuffled batches).
 
     ``validate(net)`` returns ``(refined_accuracy, base_accuracy, loss)`` on held-out
-    pairs (``loss``: the NCE+ loss of the held-out rows on fixed noise draws). When given,
-    the epoch with the best refined accuracy is kept, ties (within ``tol``) going to the
-    lower held-out loss (by more than ``LOSS_TOL`` relative); training stops once neither
-    has improved for
-    ``n_iter_no_change`` epochs. The loss breaks ties because the refined accuracy is
-    often flat over many epochs (the ascent from the base reward keeps most pair orders),
-    and selecting on accuracy alone would then keep the least trained epoch.
+    pairs (``loss``: the objective's loss on the held-out rows, on fixed noise draws).
+    When given, the epoch with the best refined accuracy is kept, ties (within ``tol``)
+    going to the lower held-out loss (by more than ``LOSS_TOL`` relative); training stops
+    once neither has improved for ``n_iter_no_change`` epochs. The loss breaks ties because
+    the refined accuracy is often flat over many epochs (the ascent from the base reward
+    keeps most pair orders), and selecting on accuracy alone would then keep the least
+    trained epoch.
     """
     opt = torch.optim.AdamW(net.parameters(), lr=learning_rate, weight_decay=weight_decay)
-    y_t = torch.as_tensor(y, dtype=torch.float32)
-    sigmas = sigmas.to(device)
+    y_all = torch.as_tensor(data.y, dtype=torch.float32)
     result = TrainingResult()
     workspace = Workspace()
+    pairs = data.pairs is not None
     best_score, best_loss, best_state, since_best = -np.inf, np.inf, None, 0
     for epoch in range(1, max_epochs + 1):
         net.train()
         total, count = 0.0, 0
-        for idx in _batches(len(y_t), batch_size, generator):
-            xb = torch.from_numpy(np.asarray(X[idx], dtype=np.float32)).to(device)
-            yb = y_t[idx].to(device)
-            samples = sample_nce_noise(yb.cpu(), sigmas.cpu(), beta, n_negatives, generator)
-            samples = samples.to(device)
-            opt.zero_grad(set_to_none=True)
-            loss = accumulate_nce_plus_gradients(
-                net, xb, samples, yb, sigmas, penalty, workspace=workspace
+        for idx, mask in data.batches(batch_size, generator):
+            xb = torch.from_numpy(np.asarray(data.X[idx], dtype=np.float32)).to(device)
+            likelihood = None if mask is None else torch.from_numpy(mask)
+            plan = objective.plan(
+                y_all[idx].to(device), likelihood=likelihood, pairs=pairs, generator=generator
             )
+            opt.zero_grad(set_to_none=True)
+            loss = accumulate_gradients(net, xb, plan, workspace=workspace)
             opt.step()
             total += loss * len(idx)
             count += len(idx)
@@ -165,14 +220,31 @@ def train_energy_model(
     if validate is not None:
         net.load_state_dict(best_state)
         if n_iter_no_change is not None and not result.stopped_early:
-            warnings.warn(
+            result.warnings.append(
                 f"EnergyRewardCalibrator: max_epochs={max_epochs} reached before validation "
                 f"accuracy stopped improving for n_iter_no_change={n_iter_no_change} epochs "
-                f"(best epoch {result.best_epoch}); consider raising max_epochs.",
-                ConvergenceWarning,
-                stacklevel=3,
+                f"(best epoch {result.best_epoch}); consider raising max_epochs."
             )
     else:
         result.best_epoch = max_epochs
     net.eval()
     return result
+
+
+def improvement_probability(correct_new, correct_base, rng, *, n_resamples: int = 2000) -> float:
+    """Paired-bootstrap probability that ``correct_new`` has the higher mean.
+
+    Pairs are resampled with replacement (both methods' scores of a pair together); the
+    result is the share of resamples in which the new method's accuracy is higher, a tie
+    counting one half. 0.5 when the two never differ.
+    """
+    diff = np.asarray(correct_new, dtype=np.float64) - np.asarray(correct_base, dtype=np.float64)
+    n = diff.size
+    if n == 0:
+        return 0.5
+    stats = np.empty(n_resamples)
+    chunk = max(1, 2_000_000 // n)
+    for start in range(0, n_resamples, chunk):
+        stop = min(start + chunk, n_resamples)
+        stats[start:stop] = diff[rng.randint(0, n, size=(stop - start, n))].mean(axis=1)
+    return float(np.mean(stats > 0) + 0.5 * np.mean(stats == 0))

@@ -18,6 +18,9 @@ run inside ``GridSearchCV(..., cv=GroupKFold())`` with metadata routing enabled:
 * :class:`MLPRewardHead` — an MLP reward head refitted on the conflict-filtered pairs;
   it isolates what the energy model adds beyond dropping the pairs the base RM gets
   wrong.
+
+The Bayesian last layer on the Bradley–Terry head, :class:`skebrm.LaplaceBradleyTerryHead`,
+lives with the other linear heads in :mod:`skebrm.bradley_terry`.
 """
 
 from __future__ import annotations
@@ -32,27 +35,9 @@ from sklearn.utils.validation import check_is_fitted, validate_data
 
 from skebrm._compat import Interval, StrOptions, _fit_context
 from skebrm._pairs import check_pairs, conflicting_pairs
-from skebrm.bradley_terry import fit_bradley_terry
-from skebrm.metrics import pairwise_accuracy
+from skebrm.bradley_terry import _PairScoreMixin, fit_bradley_terry
 
 __all__ = ["BradleyTerryEnsemble", "MLPRewardHead"]
-
-
-class _PairScoreMixin:
-    """``score`` = pairwise accuracy of ``predict`` on the pairs of ``X``."""
-
-    def score(self, X, y=None, *, pair_id=None, chosen=None) -> float:
-        """Pairwise accuracy (ties count 0.5) of the predicted rewards; ``y`` is ignored."""
-        rewards = self.predict(X)
-        idx_c, idx_r = check_pairs(
-            pair_id, chosen, len(rewards), caller=f"{type(self).__name__}.score"
-        )
-        return pairwise_accuracy(rewards[idx_c], rewards[idx_r])
-
-    def __sklearn_tags__(self):
-        tags = super().__sklearn_tags__()
-        tags.target_tags.required = False
-        return tags
 
 
 class BradleyTerryEnsemble(_PairScoreMixin, BaseEstimator):

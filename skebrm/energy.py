@@ -203,6 +203,12 @@ class EnergyNet(nn.Module):
         super().__init__()
         if len(hidden) < 1:
             raise ValueError(f"hidden must name at least one trunk layer, got {tuple(hidden)!r}.")
+        self._config = {
+            "n_features": int(n_features),
+            "reward_hidden": [int(w) for w in reward_hidden],
+            "hidden": [int(w) for w in hidden],
+            "dropout": float(dropout),
+        }
         self.n_features = int(n_features)
         layers: list[nn.Module] = []
         prev = 1
@@ -225,6 +231,11 @@ class EnergyNet(nn.Module):
     def candidate_width(self) -> int:
         """Width of the widest activation computed per reward candidate."""
         return self.first.out_features
+
+    def config(self) -> dict:
+        """The constructor arguments (JSON-serialisable): ``EnergyNet(**net.config())``
+        builds a network with the same layout, ready for ``load_state_dict``."""
+        return dict(self._config)
 
     def __getstate__(self):
         state = self.__dict__.copy()
@@ -410,6 +421,15 @@ class BasisEnergyNet(nn.Module):
             raise ValueError(f"n_basis must be >= 2, got {n_basis!r}.")
         if not high > low:
             raise ValueError(f"high must exceed low, got low={low!r}, high={high!r}.")
+        self._config = {
+            "n_features": int(n_features),
+            "hidden": [int(w) for w in hidden],
+            "n_basis": int(n_basis),
+            "low": float(low),
+            "high": float(high),
+            "bandwidth": float(bandwidth),
+            "dropout": float(dropout),
+        }
         self.n_features = int(n_features)
         layers: list[nn.Module] = []
         prev = self.n_features
@@ -425,6 +445,10 @@ class BasisEnergyNet(nn.Module):
     def candidate_width(self) -> int:
         """Width of the widest activation computed per reward candidate."""
         return self.centres.numel()
+
+    def config(self) -> dict:
+        """The constructor arguments (JSON-serialisable), as :meth:`EnergyNet.config`."""
+        return dict(self._config)
 
     def basis(self, r: torch.Tensor) -> torch.Tensor:
         """ψ(r): (B, K) → (B, K, n_basis)."""

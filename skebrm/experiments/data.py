@@ -21,9 +21,11 @@ from skebrm.datasets import dataset_fingerprint, split_by_prompt
 
 __all__ = [
     "EmbeddedPairs",
+    "annotator_disagreement",
     "embed_pairs",
     "flip_labels",
     "load_pairs_coercing_texts",
+    "response_keys",
     "split_pairs",
 ]
 
@@ -39,6 +41,14 @@ class EmbeddedPairs:
     rewards : ndarray of shape (2 * n_pairs,) or None
         The backbone's own reward per row, where it has a trained scoring head.
     prompt, subset, section : object ndarray of shape (n_pairs,)
+    response_key : int64 ndarray of shape (2 * n_pairs,) or None
+        A 64-bit hash of each row's prompt and response text: rows with one key are the
+        same response to the same prompt. It groups the pairs that share a prompt and a
+        chosen response (:attr:`chosen_group`, for best-of-k accuracy). Not part of any
+        cache key.
+    disagreement : float ndarray of shape (n_pairs,) or None
+        1.0 where the pair's annotators did not vote unanimously (``meta.votes``), 0.0
+        where they did, NaN where the pair has no votes; None when no pair has votes.
     """
 
     embeddings: np.ndarray
@@ -46,6 +56,8 @@ class EmbeddedPairs:
     prompt: np.ndarray
     subset: np.ndarray
     section: np.ndarray
+    response_key: np.ndarray | None = None
+    disagreement: np.ndarray | None = None
 
     def __post_init__(self):
         n = len(self.prompt)
@@ -60,9 +72,16 @@ class EmbeddedPairs:
                     f"EmbeddedPairs: {name} must have {n} entries (one per pair), got "
                     f"{len(getattr(self, name))}."
                 )
-        if self.rewards is not None and self.rewards.shape != (2 * n,):
+        for name, shape in (("rewards", (2 * n,)), ("response_key", (2 * n,))):
+            value = getattr(self, name)
+            if value is not None and value.shape != shape:
+                raise ValueError(
+                    f"EmbeddedPairs: {name} must have shape {shape}, got {value.shape}."
+                )
+        if self.disagreement is not None and self.disagreement.shape != (n,):
             raise ValueError(
-                f"EmbeddedPairs: rewards must have shape ({2 * n},), got {self.rewards.shape}."
+                f"EmbeddedPairs: disagreement must have shape ({n},) (one value per pair), "
+                f"got {self.disagreement.shape}."
             )
 
     @property
@@ -77,6 +96,19 @@ class EmbeddedPairs:
     def chosen(self) -> np.ndarray:
         return np.tile(np.array([True, False]), self.n_pairs)
 
+    @property
+    def chosen_group(self) -> np.ndarray | None:
+        """Group index per pair: pairs that share the prompt and the chosen response.
+
+        A group of ``k − 1`` pairs is one chosen response against ``k − 1`` rejected ones
+        (RewardBench 2's best-of-k format). None without :attr:`response_key`.
+        """
+        if self.response_key is None:
+            return None
+        keys = list(zip(self.prompt.tolist(), self.response_key[0::2].tolist()))
+        index: dict = {}
+        return np.array([index.setdefault(k, len(index)) for k in keys], dtype=np.int64)
+
     def take(self, pairs: np.ndarray) -> EmbeddedPairs:
         """The pairs at positions ``pairs`` (in that order)."""
         pairs = np.asarray(pairs, dtype=np.int64)
@@ -87,17 +119,33 @@ class EmbeddedPairs:
             prompt=self.prompt[pairs],
             subset=self.subset[pairs],
             section=self.section[pairs],
+            response_key=None if self.response_key is None else self.response_key[rows],
+            disagreement=None if self.disagreement is None else self.disagreement[pairs],
         )
 
     @classmethod
     def concat(cls, parts: Sequence[EmbeddedPairs]) -> EmbeddedPairs:
+        """One set of pairs from several, in order.
+
+        ``rewards`` and ``response_key`` survive only where every part has them;
+        ``disagreement`` survives where any part has it (NaN for the pairs of the others).
+        """
         rewards = [p.rewards for p in parts]
+        keys = [p.response_key for p in parts]
+        votes = [p.disagreement for p in parts]
+        disagreement = None
+        if any(v is not None for v in votes):
+            disagreement = np.concatenate(
+                [np.full(p.n_pairs, np.nan) if v is None else v for p, v in zip(parts, votes)]
+            )
         return cls(
             embeddings=np.concatenate([p.embeddings for p in parts]),
             rewards=None if any(r is None for r in rewards) else np.concatenate(rewards),
             prompt=np.concatenate([p.prompt for p in parts]),
             subset=np.concatenate([p.subset for p in parts]),
             section=np.concatenate([p.section for p in parts]),
+            response_key=None if any(k is None for k in keys) else np.concatenate(keys),
+            disagreement=disagreement,
         )
 
 
@@ -122,6 +170,7 @@ def flip_labels(data: EmbeddedPairs, fraction: float, *, random_state=None) -> E
         data,
         embeddings=data.embeddings[rows],
         rewards=None if data.rewards is None else data.rewards[rows],
+        response_key=None if data.response_key is None else data.response_key[rows],
     )
 
 
@@ -163,6 +212,38 @@ def load_pairs_coercing_texts(
 
 def _labels(values) -> np.ndarray:
     return np.array([None if v in (None, "", "None") else str(v) for v in values], dtype=object)
+
+
+def response_keys(pairs: Sequence[dict]) -> np.ndarray:
+    """A 64-bit key per row (chosen, then rejected, per pair) of its prompt and response.
+
+    BLAKE2b (8 bytes) of the prompt and the response text, so that rows with one key are
+    the same response to the same prompt (collisions are negligible at 2⁶⁴).
+    """
+    out = np.empty(2 * len(pairs), dtype=np.int64)
+    for i, p in enumerate(pairs):
+        for j, field in enumerate(("chosen", "rejected")):
+            h = hashlib.blake2b(digest_size=8)
+            h.update(str(p["prompt"]).encode())
+            h.update(b"\x00")
+            h.update(str(p[field]).encode())
+            out[2 * i + j] = int.from_bytes(h.digest(), "little", signed=True)
+    return out
+
+
+def annotator_disagreement(pairs: Sequence[dict]) -> np.ndarray | None:
+    """1.0 where ``meta.votes`` is not unanimous, 0.0 where it is, NaN without votes.
+
+    ``meta.votes`` holds one vote per annotator (PandaLM: three votes of 0 = tie, 1, 2);
+    a pair needs at least two votes to count. None when no pair has votes.
+    """
+    out = np.full(len(pairs), np.nan)
+    for i, p in enumerate(pairs):
+        meta = p.get("meta")
+        votes = meta.get("votes") if isinstance(meta, dict) else None
+        if isinstance(votes, (list, tuple)) and len(votes) >= 2:
+            out[i] = float(len({json.dumps(v) for v in votes}) > 1)
+    return None if np.isnan(out).all() else out
 
 
 def _extraction_source_sha() -> str:
@@ -268,4 +349,7 @@ def embed_pairs(
         prompt=np.array([p["prompt"] for p in pairs], dtype=object),
         subset=_labels(p.get("subset") for p in pairs),
         section=_labels(p.get("section") for p in pairs),
+        # from the records, after the cache: neither enters cache_key nor the extraction
+        response_key=response_keys(pairs),
+        disagreement=annotator_disagreement(pairs),
     )

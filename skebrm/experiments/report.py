@@ -12,7 +12,17 @@ import numpy as np
 
 from skebrm._io import write_text_atomic
 
-__all__ = ["format_table", "load_runs", "summary_table", "write_json", "write_text"]
+__all__ = [
+    "BEST_OF_K_METHODS",
+    "CALIBRATION_METHODS",
+    "UNCERTAINTY_METHODS",
+    "format_table",
+    "load_runs",
+    "markdown_table",
+    "summary_table",
+    "write_json",
+    "write_text",
+]
 
 
 def _jsonable(obj):
@@ -43,12 +53,25 @@ def _fmt(x, digits: int = 3) -> str:
     return "–" if x is None or (isinstance(x, float) and math.isnan(x)) else f"{x:.{digits}f}"
 
 
+def _abstain20(m: dict):
+    abst = m.get("abstention", {})
+    return abst.get(0.2, abst.get("0.2"))
+
+
 def _method_rows(methods: dict, reference: str = "base") -> tuple[list[str], list[list[str]]]:
     sections = sorted({s for m in methods.values() for s in m["rewardbench"]["sections"]})
+    has_votes = any("disagreement_auroc" in m for m in methods.values())
+    best_of_k = next((m["best_of_k"] for m in methods.values() if "best_of_k" in m), None)
     header = ["method", "accuracy", f"Δ vs {reference} [95% CI]"]
     if len(sections) > 1:
         header += sections
     header += ["AUROC base errors", "acc. @20% abstain", "ECE"]
+    if has_votes:
+        header.append("AUROC disagreement")
+    if best_of_k:
+        header.append(
+            f"best-of-k ({best_of_k['n_groups']} groups, mean k {best_of_k['mean_k']:.1f})"
+        )
     rows = []
     for name, m in methods.items():
         vs = m.get(f"vs_{reference}")
@@ -57,12 +80,15 @@ def _method_rows(methods: dict, reference: str = "base") -> tuple[list[str], lis
         if len(sections) > 1:
             secs = m["rewardbench"]["sections"]
             row += [_fmt(secs[s]["accuracy"]) if s in secs else "–" for s in sections]
-        abst = m.get("abstention", {})
         row += [
             _fmt(m.get(f"misorder_auroc_{reference}")),
-            _fmt(abst.get(0.2, abst.get("0.2"))),
+            _fmt(_abstain20(m)),
             _fmt(m.get("ece")),
         ]
+        if has_votes:
+            row.append(_fmt(m.get("disagreement_auroc")))
+        if best_of_k:
+            row.append(_fmt(m.get("best_of_k", {}).get("accuracy")))
         rows.append(row)
     return header, rows
 
@@ -81,12 +107,23 @@ def format_table(results: dict) -> str:
         f"data={results['data']} calibrator={results['calibrator']} "
         f"label_noise={results['label_noise']} calibrator_fit_on={results['calibrator_fit_on']}"
     )
-    parts = [title, "", f"test split ({results['n_pairs']['test']} pairs)", ""]
-    parts.append(markdown_table(*_method_rows(results["test"]["methods"])))
+    parts = [title, "", f"test split ({_describe(results['test'], results['n_pairs']['test'])})"]
+    parts += ["", markdown_table(*_method_rows(results["test"]["methods"]))]
     for name, ood in results.get("ood", {}).items():
-        parts += ["", f"out of distribution: {name} ({ood['n_pairs']} pairs)", ""]
+        parts += ["", f"out of distribution: {name} ({_describe(ood, ood['n_pairs'])})", ""]
         parts.append(markdown_table(*_method_rows(ood["methods"])))
     return "\n".join(parts)
+
+
+def _describe(block: dict, n_pairs: int) -> str:
+    """``"N pairs"``, plus how many carry annotator votes and how many of those disagree."""
+    text = f"{n_pairs} pairs"
+    if "n_pairs_with_votes" in block:
+        text += (
+            f"; annotators disagree on {block['n_pairs_disagreement']} of the "
+            f"{block['n_pairs_with_votes']} with votes"
+        )
+    return text
 
 
 def load_runs(root: str | os.PathLike) -> list[tuple[Path, dict]]:
@@ -116,6 +153,18 @@ def _job_overrides(folder: Path) -> dict[str, str]:
     return out
 
 
+UNCERTAINTY_METHODS = ("base_margin", "ebrm", "laplace_bt", "bt_ensemble_mean")
+"""Methods whose pair uncertainty the summary tables show (where a run has them): the
+base margin every uncertainty must beat, EBRM, the Laplace head and the ensemble (the
+ensemble's three aggregations share one uncertainty, as EBRM's three readings do)."""
+
+CALIBRATION_METHODS = ("base", "ebrm", "laplace_bt")
+"""Methods whose preference ECE the summary tables show (where a run has them)."""
+
+BEST_OF_K_METHODS = ("base", "ebrm")
+"""Methods whose best-of-k accuracy the summary tables show (where a run has it)."""
+
+
 def summary_table(
     runs: list[tuple[Path, dict]],
     *,
@@ -133,9 +182,16 @@ def summary_table(
     """One markdown row per run: its settings, then each method's accuracy.
 
     Keys that are the same in every run are left out. Where the data has several sections
-    (RMB: Helpfulness / Harmlessness), the base RM's and EBRM's section scores follow.
-    ``split`` is ``"test"`` or the name of an out-of-distribution set. The last column is
-    the paired-bootstrap difference of EBRM to the base RM with its interval.
+    (RMB: Helpfulness / Harmlessness), the base RM's and EBRM's section scores follow,
+    then the paired-bootstrap difference of EBRM to the base RM with its interval. Then,
+    for the methods of :data:`UNCERTAINTY_METHODS` that a run has, the misorder AUROC of
+    their pair uncertainty for the base RM's errors (the base margin's is the one to
+    beat) and, where the data has annotator votes, their disagreement AUROC; the
+    preference ECE of :data:`CALIBRATION_METHODS`; and, where the data has best-of-k
+    groups, the best-of-k accuracy of :data:`BEST_OF_K_METHODS`. A column appears only
+    if some run has it. ``split`` is ``"test"`` or the name of an out-of-distribution
+    set. The accuracy columns leave out ``base_margin`` (the base RM's rewards) unless
+    ``methods`` names it.
     """
     if not runs:
         return "(no runs)"
@@ -152,30 +208,38 @@ def summary_table(
     def block(r):
         return r["test"] if split == "test" else r.get("ood", {}).get(split)
 
+    blocks = [block(r)["methods"] for _, r in runs if block(r)]
     names: list[str] = list(methods) if methods else []
     if not names:
-        for _, r in runs:
-            b = block(r)
-            for n in b["methods"] if b else []:
-                if n not in names:
+        for ms in blocks:
+            for n in ms:
+                if n not in names and n != "base_margin":
                     names.append(n)
-    sections = sorted(
-        {
-            sec
-            for _, r in runs
-            if block(r)
-            for sec in block(r)["methods"]["base"]["rewardbench"]["sections"]
-        }
-    )
+    sections = sorted({sec for ms in blocks for sec in ms["base"]["rewardbench"]["sections"]})
     per_section = (
         [(m, sec) for m in ("base", "ebrm") for sec in sections] if len(sections) > 1 else []
     )
+
+    def present(candidates, key):
+        return [m for m in candidates if any(key in ms.get(m, {}) for ms in blocks)]
+
+    extra = [
+        (f"AUROC base errors: {m}", m, "misorder_auroc_base")
+        for m in present(UNCERTAINTY_METHODS, "misorder_auroc_base")
+    ]
+    extra += [
+        (f"AUROC disagreement: {m}", m, "disagreement_auroc")
+        for m in present(UNCERTAINTY_METHODS, "disagreement_auroc")
+    ]
+    extra += [(f"ECE: {m}", m, "ece") for m in present(CALIBRATION_METHODS, "ece")]
+    extra += [(f"best-of-k: {m}", m, "best_of_k") for m in present(BEST_OF_K_METHODS, "best_of_k")]
     header = [
         *varying,
         *swept,
         *names,
         *(f"{m}: {sec}" for m, sec in per_section),
         "EBRM − base [95% CI]",
+        *(title for title, _, _ in extra),
     ]
     rows = []
     for (_, r), over in zip(runs, overrides, strict=True):
@@ -192,5 +256,8 @@ def summary_table(
         row.append(
             f"{vs['difference']:+.3f} [{vs['ci_low']:+.3f}, {vs['ci_high']:+.3f}]" if vs else "–"
         )
+        for _, m, key in extra:
+            value = ms.get(m, {}).get(key)
+            row.append(_fmt(value["accuracy"] if isinstance(value, dict) else value))
         rows.append(row)
     return markdown_table(header, rows)

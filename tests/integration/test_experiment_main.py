@@ -6,6 +6,7 @@ import json
 import os
 import subprocess
 import sys
+from dataclasses import replace
 from pathlib import Path
 
 import numpy as np
@@ -16,8 +17,10 @@ from hydra.core.global_hydra import GlobalHydra
 from skebrm.experiments import conf_dir, register_resolvers
 from skebrm.experiments.data import (
     EmbeddedPairs,
+    annotator_disagreement,
     flip_labels,
     load_pairs_coercing_texts,
+    response_keys,
     split_pairs,
 )
 from skebrm.experiments.pipeline import run_experiment
@@ -28,7 +31,6 @@ REPO = Path(__file__).resolve().parents[2]
 # a small, fast calibrator and baselines: these tests check the machinery, not the method
 TINY_CALIBRATOR = [
     "calibrator.estimator.hidden=[32,16]",
-    "calibrator.estimator.reward_hidden=[8,8,8]",
     "calibrator.estimator.n_negatives=32",
     "calibrator.estimator.max_epochs=3",
     "calibrator.estimator.learning_rate=1e-3",
@@ -60,8 +62,9 @@ def echo():
 
 
 def _check_method_block(methods):
-    assert {"base", "ebrm", "ebrm_global", "ebrm_mean"} <= set(methods)
+    assert {"base", "base_margin", "ebrm", "ebrm_global", "ebrm_mean"} <= set(methods)
     assert {"bt_ensemble_mean", "bt_ensemble_worst_case", "mlp_filtered"} <= set(methods)
+    assert "laplace_bt" in methods
     for name, m in methods.items():
         assert 0.0 <= m["accuracy"] <= 1.0, name
         assert set(m["rewardbench"]["sections"]) == {"A", "B"}
@@ -74,6 +77,15 @@ def _check_method_block(methods):
     assert 0.0 <= ebrm["ece"] <= 1.0
     assert "ece" in methods["base"] and "misorder_auroc_base" not in methods["base"]
     assert "misorder_auroc_base" in methods["bt_ensemble_mean"]
+    # the base margin: the base RM's rewards, scored by its own margin
+    margin = methods["base_margin"]
+    assert margin["accuracy"] == methods["base"]["accuracy"]
+    assert margin["vs_base"]["difference"] == 0.0
+    assert margin["misorder_auroc_base"] == margin["misorder_auroc_self"] > 0.5
+    # the Laplace head is the base head's weights (read off its rewards) with a posterior
+    laplace = methods["laplace_bt"]
+    assert laplace["accuracy"] == pytest.approx(methods["base"]["accuracy"], abs=0.02)
+    assert 0.0 <= laplace["misorder_auroc_base"] <= 1.0 and 0.0 <= laplace["ece"] <= 1.0
 
 
 def test_synthetic_run_writes_results_table_and_plots(tmp_path, echo):
@@ -129,9 +141,59 @@ def test_label_noise_head_split_and_ood(tmp_path, echo):
     assert results["label_noise"] == 0.3
     assert results["calibrator_fit_on"] == "head"
     assert results["calibrator_fit"]["n_pairs_dropped"] == 0  # filtering is off
-    assert set(results["test"]["methods"]) == {"base", "ebrm", "ebrm_global", "ebrm_mean"}
+    assert set(results["test"]["methods"]) == {
+        "base",
+        "base_margin",
+        "ebrm",
+        "ebrm_global",
+        "ebrm_mean",
+    }
     assert results["ood"]["shifted"]["n_pairs"] == 60
     assert "ebrm" in results["ood"]["shifted"]["methods"]
+
+
+def test_votes_and_best_of_k_reach_results_and_tables(tmp_path, echo):
+    lines, say = echo
+    grouped = ["+data.loader.pairs_per_prompt=3", "+data.loader.rejected_per_chosen=3"]
+    cfg = _compose(
+        [
+            "data=synthetic",
+            *grouped,
+            "+data.loader.n_annotators=3",
+            "+ood.voted={name: voted, loader: {_target_: "
+            "skebrm.experiments.synthetic.make_synthetic_pairs, n_pairs: 90, "
+            "n_features: 16, random_state: 1, n_annotators: 3}}",
+            "evaluation.plots=false",
+            *TINY,
+        ]
+    )
+    results = run_experiment(cfg, tmp_path, echo=say)
+    test, voted = results["test"], results["ood"]["voted"]
+    assert test["n_pairs_with_votes"] == test["n_pairs"] == results["n_pairs"]["test"]
+    assert 0 < test["n_pairs_disagreement"] < test["n_pairs"]
+    for block in (test, voted):
+        for name in ("base_margin", "ebrm", "laplace_bt", "bt_ensemble_mean"):
+            assert 0.0 <= block["methods"][name]["disagreement_auroc"] <= 1.0, name
+        assert "disagreement_auroc" not in block["methods"]["mlp_filtered"]  # no uncertainty
+    bok = test["methods"]["base"]["best_of_k"]
+    assert bok["n_groups"] > 0 and bok["mean_k"] > 2 and 0.0 <= bok["accuracy"] <= 1.0
+    assert "best_of_k" not in voted["methods"]["base"]  # the OOD set has no shared responses
+    table = "\n".join(lines)
+    assert "AUROC disagreement" in table and "best-of-k (" in table
+    assert "annotators disagree on" in table
+    summary = summary_table([(tmp_path, results)])
+    header = summary.splitlines()[0]
+    for column in (
+        "AUROC base errors: base_margin",
+        "AUROC base errors: laplace_bt",
+        "AUROC disagreement: ebrm",
+        "ECE: laplace_bt",
+        "best-of-k: base",
+    ):
+        assert column in header, column
+    assert "| base_margin |" not in header  # its accuracy is the base's
+    ood = summary_table([(tmp_path, results)], split="voted").splitlines()[0]
+    assert "AUROC disagreement: base_margin" in ood and "best-of-k" not in ood
 
 
 def test_label_noise_hurts_the_base_head(tmp_path):
@@ -194,6 +256,100 @@ def test_embedded_pairs_checks_shapes():
         EmbeddedPairs(np.zeros((2, 2)), np.zeros(3), obj, obj, obj)
     with pytest.raises(ValueError, match="subset must have 1 entries"):
         EmbeddedPairs(np.zeros((2, 2)), None, obj, np.array([], object), obj)
+
+
+def test_embedded_pairs_carry_response_keys_and_disagreement():
+    data = make_synthetic_pairs(
+        n_pairs=90, pairs_per_prompt=3, rejected_per_chosen=3, n_annotators=3, random_state=5
+    )
+    # the same response has the same key, wherever it appears
+    for i in range(0, 180, 7):
+        same = np.flatnonzero(data.response_key == data.response_key[i])
+        assert all(np.array_equal(data.embeddings[j], data.embeddings[i]) for j in same)
+    idx = np.random.default_rng(0).permutation(90)[:40]
+    sub = data.take(idx)
+    np.testing.assert_array_equal(sub.response_key[0::2], data.response_key[2 * idx])
+    np.testing.assert_array_equal(sub.response_key[1::2], data.response_key[2 * idx + 1])
+    np.testing.assert_array_equal(sub.disagreement, data.disagreement[idx])
+    back = EmbeddedPairs.concat(split_pairs(data, [0.5, 0.5], random_state=0))
+    assert back.n_pairs == 90 and back.disagreement.shape == (90,)
+    assert sorted(back.response_key.tolist()) == sorted(data.response_key.tolist())
+    # groups: pairs of one prompt whose chosen row is one response
+    group = data.chosen_group
+    for g in np.unique(group):
+        members = np.flatnonzero(group == g)
+        assert len({data.prompt[m] for m in members}) == 1
+        assert len({data.response_key[2 * m] for m in members}) == 1
+    # flipping a pair swaps its keys with its rows; disagreement belongs to the pair
+    flipped = flip_labels(data, 1.0, random_state=0)
+    np.testing.assert_array_equal(flipped.response_key[0::2], data.response_key[1::2])
+    np.testing.assert_array_equal(flipped.disagreement, data.disagreement)
+    # a part without votes gets NaN in a concatenation; without keys, no keys
+    plain = make_synthetic_pairs(n_pairs=10, random_state=0)
+    mixed = EmbeddedPairs.concat([plain, data])
+    assert np.isnan(mixed.disagreement[:10]).all() and not np.isnan(mixed.disagreement[10:]).any()
+    nokeys = EmbeddedPairs.concat([replace(plain, response_key=None), data])
+    assert nokeys.response_key is None and nokeys.chosen_group is None
+
+
+def test_annotator_disagreement_and_response_keys_from_records():
+    records = [
+        {"prompt": "p", "chosen": "a", "rejected": "b", "meta": {"votes": [1, 1, 1]}},
+        {"prompt": "p", "chosen": "a", "rejected": "c", "meta": {"votes": [1, 0, 1]}},
+        {"prompt": "q", "chosen": "a", "rejected": "b", "meta": {"agreement": 1.0}},
+        {"prompt": "q", "chosen": "b", "rejected": "a", "meta": None},
+    ]
+    d = annotator_disagreement(records)
+    np.testing.assert_array_equal(d[:2], [0.0, 1.0])
+    assert np.isnan(d[2:]).all()
+    assert annotator_disagreement(records[2:]) is None
+    keys = response_keys(records)
+    assert keys[0] == keys[2]  # "a" to "p", twice
+    assert keys[0] != keys[4]  # "a" to "q" is another response
+    assert keys[4] == keys[7] and keys[5] == keys[6]
+
+
+def test_pandalm_votes_give_disagreement(tmp_path):
+    path = REPO.parent / "shared" / "data" / "pandalm_testset_v1_majority.jsonl.gz"
+    if not path.exists():
+        pytest.skip("the shared PandaLM file is not next to this checkout")
+    pairs = load_pairs_coercing_texts(path)
+    d = annotator_disagreement(pairs)
+    # 894 pairs; 794 unanimous ([1, 1, 1] or [2, 2, 2]), 100 with a dissenting vote
+    assert d.shape == (894,) and int(d.sum()) == 100 and not np.isnan(d).any()
+
+
+def test_embed_pairs_keys_the_cache_by_texts_only(tmp_path):
+    """meta (votes) travels into EmbeddedPairs but not into the cache key or folder."""
+    from skebrm.experiments.backbones import build_tiny_reward_model
+    from skebrm.experiments.data import cache_key, embed_pairs
+
+    pairs = [
+        {"id": "0", "prompt": "Hi", "chosen": "Hello!", "rejected": "Go away.",
+         "meta": {"votes": [2, 2, 1]}},
+        {"id": "1", "prompt": "Hi", "chosen": "Hello!", "rejected": "What?",
+         "meta": {"votes": [1, 1, 1]}},
+    ]  # fmt: skip
+    bare = [{k: v for k, v in p.items() if k != "meta"} for p in pairs]
+    identity = {"name": "tiny-bert"}
+    assert cache_key(pairs, {**identity, "max_length": 32}) == cache_key(
+        bare, {**identity, "max_length": 32}
+    )
+    calls = []
+
+    def load():
+        calls.append(1)
+        return build_tiny_reward_model("bert")
+
+    kw = {"identity": identity, "cache_dir": tmp_path, "max_length": 32, "batch_size": 4}
+    data = embed_pairs(pairs, load, **kw)
+    np.testing.assert_array_equal(data.disagreement, [1.0, 0.0])
+    assert data.chosen_group.tolist() == [0, 0]
+    again = embed_pairs(bare, load, **kw)  # same folder: read from the cache, no model
+    assert calls == [1] and len(list(tmp_path.iterdir())) == 1
+    np.testing.assert_array_equal(again.embeddings, data.embeddings)
+    assert again.disagreement is None
+    np.testing.assert_array_equal(again.response_key, data.response_key)
 
 
 def test_load_pairs_coercing_texts(tmp_path):

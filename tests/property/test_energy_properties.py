@@ -7,7 +7,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from hypothesis.extra.numpy import arrays
 
-from skebrm import EnergyRewardCalibrator
+from skebrm import EnergyRewardCalibrator, GridDistribution
 from skebrm import _inference as inf
 from skebrm.energy import BasisEnergyNet, EnergyNet
 
@@ -94,8 +94,6 @@ def test_predictions_do_not_depend_on_batch_composition(fitted, data, dtype):
     rows = np.array(data.draw(st.permutations(range(40)))[: data.draw(st.integers(1, 40))])
     cal_small = EnergyRewardCalibrator(**{**cal.get_params(), "inference_batch_size": 7})
     cal_small.__dict__.update({k: v for k, v in cal.__dict__.items() if k.endswith("_")})
-    cal_small._grid_s, cal_small._grid_width_s = cal._grid_s, cal._grid_width_s
-    cal_small._trusted_s, cal_small._inference_module = cal._trusted_s, cal._inference_module
     try:
         for est in (cal, cal_small):
             np.testing.assert_array_equal(
@@ -107,6 +105,10 @@ def test_predictions_do_not_depend_on_batch_composition(fitted, data, dtype):
         cal.set_params(inference_dtype="float32")
 
 
+def _dist(f, low, high):
+    return GridDistribution(f, low=low, width=(high - low) / f.shape[1])
+
+
 energies = arrays(
     np.float64, st.tuples(st.integers(1, 4), st.integers(16, 64)), elements=st.floats(-30, 30)
 )
@@ -115,21 +117,21 @@ energies = arrays(
 @settings(deadline=None, max_examples=100)
 @given(f=energies, levels=st.lists(st.floats(0.001, 0.999), min_size=2, max_size=6, unique=True))
 def test_quantiles_rise_with_their_level_and_intervals_nest(f, levels):
-    c, w = inf.make_grid(-5.0, 5.0, f.shape[1])
+    d = _dist(f, -5.0, 5.0)
     levels = np.sort(levels)
-    q = inf.grid_quantiles(f, c, w, levels)
+    q = d.quantiles(levels)
     assert np.all(np.diff(q, axis=1) >= 0)
-    assert np.all((q >= c[0] - w / 2) & (q <= c[-1] + w / 2))
-    inner = inf.grid_quantiles(f, c, w, [0.25, 0.75])
-    outer = inf.grid_quantiles(f, c, w, [0.05, 0.95])
+    assert np.all((q >= -5.0) & (q <= 5.0))
+    np.testing.assert_allclose(d.cdf(q[:, 0]), levels[0], atol=1e-9)  # the CDF inverts them
+    inner = d.quantiles([0.25, 0.75])
+    outer = d.quantiles([0.05, 0.95])
     assert np.all(outer[:, 0] <= inner[:, 0]) and np.all(inner[:, 1] <= outer[:, 1])
 
 
 @settings(deadline=None, max_examples=100)
 @given(f=energies)
 def test_uncertainty_is_non_negative_and_bounded_by_the_grid(f):
-    c, w = inf.make_grid(-5.0, 5.0, f.shape[1])
-    _, std = inf.grid_mean_std(f, c, w)
+    std = _dist(f, -5.0, 5.0).std()
     assert np.all(std >= 0) and np.all(std <= 5.0 + 1e-9)
 
 
@@ -148,8 +150,8 @@ def test_sharpening_a_log_concave_energy_never_raises_uncertainty(
     a = np.asarray(slopes)[:, None]
     b = np.asarray(offsets[: len(slopes)])[:, None]
     f = np.min(a * c + b, axis=0) - curvature * c**2  # concave: min of affine, minus a bowl
-    _, s1 = inf.grid_mean_std(f[None], c, w)
-    _, sk = inf.grid_mean_std(factor * f[None], c, w)
+    s1 = _dist(f[None], -8.0, 8.0).std()
+    sk = _dist(factor * f[None], -8.0, 8.0).std()
     assert sk[0] <= s1[0] * (1 + 1e-9) + 1e-12
 
 
@@ -159,7 +161,7 @@ def test_sharpening_a_multimodal_energy_can_raise_uncertainty():
     c, w = inf.make_grid(-10.0, 10.0, 400)
     f = np.where(np.abs(c) < 1.0, 0.0, -5.0)
     f[np.argmin(np.abs(c - 9.0))] = 0.5
-    stds = [inf.grid_mean_std(k * f[None], c, w)[1][0] for k in (1.0, 8.0)]
+    stds = [_dist(k * f[None], -10.0, 10.0).std()[0] for k in (1.0, 8.0)]
     assert stds[1] > stds[0]
 
 

@@ -176,14 +176,30 @@ def test_mlp_errors():
 )
 def test_grid_search_with_group_kfold(est, grid):
     X, r, pair_id, chosen = _pairs(n_pairs=60, seed=8)
+    cv = GroupKFold(n_splits=3)
     with sklearn.config_context(enable_metadata_routing=True):
-        est = clone(est).set_fit_request(pair_id=True, chosen=True)
-        est = est.set_score_request(pair_id=True, chosen=True)
-        search = GridSearchCV(est, grid, cv=GroupKFold(n_splits=3))
+        routed = clone(est).set_fit_request(pair_id=True, chosen=True)
+        routed = routed.set_score_request(pair_id=True, chosen=True)
+        search = GridSearchCV(routed, grid, cv=cv, error_score="raise")
         search.fit(X, r, groups=pair_id, pair_id=pair_id, chosen=chosen)
-    assert set(search.cv_results_["params"][0]) == set(grid)
-    scores = search.cv_results_["mean_test_score"]
-    assert np.all((scores >= 0) & (scores <= 1))
+    # the same folds by hand: refit, predict the held-out rows, pairwise accuracy in a loop
+    by_hand = []
+    for params in search.cv_results_["params"]:
+        fold_scores = []
+        for train, test in cv.split(X, groups=pair_id):
+            fitted = clone(est).set_params(**params)
+            fitted.fit(X[train], r[train], pair_id=pair_id[train], chosen=chosen[train])
+            pred, ct, pt = fitted.predict(X[test]), chosen[test], pair_id[test]
+            credit = []
+            for p in np.unique(pt):
+                c = pred[(pt == p) & ct][0]
+                j = pred[(pt == p) & ~ct][0]
+                credit.append(1.0 if c > j else 0.5 if c == j else 0.0)
+            fold_scores.append(sum(credit) / len(credit))
+        by_hand.append(sum(fold_scores) / len(fold_scores))
+    np.testing.assert_allclose(search.cv_results_["mean_test_score"], by_hand)
+    assert search.best_score_ == pytest.approx(max(by_hand))
+    assert search.best_params_ == search.cv_results_["params"][int(np.argmax(by_hand))]
     assert search.best_estimator_.predict(X).shape == (120,)
 
 

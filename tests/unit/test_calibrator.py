@@ -1,10 +1,8 @@
-"""EnergyRewardCalibrator: fitting, filtering, selection, inference API, errors, persistence."""
+"""EnergyRewardCalibrator: fitting, filtering, selection, the guard, inference API, errors."""
 
-import pickle
 import re
 import warnings
 
-import joblib
 import numpy as np
 import pytest
 import sklearn
@@ -14,8 +12,9 @@ from sklearn.model_selection import GridSearchCV, GroupKFold
 from sklearn.pipeline import Pipeline
 from sklearn.preprocessing import StandardScaler
 
-from skebrm import EnergyRewardCalibrator, RefinementWarning
+from skebrm import EnergyRewardCalibrator, GridDistribution, RefinementWarning
 from skebrm._pairs import check_pairs, conflicting_pairs
+from skebrm.exceptions import IneffectiveParameterWarning
 
 FAST = dict(
     hidden=(16, 8),
@@ -60,6 +59,7 @@ def test_fit_sets_attributes_and_filters_exactly_the_conflicts(data, fitted):
     assert fitted.n_features_in_ == 6
     assert [h["epoch"] for h in fitted.history_] == [1, 2]
     assert fitted.best_epoch_ == 2 and fitted.refinement_helps_ is None
+    assert fitted.guard_scores_ is None and fitted.dropout_ == 0.5  # "auto" with NCE+
     assert fitted.grid_.shape == (64,)
     assert not fitted.module_.training
 
@@ -116,23 +116,63 @@ def test_inference_api_shapes_and_consistency(data, fitted):
     np.testing.assert_allclose(np.exp(logd).sum(1) * width, 1.0, rtol=1e-9)
     mean = fitted.predict_mean(Xq)
     np.testing.assert_allclose(mean, (np.exp(logd) * width) @ grid, rtol=1e-6, atol=1e-9)
-    p = fitted.preference_probability(X[:7], X[7:14])
-    assert np.all((p >= 0) & (p <= 1))
-    np.testing.assert_allclose(p + fitted.preference_probability(X[7:14], X[:7]), 1.0, atol=1e-9)
+    refined, std = fitted.predict(Xq, base_reward=y[:7], return_std=True)
+    np.testing.assert_array_equal(refined, fitted.predict(Xq, base_reward=y[:7]))
+    np.testing.assert_array_equal(std, fitted.score_uncertainty(Xq))
+    mode, std2 = fitted.predict(Xq, return_std=True)
+    np.testing.assert_array_equal(mode, fitted.predict(Xq))
+    np.testing.assert_array_equal(std2, std)
+
+
+def test_preference_probability_matches_sampling_from_the_fitted_distributions(data):
+    X, y, _, _ = data
+    fitted = EnergyRewardCalibrator(
+        **{**FAST, "max_epochs": 30, "learning_rate": 1e-2, "dropout": 0.0}
+    ).fit(X, y)
+    p = fitted.preference_probability(X[:4], X[10:14])
+    da, db = fitted.predict_distribution(X[:4]), fitted.predict_distribution(X[10:14])
+    rng = np.random.default_rng(0)
+    n = 200_000
+
+    def draw(d, i):  # a cell by its mass, then uniform inside it: the package's convention
+        cells = rng.choice(d.n_cells, size=n, p=d.masses[i])
+        return d.low + (cells + rng.random(n)) * d.width
+
+    mc = [np.mean(draw(da, i) > draw(db, i)) for i in range(4)]
+    np.testing.assert_allclose(p, mc, atol=5e-3)
+    assert np.ptp(p) > 0.1  # the rows differ: not a constant one half
 
 
 def test_predict_distribution_matches_the_single_methods(fitted, data):
     X = data[0][:9]
-    d = fitted.predict_distribution(X, quantiles=[0.1, 0.9])
-    np.testing.assert_allclose(d["mode"], fitted.predict(X), rtol=1e-12)
-    np.testing.assert_allclose(d["mean"], fitted.predict_mean(X), rtol=1e-12)
-    np.testing.assert_allclose(d["std"], fitted.score_uncertainty(X), rtol=1e-12)
-    np.testing.assert_allclose(d["quantiles"], fitted.predict_quantiles(X, [0.1, 0.9]), rtol=1e-12)
+    d = fitted.predict_distribution(X)
+    assert isinstance(d, GridDistribution) and len(d) == 9
+    np.testing.assert_array_equal(d.mode, fitted.predict(X))
+    np.testing.assert_array_equal(d.mean(), fitted.predict_mean(X))
+    np.testing.assert_array_equal(d.std(), fitted.score_uncertainty(X))
+    np.testing.assert_array_equal(d.quantiles([0.1, 0.9]), fitted.predict_quantiles(X, [0.1, 0.9]))
+    np.testing.assert_array_equal(d.interval(0.2), fitted.predict_interval(X, 0.2))
     grid, logd = fitted.predict_log_density_grid(X)
-    np.testing.assert_allclose(d["grid"], grid)
-    np.testing.assert_allclose(d["log_density"], logd, rtol=1e-12)
-    with pytest.raises(ValueError, match="quantiles must be levels in"):
-        fitted.predict_distribution(X, quantiles=[1.5])
+    np.testing.assert_allclose(d.centres, grid, rtol=1e-12)
+    np.testing.assert_array_equal(d.log_density_grid(), logd)
+    with pytest.raises(ValueError, match="q must be levels in"):
+        fitted.predict_quantiles(X, [1.5])
+
+
+def test_one_density_convention_for_log_density_grid_and_quantiles(fitted, data):
+    X = data[0][:5]
+    d = fitted.predict_distribution(X)
+    grid, logd = fitted.predict_log_density_grid(X)
+    # at the cell centres log_density is the grid log-density
+    j = np.array([5, 20, 31, 40, 60])
+    np.testing.assert_allclose(fitted.log_density(X, grid[j]), logd[range(5), j], rtol=1e-12)
+    # anywhere inside the grid it is the derivative of the CDF the quantiles invert
+    r = d.low + (j + 0.3) * d.width
+    eps = 1e-4 * d.width
+    slope = (d.cdf(r + eps) - d.cdf(r - eps)) / (2 * eps)
+    np.testing.assert_allclose(np.exp(fitted.log_density(X, r)), slope, rtol=1e-6)
+    q = fitted.predict_quantiles(X, [0.3])[:, 0]
+    np.testing.assert_allclose(d.cdf(q), 0.3, atol=1e-12)
 
 
 def test_float32_inference_is_close_to_float64(data):
@@ -150,11 +190,25 @@ def test_float32_inference_is_close_to_float64(data):
 
 def test_log_density_integrates_to_one_and_is_minus_inf_outside(fitted, data):
     X = data[0][:3]
-    lo, hi = fitted.grid_[0], fitted.grid_[-1]
-    r = np.linspace(lo, hi, 801)
-    dens = np.exp(np.stack([fitted.log_density(X, np.full(3, v)) for v in r], axis=1))
-    np.testing.assert_allclose(np.trapezoid(dens, r, axis=1), 1.0, atol=0.02)
+    width = fitted.grid_[1] - fitted.grid_[0]
+    lo, hi = fitted.grid_[0] - width / 2, fitted.grid_[-1] + width / 2
+    k = 4 * fitted.grid_size  # midpoints of a partition four times finer than the grid
+    r = lo + (np.arange(k) + 0.5) * (hi - lo) / k
+    dens = np.exp(fitted.log_density(np.repeat(X, k, axis=0), np.tile(r, 3))).reshape(3, k)
+    np.testing.assert_allclose(dens.sum(1) * (hi - lo) / k, 1.0, rtol=1e-9)
     assert np.all(np.isneginf(fitted.log_density(X, np.full(3, hi + 10 * (hi - lo)))))
+
+
+def test_modes_stay_on_the_grid_far_from_the_training_data(fitted, data):
+    X, y, _, _ = data
+    far = np.vstack([X[:6] * 100.0, X[:6] + 50.0, -X[:6] * 1e3]).astype(np.float32)
+    lo, hi = fitted.grid_.min(), fitted.grid_.max()
+    for mode in (fitted.predict(far), fitted.predict_distribution(far).mode):
+        assert np.all((mode >= lo) & (mode <= hi))
+        assert np.all(np.isfinite(fitted.log_density(far, mode)))
+    base = np.r_[np.full(9, 1e3), np.full(9, -1e3)]
+    refined = fitted.predict(far, base_reward=base)
+    assert np.all((refined >= lo) & (refined <= hi))
 
 
 def test_energy_accepts_one_or_many_candidates(fitted, data):
@@ -211,15 +265,19 @@ def test_early_stopping_and_convergence_warning(data):
     assert len(cal.history_) < 50
 
 
-def test_guard_warns_and_falls_back_to_the_base_reward(data):
+def test_guard_decides_on_held_out_pairs_that_selection_never_saw(data):
     X, y, pid, ch = data
     # A learning rate of ~0 leaves a random energy: its modes are arbitrary and the
-    # refined rewards rank pairs worse than the base reward (which ranks the validation
+    # refined rewards rank pairs worse than the base reward (which ranks the held-out
     # pairs well by construction here).
-    params = {**FAST, "learning_rate": 1e-12, "validation_fraction": 0.3, "max_epochs": 1}
-    with pytest.warns(RefinementWarning, match="below the base reward model"):
+    params = {**FAST, "learning_rate": 1e-12, "validation_fraction": 0.4, "max_epochs": 1}
+    with pytest.warns(RefinementWarning, match="refinement does not help here"):
         cal = EnergyRewardCalibrator(**params, guard="base").fit(X, y, pair_id=pid, chosen=ch)
+    s = cal.guard_scores_
     assert cal.refinement_helps_ is False
+    assert s["n_pairs"] == 20  # the guard half of the 40 held-out pairs
+    assert s["refined_accuracy"] <= s["base_accuracy"]
+    assert s["probability_better"] < cal.guard_confidence
     np.testing.assert_array_equal(cal.predict(X[:5], base_reward=y[:5]), y[:5])
     with warnings.catch_warnings():
         warnings.simplefilter("error")
@@ -227,24 +285,41 @@ def test_guard_warns_and_falls_back_to_the_base_reward(data):
     assert not np.allclose(off.predict(X[:5], base_reward=y[:5]), y[:5])
 
 
+def test_guard_confidence_is_the_bootstrap_threshold(data):
+    X, y, pid, ch = data
+    params = {**FAST, "validation_fraction": 0.4, "guard": "off"}
+    lenient = EnergyRewardCalibrator(**params, guard_confidence=0.0).fit(
+        X, y, pair_id=pid, chosen=ch
+    )
+    strict = EnergyRewardCalibrator(**params, guard_confidence=1.0).fit(
+        X, y, pair_id=pid, chosen=ch
+    )
+    p = lenient.guard_scores_["probability_better"]
+    assert strict.guard_scores_["probability_better"] == p  # same fit, same bootstrap
+    assert lenient.refinement_helps_ is True
+    assert strict.refinement_helps_ is (p >= 1.0)
+
+
+def test_validation_holds_out_whole_groups(data):
+    X, y, pid, ch = data
+    # 10 groups of 10 pairs: 40 % held out = 4 groups, 2 select and 2 guard
+    groups = np.repeat(np.arange(10), 20)
+    cal = EnergyRewardCalibrator(**FAST, validation_fraction=0.4, guard="off")
+    cal.fit(X, y, pair_id=pid, chosen=ch, groups=groups)
+    assert cal.guard_scores_["n_pairs"] == 20
+    with pytest.raises(ValueError, match="both rows of a pair must be in the same group"):
+        cal.fit(X, y, pair_id=pid, chosen=ch, groups=np.arange(len(y)))
+    with pytest.raises(ValueError, match="fewer than two held-out groups"):
+        cal.fit(X, y, pair_id=pid, chosen=ch, groups=np.zeros(len(y)))
+    with pytest.raises(ValueError, match="groups needs pair metadata"):
+        EnergyRewardCalibrator(**FAST).fit(X, y, groups=groups)
+
+
 def test_verbose_shows_progress(data, capsys):
     X, y, _, _ = data
     EnergyRewardCalibrator(**FAST, verbose=1).fit(X, y)
     err = capsys.readouterr().err
     assert "EBRM fit" in err and "train_loss" in err
-
-
-def test_pickle_and_joblib_round_trip(fitted, data, tmp_path):
-    X, y, _, _ = data
-    want = fitted.predict(X[:10], base_reward=y[:10])
-    again = pickle.loads(pickle.dumps(fitted))
-    np.testing.assert_array_equal(again.predict(X[:10], base_reward=y[:10]), want)
-    joblib.dump(fitted, tmp_path / "cal.joblib")
-    loaded = joblib.load(tmp_path / "cal.joblib")
-    assert next(loaded.module_.parameters()).device.type == "cpu"
-    np.testing.assert_array_equal(
-        loaded.score_uncertainty(X[:10]), fitted.score_uncertainty(X[:10])
-    )
 
 
 def test_fits_from_a_float16_memmap(tmp_path, data):
@@ -257,15 +332,101 @@ def test_fits_from_a_float16_memmap(tmp_path, data):
     assert cal.predict(X_mm[:4], base_reward=y[:4]).shape == (4,)
 
 
-def test_works_in_pipeline_and_grid_search_with_group_kfold(data):
+def test_score_is_pairwise_accuracy_of_the_refined_rewards_with_pairs(fitted, data):
     X, y, pid, ch = data
+    refined = fitted.predict(X, base_reward=y)
+    idx_c, idx_r = check_pairs(pid, ch, len(y))
+    d = refined[idx_c] - refined[idx_r]
+    assert fitted.score(X, y, pair_id=pid, chosen=ch) == np.mean((d > 0) + 0.5 * (d == 0))
+    # without pairs: scikit-learn's R² of the global mode against y
+    mode = fitted.predict(X)
+    r2 = 1 - np.sum((y - mode) ** 2) / np.sum((y - y.mean()) ** 2)
+    assert fitted.score(X, y) == pytest.approx(r2, rel=1e-9)
+
+
+def test_grid_search_selects_on_the_refined_pairwise_accuracy(data):
+    X, y, pid, ch = data
+    grid = {"ebrm__penalty": [0.0, 0.05]}
     with sklearn.config_context(enable_metadata_routing=True):
-        cal = EnergyRewardCalibrator(**FAST).set_fit_request(pair_id=True, chosen=True)
+        cal = EnergyRewardCalibrator(**FAST)
+        cal.set_fit_request(pair_id=True, chosen=True, groups=True)
+        cal.set_score_request(pair_id=True, chosen=True)
         pipe = Pipeline([("scale", StandardScaler()), ("ebrm", cal)])
-        search = GridSearchCV(pipe, {"ebrm__penalty": [0.0, 0.05]}, cv=GroupKFold(n_splits=2))
+        cv = GroupKFold(n_splits=2)
+        search = GridSearchCV(pipe, grid, cv=cv, error_score="raise")
         search.fit(X, y, groups=pid, pair_id=pid, chosen=ch)
-    assert set(search.cv_results_["param_ebrm__penalty"]) == {0.0, 0.05}
+        # the same folds by hand: fit a clone, score the refined accuracy on the held-out pairs
+        best = search.best_params_["ebrm__penalty"]
+        scores = []
+        for train, test in cv.split(X, y, groups=pid):
+            scaler = StandardScaler().fit(X[train])
+            e = EnergyRewardCalibrator(**{**FAST, "penalty": best}).fit(
+                scaler.transform(X[train]), y[train], pair_id=pid[train], chosen=ch[train]
+            )
+            scores.append(
+                e.score(scaler.transform(X[test]), y[test], pair_id=pid[test], chosen=ch[test])
+            )
+    assert search.best_score_ == pytest.approx(np.mean(scores), abs=1e-12)
+    assert 0.5 < search.best_score_ <= 1.0
     assert search.best_estimator_.named_steps["ebrm"].n_pairs_ == 100
+
+
+def test_a_refit_that_fails_keeps_the_previous_model(data, monkeypatch):
+    X, y, pid, ch = data
+    cal = EnergyRewardCalibrator(**FAST).fit(X, y, pair_id=pid, chosen=ch)
+    want = cal.predict(X[:8], base_reward=y[:8])
+    before = {k: v for k, v in vars(cal).items() if k.endswith("_")}
+    with pytest.raises(ValueError, match="y is constant"):
+        cal.fit(X[:, :4], np.full(len(y), 2.0))  # new width, and fails late
+    assert cal.n_features_in_ == 6
+    np.testing.assert_array_equal(cal.predict(X[:8], base_reward=y[:8]), want)
+
+    import skebrm.calibrator as module
+
+    def interrupted(*args, **kwargs):
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(module, "train_energy_model", interrupted)
+    with pytest.raises(KeyboardInterrupt):
+        cal.fit(X * 2, y * 3, pair_id=pid, chosen=ch)
+    after = {k: v for k, v in vars(cal).items() if k.endswith("_")}
+    assert after.keys() == before.keys()
+    assert all(after[k] is before[k] for k in before)
+    np.testing.assert_array_equal(cal.predict(X[:8], base_reward=y[:8]), want)
+
+
+def test_a_refit_drops_attributes_of_the_previous_fit(data):
+    pd = pytest.importorskip("pandas")
+    X, y, _, _ = data
+    cal = EnergyRewardCalibrator(**FAST).fit(pd.DataFrame(X, columns=list("abcdef")), y)
+    assert list(cal.feature_names_in_) == list("abcdef")
+    cal.fit(X, y)
+    assert not hasattr(cal, "feature_names_in_")
+
+
+def test_the_preference_term_runs_with_both_objectives_and_needs_pairs(data):
+    X, y, pid, ch = data
+    for objective in ("nce_plus", "grid_nll"):
+        params = {**FAST, "objective": objective, "preference_weight": 1.0}
+        if objective == "grid_nll":
+            params.pop("n_negatives")
+        cal = EnergyRewardCalibrator(**params).fit(X, y, pair_id=pid, chosen=ch)
+        plain = EnergyRewardCalibrator(**{**params, "preference_weight": 0.0})
+        plain.fit(X, y, pair_id=pid, chosen=ch)
+        assert cal.history_[0]["train_loss"] > plain.history_[0]["train_loss"]
+    with pytest.raises(ValueError, match="preference_weight=1.0 needs pair metadata"):
+        EnergyRewardCalibrator(**FAST, preference_weight=1.0).fit(X, y)
+
+
+def test_grid_nll_defaults_to_no_dropout(data):
+    X, y, _, _ = data
+    params = {k: v for k, v in FAST.items() if k != "n_negatives"}
+    cal = EnergyRewardCalibrator(**params, objective="grid_nll").fit(X, y)
+    assert cal.dropout_ == 0.0
+    assert (
+        EnergyRewardCalibrator(**params, objective="grid_nll", dropout=0.2).fit(X, y).dropout_
+        == 0.2
+    )
 
 
 # ------------------------------------------------------------------ bad input
@@ -335,8 +496,88 @@ def test_rejects_bad_parameters(data):
     with pytest.raises(ValueError, match="validation_fraction=0.2 needs pair metadata"):
         EnergyRewardCalibrator(**FAST, validation_fraction=0.2).fit(X, y)
     if not torch.cuda.is_available():
-        with pytest.raises(ValueError, match="device='cuda' but CUDA is not available"):
-            EnergyRewardCalibrator(**FAST, device="cuda").fit(X, y)
+        for device in ("cuda", "cuda:1", torch.device("cuda", 0)):
+            with pytest.raises(ValueError, match="but CUDA is not available"):
+                EnergyRewardCalibrator(**FAST, device=device).fit(X, y)
+    with pytest.raises(ValueError, match="The 'device' parameter of EnergyRewardCalibrator"):
+        EnergyRewardCalibrator(**FAST, device="banana").fit(X, y)
+    assert EnergyRewardCalibrator(**FAST, device=torch.device("cpu")).fit(X, y).device_ == "cpu"
+    assert EnergyRewardCalibrator(**FAST, device="cpu").fit(X, y).device_ == "cpu"
+
+
+@pytest.mark.parametrize(
+    ("name", "value"),
+    [
+        ("hidden", (16, 0)),
+        ("hidden", (-4,)),
+        ("hidden", (8.5,)),
+        ("hidden", ()),
+        ("hidden", (True, 4)),
+        ("reward_hidden", (4, 0)),
+        ("reward_hidden", ("a",)),
+    ],
+)
+def test_layer_widths_must_be_positive_ints(data, name, value):
+    X, y, _, _ = data
+    with pytest.raises(
+        ValueError, match=f"The '{name}' parameter of EnergyRewardCalibrator must be"
+    ):
+        EnergyRewardCalibrator(**{**FAST, name: value}).fit(X, y)
+
+
+def test_empty_widths_where_they_are_allowed(data):
+    X, y, _, _ = data
+    EnergyRewardCalibrator(**{**FAST, "reward_hidden": ()}).fit(X, y)
+    basis = {k: v for k, v in FAST.items() if k != "reward_hidden"}
+    EnergyRewardCalibrator(**{**basis, "energy": "basis", "hidden": (), "n_basis": 8}).fit(X, y)
+
+
+@pytest.mark.parametrize(
+    ("params", "message"),
+    [
+        ({"guard": "base"}, "guard='base' has no effect without validation_fraction"),
+        ({"n_iter_no_change": 3}, "n_iter_no_change=3 has no effect without validation_fraction"),
+        ({"tol": 0.01}, "tol=0.01 has no effect without validation_fraction"),
+        ({"guard_confidence": 0.9}, "guard_confidence=0.9 has no effect"),
+        (
+            {"energy": "basis", "reward_hidden": (4, 8)},
+            "reward_hidden=.* has no effect with energy='basis'",
+        ),
+        ({"n_basis": 8}, "n_basis=8 has no effect with energy='mlp'"),
+        ({"objective": "grid_nll"}, "n_negatives=16 has no effect with objective='grid_nll'"),
+    ],
+)
+def test_parameters_without_effect_warn_at_the_users_call(data, params, message):
+    X, y, _, _ = data
+    est = EnergyRewardCalibrator(**{**FAST, **params})
+    with pytest.warns(IneffectiveParameterWarning, match=message) as record:
+        est.fit(X, y)
+    assert all(w.filename == __file__ for w in record)
+
+
+def test_default_parameters_do_not_warn(data):
+    X, y, pid, ch = data
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        EnergyRewardCalibrator(**FAST).fit(X, y, pair_id=pid, chosen=ch)
+        basis = {k: v for k, v in FAST.items() if k != "reward_hidden"}
+        EnergyRewardCalibrator(**basis, energy="basis").fit(X, y)
+
+
+def test_warnings_point_at_the_users_call_through_a_pipeline(data):
+    X, y, pid, ch = data
+    params = {**FAST, "learning_rate": 1e-12, "validation_fraction": 0.4, "max_epochs": 2}
+    with sklearn.config_context(enable_metadata_routing=True):
+        cal = EnergyRewardCalibrator(**params, n_iter_no_change=5)
+        pipe = Pipeline(
+            [("scale", StandardScaler()), ("ebrm", cal.set_fit_request(pair_id=True, chosen=True))]
+        )
+        with warnings.catch_warnings(record=True) as record:
+            warnings.simplefilter("always")
+            pipe.fit(X, y, pair_id=pid, chosen=ch)
+    kinds = {w.category for w in record}
+    assert {RefinementWarning, ConvergenceWarning} <= kinds
+    assert all(w.filename == __file__ for w in record if w.category in kinds)
 
 
 def test_predict_before_fit_raises_not_fitted(data):

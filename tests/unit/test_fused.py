@@ -1,12 +1,13 @@
-"""The written-out NCE+ training step (skebrm._fused) against autograd."""
+"""The written-out training step (skebrm._fused) against autograd, for every batch plan."""
 
 from __future__ import annotations
 
 import pytest
 import torch
 
-from skebrm._fused import fused_nce_plus_gradients, supports_fused
-from skebrm._training import accumulate_nce_plus_gradients
+from skebrm._fused import fused_plan_gradients, supports_fused
+from skebrm._objectives import GridNLL, NCEPlus
+from skebrm._training import accumulate_gradients
 from skebrm.energy import (
     BasisEnergyNet,
     EnergyNet,
@@ -26,14 +27,56 @@ def _problem(seed, *, rows=7, d=6, n_neg=20, dtype=torch.float64):
     return e, y, s, sample_nce_noise(y, s, 0.1, n_neg, generator=g)
 
 
-def _grads(net, *, fused, budget, seed=5, workspace=None):
-    e, y, s, samples = _problem(1)
+def nce_plan(samples, y, s, penalty=0.05):
+    return NCEPlus(s, 0.1, samples.shape[1] - 1, penalty).plan_from_samples(samples, y)
+
+
+def _grads(net, *, fused, budget, seed=5, workspace=None, plan=None, e=None):
+    if plan is None:
+        e, y, s, samples = _problem(1)
+        plan = nce_plan(samples, y, s)
     net.zero_grad(set_to_none=True)
     torch.manual_seed(seed)  # the same dropout masks for both paths
-    loss = accumulate_nce_plus_gradients(
-        net, e, samples, y, s, 0.05, activation_budget=budget, fused=fused, workspace=workspace
+    loss = accumulate_gradients(
+        net, e, plan, activation_budget=budget, fused=fused, workspace=workspace
     )
     return loss, [p.grad.clone() for p in net.parameters()]
+
+
+def _grid_problem(seed, *, preference, nce, rows=8, d=6, dtype=torch.float64):
+    """A plan with shared grid candidates (grid NLL, or NCE+ plus the preference term)."""
+    g = torch.Generator().manual_seed(seed)
+    e = torch.randn(rows, d, generator=g, dtype=dtype)
+    y = 3 * torch.randn(rows, generator=g, dtype=dtype)
+    s = torch.tensor([1.5, 3.5], dtype=dtype)
+    centres = torch.linspace(-9.5, 9.5, 20, dtype=dtype)
+    grid = (centres, -10.0, 1.0)
+    weight = 0.7 if preference else 0.0
+    like = torch.tensor([True, True, False, False, True, True, True, True])
+    if nce:
+        obj = NCEPlus(s, 0.1, 9, 0.05, preference_weight=weight, grid=grid)
+    else:
+        obj = GridNLL(grid, s, 0.1, 0.05, preference_weight=weight)
+    plan = obj.plan(y, likelihood=like, pairs=preference, generator=g)
+    return e, plan
+
+
+@pytest.mark.parametrize(("nce", "preference"), [(False, False), (False, True), (True, True)])
+@pytest.mark.parametrize("budget", [10**9, 300])  # one chunk; chunks of whole pairs
+@pytest.mark.parametrize("reward_hidden", [(4, 5), ()])
+def test_fused_gradients_equal_autograd_with_shared_grid_candidates(
+    nce, preference, budget, reward_hidden
+):
+    torch.manual_seed(0)
+    net = EnergyNet(6, reward_hidden=reward_hidden, hidden=(12, 7), dropout=0.3).double().train()
+    e, plan = _grid_problem(2, preference=preference, nce=nce)
+    assert plan.chunk_rows == (2 if preference else 1)
+    loss_a, grads_a = _grads(net, fused=False, budget=budget, plan=plan, e=e)
+    loss_f, grads_f = _grads(net, fused=True, budget=budget, plan=plan, e=e)
+    assert abs(loss_a - loss_f) < 1e-11
+    for a, f in zip(grads_a, grads_f, strict=True):
+        torch.testing.assert_close(f, a, rtol=1e-10, atol=1e-12)
+    assert all(float(g.abs().max()) > 0 for g in grads_f)
 
 
 @pytest.mark.parametrize(
@@ -91,7 +134,7 @@ def test_float32_fused_step_is_close_to_autograd():
     for fused in (False, True):
         net.zero_grad(set_to_none=True)
         torch.manual_seed(7)
-        loss = accumulate_nce_plus_gradients(net, e, samples, y, s, 0.05, fused=fused)
+        loss = accumulate_gradients(net, e, nce_plan(samples, y, s), fused=fused)
         out.append((loss, [p.grad.clone() for p in net.parameters()]))
     assert abs(out[0][0] - out[1][0]) < 1e-5
     for a, f in zip(out[0][1], out[1][1], strict=True):
@@ -108,7 +151,7 @@ def test_which_networks_take_the_fused_path():
     assert not supports_fused(Custom(4))  # a subclass may change forward: autograd
     e, y, s, samples = _problem(0, d=4, dtype=torch.float32)
     with pytest.raises(TypeError, match="EnergyNet"):
-        fused_nce_plus_gradients(BasisEnergyNet(4), e, samples, y, s, 0.05, rows_per_chunk=2)
+        fused_plan_gradients(BasisEnergyNet(4), e, nce_plan(samples, y, s), rows_per_chunk=2)
 
 
 @pytest.mark.parametrize("p", [0.5, 0.25, 0.1, 0.37])

@@ -145,7 +145,8 @@ def test_flop_count_matches_a_hand_count():
 
 
 def test_microbatched_gradients_equal_the_reference_full_batch_gradient():
-    from skebrm._training import accumulate_nce_plus_gradients
+    from skebrm._objectives import NCEPlus
+    from skebrm._training import accumulate_gradients
 
     net, reference = _tiny_pair(seed=5)
     g = torch.Generator().manual_seed(6)
@@ -154,7 +155,8 @@ def test_microbatched_gradients_equal_the_reference_full_batch_gradient():
     s = torch.tensor([1.5, 3.5], dtype=torch.float64)
     samples = sample_nce_noise(y, s, 0.1, 20, generator=g)
     # width 12 × 21 candidates: a budget of 600 gives micro-batches of 2 rows (2, 2, 2, 1).
-    loss = accumulate_nce_plus_gradients(net, e, samples, y, s, 0.05, activation_budget=600)
+    plan = NCEPlus(s, 0.1, 20, 0.05).plan_from_samples(samples, y)
+    loss = accumulate_gradients(net, e, plan, activation_budget=600)
     loss_ref = ref.reference_nce_plus_loss(reference(e, samples), samples, y, s, 0.05)
     loss_ref.backward()
     assert abs(loss - float(loss_ref.detach())) < 1e-10

@@ -1,6 +1,8 @@
-"""Multirun summary tables name the sweep parameters that vary between jobs."""
+"""Results tables: sweep parameters that vary, and the uncertainty / calibration columns."""
 
-from skebrm.experiments.report import summary_table
+from pathlib import Path
+
+from skebrm.experiments.report import format_table, summary_table
 
 
 def _result(acc, noise=0.0):
@@ -45,3 +47,70 @@ def test_varying_overrides_become_columns_without_duplicating_result_keys(tmp_pa
 def test_runs_without_hydra_folders_still_tabulate(tmp_path):
     table = summary_table([(tmp_path, _result(0.61)), (tmp_path, _result(0.62))])
     assert table.splitlines()[0].startswith("| backbone | data | base | ebrm |")
+
+
+def _with_uncertainty(acc, margin_auroc, ebrm_auroc, votes=False, groups=False):
+    r = _result(acc)
+    ms = r["test"]["methods"]
+    ms["base"]["ece"] = 0.10
+    ms["ebrm"].update(misorder_auroc_base=ebrm_auroc, ece=0.08)
+    ms["base_margin"] = {
+        "accuracy": 0.6,
+        "rewardbench": ms["base"]["rewardbench"],
+        "misorder_auroc_base": margin_auroc,
+        "ece": 0.10,
+    }
+    ms["laplace_bt"] = {
+        "accuracy": 0.6,
+        "rewardbench": ms["base"]["rewardbench"],
+        "misorder_auroc_base": 0.57,
+        "ece": 0.05,
+    }
+    if votes:
+        for name, value in (("base_margin", 0.61), ("ebrm", 0.52), ("laplace_bt", 0.58)):
+            ms[name]["disagreement_auroc"] = value
+    if groups:
+        for name, value in (("base", 0.41), ("ebrm", 0.43)):
+            ms[name]["best_of_k"] = {"accuracy": value, "n_groups": 12, "mean_k": 3.5}
+    return r
+
+
+def test_summary_has_uncertainty_calibration_and_best_of_k_columns():
+    runs = [(Path("/nonexistent/0"), _with_uncertainty(0.61, 0.586, 0.52, True, True))]
+    table = summary_table(runs)
+    header = [c.strip() for c in table.splitlines()[0].strip("|").split("|")]
+    row = [c.strip() for c in table.splitlines()[2].strip("|").split("|")]
+    cells = dict(zip(header, row, strict=True))
+    assert "base_margin" not in header  # its accuracy is the base's
+    assert cells["AUROC base errors: base_margin"] == "0.586"
+    assert cells["AUROC base errors: ebrm"] == "0.520"
+    assert cells["AUROC base errors: laplace_bt"] == "0.570"
+    assert cells["AUROC disagreement: base_margin"] == "0.610"
+    assert cells["ECE: base"] == "0.100" and cells["ECE: laplace_bt"] == "0.050"
+    assert cells["best-of-k: base"] == "0.410" and cells["best-of-k: ebrm"] == "0.430"
+    assert "bt_ensemble_mean" not in table.splitlines()[0]  # absent from every run
+
+
+def test_summary_of_old_runs_has_no_empty_new_columns(tmp_path):
+    table = summary_table([(tmp_path, _result(0.61)), (tmp_path, _result(0.62))])
+    header = table.splitlines()[0]
+    assert "AUROC" not in header and "ECE" not in header and "best-of-k" not in header
+    # one old run next to a new one: the new columns, with – for the old run
+    mixed = summary_table(
+        [(tmp_path, _result(0.61)), (tmp_path, _with_uncertainty(0.62, 0.58, 0.5))]
+    )
+    assert "AUROC base errors: base_margin" in mixed.splitlines()[0]
+    assert mixed.splitlines()[2].rstrip().endswith("| – | – | – | – | – | – |")
+
+
+def test_per_run_table_shows_disagreement_and_best_of_k():
+    r = _with_uncertainty(0.61, 0.586, 0.52, votes=True, groups=True)
+    r.update(experiment="x", calibrator="basis", calibrator_fit_on="calibrator")
+    r["n_pairs"] = {"test": 80}
+    r["test"].update(n_pairs=80, n_pairs_with_votes=80, n_pairs_disagreement=9)
+    text = format_table(r)
+    assert "annotators disagree on 9 of the 80 with votes" in text
+    header = next(line for line in text.splitlines() if line.startswith("| method"))
+    assert "AUROC disagreement" in header and "best-of-k (12 groups, mean k 3.5)" in header
+    margin = next(line for line in text.splitlines() if line.startswith("| base_margin |"))
+    assert "| 0.586 |" in margin and margin.rstrip().endswith("| 0.610 | – |")

@@ -16,3 +16,61 @@ def test_splice_replaces_only_the_results_block(m):
 def test_splice_requires_the_markers(m):
     with pytest.raises(SystemExit, match="needs the lines"):
         m.splice("no markers here", "x")
+
+
+def _results(acc, noise=0.0):
+    sec = {"sections": {"all": {"accuracy": acc}}}
+
+    def method(a, **extra):
+        return {"accuracy": a, "rewardbench": sec, **extra}
+
+    methods = {
+        "base": method(0.6, ece=0.1, best_of_k={"accuracy": 0.4, "n_groups": 5, "mean_k": 3.2}),
+        "base_margin": method(0.6, misorder_auroc_base=0.58, disagreement_auroc=0.6, ece=0.1),
+        "ebrm": method(
+            acc,
+            misorder_auroc_base=0.51,
+            disagreement_auroc=0.5,
+            ece=0.2,
+            vs_base={"difference": acc - 0.6, "ci_low": -0.1, "ci_high": 0.1},
+        ),
+        "laplace_bt": method(0.6, misorder_auroc_base=0.56, disagreement_auroc=0.57, ece=0.05),
+    }
+    return {
+        "experiment": "demo",
+        "backbone": "minilm",
+        "data": "rmb",
+        "calibrator": "basis",
+        "label_noise": noise,
+        "calibrator_fit_on": "calibrator",
+        "n_pairs": {"head": 60, "calibrator": 20, "test": 20},
+        "test": {"n_pairs": 20, "n_pairs_with_votes": 20, "n_pairs_disagreement": 3,
+                 "methods": methods},
+        "ood": {},
+    }  # fmt: skip
+
+
+def test_tables_carry_the_uncertainty_baselines(m, tmp_path):
+    from skebrm.experiments.report import write_json
+
+    single = tmp_path / "run"
+    write_json(_results(0.62), single / "results.json")
+    sweep = tmp_path / "sweep"
+    for i, noise in enumerate((0.0, 0.3)):
+        write_json(_results(0.6 + i / 100, noise), sweep / str(i) / "results.json")
+    text = m.build_markdown([single, sweep], tmp_path / "docs" / "figures", tmp_path / "docs")
+    run_part, sweep_part = text.split("### demo (sweep)")
+    # the per-run table: one row per method, base margin and Laplace among them
+    assert "| base_margin | 0.600 |" in run_part and "| laplace_bt | 0.600 |" in run_part
+    assert "AUROC disagreement" in run_part and "best-of-k (5 groups, mean k 3.2)" in run_part
+    # the sweep table: one row per run, the new columns by method
+    header = next(line for line in sweep_part.splitlines() if line.startswith("| label_noise"))
+    for column in (
+        "AUROC base errors: base_margin",
+        "AUROC base errors: laplace_bt",
+        "AUROC disagreement: base_margin",
+        "ECE: laplace_bt",
+        "best-of-k: base",
+    ):
+        assert column in header, column
+    assert "| 0.3 | 0.600 | 0.610 | 0.600 | +0.010 [-0.100, +0.100] | 0.580 |" in sweep_part

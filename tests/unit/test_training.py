@@ -6,7 +6,8 @@ import numpy as np
 import pytest
 import torch
 
-from skebrm._training import train_energy_model
+from skebrm._objectives import NCEPlus
+from skebrm._training import TrainingData, improvement_probability, train_energy_model
 from skebrm.energy import EnergyNet
 
 
@@ -15,14 +16,13 @@ def _train(scores, **kw):
     net = EnergyNet(3, reward_hidden=(4,), hidden=(8,))
     calls = iter(scores)
     rng = np.random.default_rng(0)
+    data = TrainingData(
+        rng.normal(size=(32, 3)).astype(np.float32), rng.normal(size=32), np.arange(32)
+    )
     return train_energy_model(
         net,
-        rng.normal(size=(32, 3)).astype(np.float32),
-        rng.normal(size=32),
-        sigmas=torch.tensor([1.0]),
-        beta=0.1,
-        n_negatives=4,
-        penalty=0.0,
+        data,
+        NCEPlus(torch.tensor([1.0]), 0.1, 4, 0.0),
         learning_rate=1e-3,
         weight_decay=0.0,
         batch_size=16,
@@ -54,8 +54,33 @@ def test_patience_counts_epochs_without_either_improvement():
     assert res.stopped_early and res.best_epoch == 1 and len(res.history) == 4
 
 
-def test_budget_running_out_warns():
-    from sklearn.exceptions import ConvergenceWarning
+def test_budget_running_out_is_reported_for_the_estimator_to_warn():
+    res = _train([(0.6, 0.6, 2.0), (0.7, 0.6, 2.0)], n_iter_no_change=2)
+    assert len(res.warnings) == 1 and "max_epochs=2 reached" in res.warnings[0]
+    assert not _train([(0.6, 0.6, 2.0), (0.7, 0.6, 2.0)]).warnings
 
-    with pytest.warns(ConvergenceWarning, match="max_epochs=2 reached"):
-        _train([(0.6, 0.6, 2.0), (0.7, 0.6, 2.0)], n_iter_no_change=2)
+
+def test_pair_batches_keep_pairs_whole_and_mark_the_likelihood_rows():
+    pairs = np.array([[0, 1], [2, 3], [5, 4], [6, 7], [8, 9]])
+    data = TrainingData(np.zeros((10, 2)), np.zeros(10), np.array([0, 1, 4, 5]), pairs)
+    seen = []
+    for idx, mask in data.batches(4, torch.Generator().manual_seed(0)):
+        assert len(idx) % 2 == 0
+        got = idx.reshape(-1, 2)
+        assert all(any((row == p).all() for p in pairs) for row in got)
+        np.testing.assert_array_equal(mask, np.isin(idx, [0, 1, 4, 5]))
+        seen.extend(map(tuple, got))
+    assert sorted(seen) == sorted(map(tuple, pairs))
+
+
+def test_improvement_probability_against_an_explicit_bootstrap():
+    rng = np.random.default_rng(3)
+    new = (rng.random(60) < 0.7).astype(float)
+    base = (rng.random(60) < 0.6).astype(float)
+    got = improvement_probability(new, base, np.random.RandomState(0), n_resamples=500)
+    r = np.random.RandomState(0)
+    idx = r.randint(0, 60, size=(500, 60))
+    d = (new - base)[idx].mean(1)
+    assert got == pytest.approx(np.mean(d > 0) + 0.5 * np.mean(d == 0))
+    assert improvement_probability(base, base, np.random.RandomState(0)) == 0.5
+    assert improvement_probability(np.ones(50), np.zeros(50), np.random.RandomState(0)) == 1.0

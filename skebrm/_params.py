@@ -1,0 +1,117 @@
+"""Checks of the estimator's parameters and inputs that scikit-learn's constraints cannot say."""
+
+from __future__ import annotations
+
+import inspect
+from numbers import Integral
+
+import numpy as np
+import torch
+
+from skebrm.exceptions import IneffectiveParameterWarning, warn_user
+
+__all__ = [
+    "check_device",
+    "check_finite",
+    "check_rewards",
+    "check_sigmas",
+    "check_widths",
+    "warn_ineffective",
+]
+
+_FINITE_CHUNK = 1 << 16
+
+
+def check_finite(arr, name: str, caller: str) -> None:
+    """Finite check in row chunks, so a memory-mapped X is never copied whole."""
+    for start in range(0, arr.shape[0], _FINITE_CHUNK):
+        block = np.asarray(arr[start : start + _FINITE_CHUNK])
+        if not np.isfinite(block).all():
+            kind = "NaN" if np.isnan(block).any() else "infinity"
+            raise ValueError(
+                f"{caller}: Input {name} contains {kind}; every value must be finite. "
+                f"Drop or impute the affected rows first."
+            )
+
+
+def check_rewards(r, n: int, name: str, caller: str) -> np.ndarray:
+    """A finite float64 vector of ``n`` rewards."""
+    r = np.asarray(r, dtype=np.float64)
+    if r.ndim != 1 or r.shape[0] != n:
+        raise ValueError(
+            f"{caller}: {name} must have shape ({n},) to align with X, got shape {r.shape}."
+        )
+    check_finite(r, name, caller)
+    return r
+
+
+def check_widths(value, name: str, *, allow_empty: bool, owner: str) -> tuple[int, ...]:
+    """Layer widths: a sequence of positive ints (``ValueError`` naming the parameter)."""
+    try:
+        widths = tuple(np.atleast_1d(np.asarray(value, dtype=object)).tolist())
+    except (TypeError, ValueError):
+        widths = None
+    ok = (
+        widths is not None
+        and np.ndim(np.asarray(value, dtype=object)) <= 1
+        and all(isinstance(w, Integral) and not isinstance(w, bool) and w >= 1 for w in widths)
+        and (allow_empty or len(widths) > 0)
+    )
+    if not ok:
+        need = "a sequence of positive ints" + ("" if allow_empty else " (at least one)")
+        raise ValueError(
+            f"The '{name}' parameter of {owner} must be {need}. Got {value!r} instead."
+        )
+    return tuple(int(w) for w in widths)
+
+
+def check_sigmas(value, owner: str) -> np.ndarray:
+    sigmas = np.atleast_1d(np.asarray(value, dtype=np.float64))
+    if (
+        sigmas.ndim != 1
+        or sigmas.size == 0
+        or not np.all(sigmas > 0)
+        or not np.isfinite(sigmas).all()
+    ):
+        raise ValueError(
+            f"{owner}: sigmas must be a non-empty sequence of positive floats, got {value!r}."
+        )
+    return sigmas
+
+
+def check_device(value, owner: str) -> None:
+    """``"auto"``, or anything ``torch.device`` accepts (``"cpu"``, ``"cuda:1"``, a device)."""
+    if isinstance(value, str) and value == "auto":
+        return
+    try:
+        torch.device(value)
+    except (RuntimeError, TypeError, ValueError) as exc:
+        raise ValueError(
+            f"The 'device' parameter of {owner} must be 'auto', a device string such as "
+            f"'cpu', 'cuda' or 'cuda:1', or a torch.device. Got {value!r} instead."
+        ) from exc
+
+
+def _default(est, name: str):
+    return inspect.signature(type(est).__init__).parameters[name].default
+
+
+def _is_default(est, name: str) -> bool:
+    value, default = getattr(est, name), _default(est, name)
+    if isinstance(default, tuple):
+        try:
+            return tuple(np.atleast_1d(value).tolist()) == default
+        except (TypeError, ValueError):
+            return False
+    return value == default
+
+
+def warn_ineffective(est, rules: list[tuple[str, bool, str]]) -> None:
+    """Warn for each ``(parameter, applies, why)`` that was set away from its default
+    while ``applies`` is False (the parameter then has no effect)."""
+    for name, applies, why in rules:
+        if not applies and not _is_default(est, name):
+            warn_user(
+                f"{type(est).__name__}: {name}={getattr(est, name)!r} has no effect {why}.",
+                IneffectiveParameterWarning,
+            )

@@ -1,0 +1,270 @@
+"""The fitted posterior ``p(r | e)``: the network's inference copy, chunking and modes.
+
+:class:`EnergyPosterior` is what :class:`~skebrm.EnergyRewardCalibrator` learns (as
+``_CalibratedClassifier`` is what scikit-learn's ``CalibratedClassifierCV`` learns): the
+trained energy network, the reward scaler and the grid. It owns the evaluation-mode copy
+of the network in the inference dtype, the row chunks of every inference call, the two
+mode finders (global, and hybrid from the RM's own reward) and the grid energies that
+become a :class:`~skebrm.GridDistribution`. The estimator passes the inference settings
+of each call (:class:`InferenceSettings`), so ``set_params`` after ``fit`` takes effect.
+
+Batch invariance: every matrix product sees a whole number of tiles of
+:data:`~skebrm._inference.ROW_TILE` rows (rows and grid padded with zeros), so a row's
+results do not depend, bit for bit on CPU, on the batch it came in.
+"""
+
+from __future__ import annotations
+
+import copy
+from collections.abc import Iterator
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+
+from skebrm import _inference as inf
+from skebrm._scaling import RewardScaler
+from skebrm.distribution import GridDistribution
+
+__all__ = ["EnergyPosterior", "InferenceSettings", "resolve_device"]
+
+
+def resolve_device(device) -> torch.device:
+    """``"auto"`` → CUDA if available else CPU; anything else as ``torch.device``."""
+    if isinstance(device, str) and device == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    dev = torch.device(device)
+    if dev.type == "cuda" and not torch.cuda.is_available():
+        raise ValueError(
+            f"EnergyRewardCalibrator: device={device!r} but CUDA is not available; use "
+            "device='cpu' or 'auto'."
+        )
+    return dev
+
+
+@dataclass(frozen=True)
+class InferenceSettings:
+    """Per-call inference settings (the estimator's current parameters)."""
+
+    dtype: str = "float32"
+    device: object = "auto"
+    batch_size: int = 1024
+    ascent_steps: int = 50
+    ascent_step_size: float = 0.5
+    ascent_shrink: float = 0.2
+
+
+def inference_copy(net: torch.nn.Module, dtype: str, device) -> torch.nn.Module:
+    """An evaluation-mode, gradient-free copy of ``net`` in ``dtype`` on ``device``."""
+    out = copy.deepcopy(net).to(device=device, dtype=getattr(torch, dtype)).eval()
+    for p in out.parameters():
+        p.requires_grad_(False)
+    return out
+
+
+class EnergyPosterior:
+    """A trained energy network on a reward grid (standardised units inside).
+
+    Parameters
+    ----------
+    module : torch.nn.Module
+        The trained network (kept as is; inference runs on copies).
+    scaler : RewardScaler
+    grid_low, grid_width : float
+        Left edge and cell width of the grid, standardised units.
+    grid_size : int
+    trusted : tuple of float
+        Range of the training rewards, standardised; base rewards outside it start the
+        hybrid ascent from the global mode.
+    """
+
+    def __init__(
+        self,
+        module: torch.nn.Module,
+        scaler: RewardScaler,
+        *,
+        grid_low: float,
+        grid_width: float,
+        grid_size: int,
+        trusted: tuple[float, float],
+    ):
+        self.module = module
+        self.scaler = scaler
+        self.grid_low = float(grid_low)
+        self.grid_width = float(grid_width)
+        self.grid_size = int(grid_size)
+        self.trusted = (float(trusted[0]), float(trusted[1]))
+        self._copies: dict = {}
+
+    # ------------------------------------------------------------------ grid
+    @property
+    def centres_s(self) -> np.ndarray:
+        return self.grid_low + (np.arange(self.grid_size) + 0.5) * self.grid_width
+
+    @property
+    def bounds_s(self) -> tuple[float, float]:
+        """First and last cell centre: where modes may lie."""
+        c = self.centres_s
+        return float(c[0]), float(c[-1])
+
+    @property
+    def grid(self) -> np.ndarray:
+        """Cell centres in RM units."""
+        return self.scaler.inverse_transform(self.centres_s)
+
+    def _distribution(self, energies: np.ndarray, mode_s=None) -> GridDistribution:
+        low = float(self.scaler.inverse_transform(self.grid_low))
+        mode = None if mode_s is None else self.scaler.inverse_transform(mode_s)
+        return GridDistribution(
+            energies, low=low, width=self.grid_width * self.scaler.scale, mode=mode
+        )
+
+    # ------------------------------------------------------------- internals
+    def net(self, settings: InferenceSettings) -> tuple[torch.nn.Module, torch.device]:
+        device = resolve_device(settings.device)
+        key = (settings.dtype, str(device))
+        if key not in self._copies:
+            self._copies = {key: inference_copy(self.module, settings.dtype, device)}
+        return self._copies[key], device
+
+    def chunks(self, X, settings: InferenceSettings) -> Iterator[tuple[slice, torch.Tensor]]:
+        """(slice, embedded rows padded to whole row tiles) per ``batch_size`` rows."""
+        net, device = self.net(settings)
+        dtype = getattr(torch, settings.dtype)
+        for start in range(0, X.shape[0], settings.batch_size):
+            sl = slice(start, min(start + settings.batch_size, X.shape[0]))
+            xb = torch.from_numpy(np.array(X[sl])).to(device, dtype)
+            xb = inf.pad_rows(xb, inf.tile_rows(xb.shape[0]))
+            with torch.no_grad():
+                yield sl, net.embed(xb)
+
+    def _grid_t(self, net) -> torch.Tensor:
+        p = next(net.parameters())
+        return torch.as_tensor(self.centres_s, dtype=p.dtype, device=p.device)
+
+    # ------------------------------------------------------------------ API
+    def distribution(self, X, settings: InferenceSettings, *, mode: bool = True):
+        """``p(r | e)`` of every row as a :class:`GridDistribution` (RM units); ``mode``
+        also runs the global-mode ascent."""
+        n = X.shape[0]
+        energies = np.empty((n, self.grid_size))
+        modes = np.empty(n) if mode else None
+        net, _ = self.net(settings)
+        grid_t = self._grid_t(net)
+        for sl, h in self.chunks(X, settings):
+            k = sl.stop - sl.start
+            if mode:
+                r, _, f = global_mode_s(net, h, grid_t, self.grid_width, settings, self.bounds_s)
+                modes[sl] = self._on_grid(r[:k])
+            else:
+                f = inf.grid_energies(net, h, grid_t)
+            energies[sl] = f[:k].double().cpu().numpy()
+        return self._distribution(energies, modes)
+
+    def global_mode(self, X, settings: InferenceSettings) -> np.ndarray:
+        """The global mode of every row (RM units)."""
+        out = np.empty(X.shape[0])
+        net, _ = self.net(settings)
+        grid_t = self._grid_t(net)
+        for sl, h in self.chunks(X, settings):
+            r = global_mode_s(net, h, grid_t, self.grid_width, settings, self.bounds_s)[0]
+            out[sl] = self._on_grid(r[: sl.stop - sl.start])
+        return self.scaler.inverse_transform(out)
+
+    def _on_grid(self, r_s: torch.Tensor) -> np.ndarray:
+        """Modes as float64, clipped to the first and last cell centre (a float32 ascent
+        clamps to the float32-rounded bounds, which can lie a hair outside)."""
+        return np.clip(r_s.double().cpu().numpy(), *self.bounds_s)
+
+    def refine(self, X, base_reward, settings: InferenceSettings) -> np.ndarray:
+        """Hybrid-initialised modes from the RM's own rewards (RM units in and out)."""
+        net, _ = self.net(settings)
+        base_s = self.scaler.transform(base_reward)
+        refined_s = refine_s(
+            net,
+            self.chunks(X, settings),
+            base_s,
+            grid_t=self._grid_t(net),
+            grid_width=self.grid_width,
+            trusted=self.trusted,
+            bounds=self.bounds_s,
+            settings=settings,
+        )
+        return self.scaler.inverse_transform(np.clip(refined_s, *self.bounds_s))
+
+    def energy(self, X, r, settings: InferenceSettings) -> np.ndarray:
+        """``f(e, r)`` for ``r`` (n, k) in RM units."""
+        r_s = self.scaler.transform(r)
+        net, device = self.net(settings)
+        dtype = next(net.parameters()).dtype
+        out = np.empty(r_s.shape)
+        for sl, h in self.chunks(X, settings):
+            rr = torch.as_tensor(r_s[sl], dtype=dtype, device=device)
+            with torch.no_grad():
+                f = net.energy_from_embedded(h, inf.pad_rows(rr, h.shape[0]))
+            out[sl] = f[: sl.stop - sl.start].double().cpu().numpy()
+        return out
+
+
+def global_mode_s(net, h, grid_t, grid_width, settings: InferenceSettings, bounds):
+    """Global mode per row: best grid point refined by the ascent (standardised units).
+
+    The ascent starts at the best grid point with the step ``1 / |f''|`` of the grid's
+    local quadratic model (:func:`~skebrm._inference.grid_newton_steps`), stays within
+    ``bounds`` (the first and last cell centre) and stops a row once its move is below
+    ``1e-4`` cell widths (or after ``ascent_steps``).
+
+    Returns ``(mode, energy at the mode, grid energies (B, G))``.
+    """
+    n = h.shape[0]
+    h = inf.pad_rows(h, inf.tile_rows(n))
+    f = inf.grid_energies(net, h, grid_t)
+    r, f_r = inf.ascend(
+        net,
+        h,
+        grid_t[f.argmax(dim=1)],
+        max_steps=settings.ascent_steps,
+        step_size=inf.grid_newton_steps(f, grid_width),
+        shrink=settings.ascent_shrink,
+        tol=1e-4 * grid_width,
+        bounds=bounds,
+    )
+    return r[:n], f_r[:n], f[:n]
+
+
+def refine_s(net, chunks, base_s, *, grid_t, grid_width, trusted, bounds, settings):
+    """Hybrid-initialised mode in standardised units.
+
+    Each row ascends from its base reward, accepting a step only if the energy rises.
+    Where the paper restarts from a random point (a base reward outside ``trusted``), the
+    row starts from the global mode instead, unless the energy is higher at the base
+    reward itself (which is then clipped to the grid); deterministic either way.
+    """
+    lo, hi = trusted
+    out = np.empty(len(base_s))
+    dtype = next(net.parameters()).dtype
+    for sl, h in chunks:
+        start = torch.as_tensor(base_s[sl], dtype=dtype, device=h.device)
+        start = inf.pad_rows(start, h.shape[0])
+        outside = (start < lo) | (start > hi)
+        if bool(outside.any()):
+            h_out = h[outside]
+            r_g, f_g, _ = global_mode_s(net, h_out, grid_t, grid_width, settings, bounds)
+            m = inf.tile_rows(h_out.shape[0])
+            clipped = start[outside].clamp(bounds[0], bounds[1])
+            with torch.no_grad():
+                f_b = net.energy_from_embedded(
+                    inf.pad_rows(h_out, m), inf.pad_rows(clipped[:, None], m)
+                )[: h_out.shape[0], 0]
+            start[outside] = torch.where(f_g > f_b, r_g, clipped)
+        r, _ = inf.ascend(
+            net,
+            h,
+            start,
+            max_steps=settings.ascent_steps,
+            step_size=float(settings.ascent_step_size),
+            shrink=settings.ascent_shrink,
+            bounds=bounds,
+        )
+        out[sl] = r[: sl.stop - sl.start].double().cpu().numpy()
+    return out
