@@ -126,11 +126,6 @@ def _device(device) -> torch.device:
         ) from exc
 
 
-def _calibrator_device(device: torch.device) -> str:
-    """The calibrator's ``device`` parameter for the bundle's device."""
-    return device.type if device.index is None else str(device)
-
-
 class RefinedRewardModel:
     """A frozen Hugging Face reward model with a fitted EBRM calibrator on top.
 
@@ -138,9 +133,10 @@ class RefinedRewardModel:
     :class:`~skebrm.extraction.EmbeddingExtractor` does (template, prompt-first truncation
     to ``max_length``), run through the RM in batches of rows sorted by length under
     ``torch.inference_mode`` on ``device``; the RM's embedding and reward then go through
-    the calibrator. :meth:`score` gives the base reward, the refined reward and its
-    standard deviation per row; calling the bundle gives ``refined − penalty · std``, so it
-    can be passed to TRL's ``GRPOTrainer(reward_funcs=[bundle])``.
+    the calibrator (on the same device, without gradients). :meth:`score` gives the base
+    reward, the refined reward and its standard deviation per row; calling the bundle
+    gives ``refined − penalty · std``, so it can be passed to TRL's
+    ``GRPOTrainer(reward_funcs=[bundle])``.
 
     Parameters
     ----------
@@ -260,9 +256,8 @@ class RefinedRewardModel:
             )
         if fitted_on is not None:
             self._check_fitted_on(fitted_on)
-        cal_device = _calibrator_device(self.device)
-        if calibrator.device != cal_device:
-            calibrator.set_params(device=cal_device)
+        if calibrator.device != str(self.device):
+            calibrator.set_params(device=str(self.device))
         self.calibrator = calibrator
         self.__name__ = name
 
@@ -318,9 +313,11 @@ class RefinedRewardModel:
         if not prompts:
             empty = np.empty(0)
             return RewardScores(empty, empty.copy(), empty.copy())
-        with torch.inference_mode():
-            res = self.extractor.extract(list(zip(prompts, completions)))
-            refined, std = self._refine(res.embeddings, res.rewards)
+        # the RM's forward runs under torch.inference_mode (inside the extractor); the
+        # calibrator runs under its own no_grad (its cached inference weights must stay
+        # ordinary tensors, which inference mode would not give)
+        res = self.extractor.extract(list(zip(prompts, completions)))
+        refined, std = self._refine(res.embeddings, res.rewards)
         return RewardScores(
             base_reward=res.rewards.astype(np.float64),
             refined_reward=np.asarray(refined, dtype=np.float64),
@@ -328,9 +325,13 @@ class RefinedRewardModel:
         )
 
     def _refine(self, embeddings: np.ndarray, rewards: np.ndarray):
-        cal = self.calibrator
-        refined = cal.predict(embeddings, base_reward=rewards)
-        return refined, cal.score_uncertainty(embeddings)
+        """Refined reward and std in one call of the calibrator.
+
+        Out of any inference mode the caller is in: the calibrator caches inference
+        weights keyed by tensor versions, which inference tensors do not have.
+        """
+        with torch.inference_mode(False):
+            return self.calibrator.predict(embeddings, base_reward=rewards, return_std=True)
 
     def __call__(
         self,
@@ -457,7 +458,7 @@ class RefinedRewardModel:
             if bars:
                 hf_logging.enable_progress_bar()
         tokenizer = AutoTokenizer.from_pretrained(folder / _RM_DIR, trust_remote_code=False)
-        calibrator = EnergyRewardCalibrator.from_pretrained(folder / _CAL_DIR)
+        calibrator = EnergyRewardCalibrator.from_pretrained(folder / _CAL_DIR, device=str(device))
         bundle = cls(
             model,
             tokenizer,
