@@ -187,8 +187,6 @@ def _resign(folder, edit):
 
 @pytest.fixture
 def saved(bundle, tmp_path):
-    if not hasattr(EnergyRewardCalibrator, "save_pretrained"):  # pragma: no cover
-        pytest.skip("needs EnergyRewardCalibrator.save_pretrained (issue 9, point 4)")
     return bundle.save_pretrained(tmp_path / "bundle")
 
 
