@@ -35,6 +35,9 @@ _LAZY = {
     "VLLMSampler": "skebrm.sampling",
     "sample_to_cache": "skebrm.sampling",
     "load_samples": "skebrm.sampling",
+    "RefinedRewardModel": "skebrm.bundle",
+    "RewardScores": "skebrm.bundle",
+    "BundleMismatchError": "skebrm.bundle",
 }
 
 __all__ = [

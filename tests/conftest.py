@@ -153,3 +153,42 @@ def load_script():
         return module
 
     return load
+
+
+@pytest.fixture(scope="session")
+def tiny_bundle_parts():
+    """A tiny random BERT reward model (rewards that vary), 40 bundled pairs and its calibrator.
+
+    Returns a namespace with ``model``, ``tokenizer``, ``calibrator`` (fitted on the
+    extraction of ``pairs`` at ``max_length``), ``pairs``, ``result`` and ``identity``
+    (the extractor's record). Session-wide: tests must not modify the model or calibrator.
+    """
+    from types import SimpleNamespace
+
+    from skebrm import EnergyRewardCalibrator
+    from skebrm.datasets import load_hh_rlhf_harmless
+    from skebrm.experiments.backbones import build_tiny_reward_model
+    from skebrm.extraction import EmbeddingExtractor
+
+    model, tokenizer = build_tiny_reward_model("bert", initializer_range=0.5)
+    pairs = load_hh_rlhf_harmless(n=40)
+    extractor = EmbeddingExtractor(model, tokenizer, max_length=64).fit()
+    result = extractor.extract(pairs)
+    calibrator = EnergyRewardCalibrator(
+        hidden=(16, 8),
+        reward_hidden=(4, 8),
+        n_negatives=16,
+        max_epochs=2,
+        grid_size=64,
+        random_state=0,
+        device="cpu",
+    ).fit(result.embeddings, result.rewards, **result.fit_params())
+    return SimpleNamespace(
+        model=model,
+        tokenizer=tokenizer,
+        calibrator=calibrator,
+        pairs=pairs,
+        result=result,
+        identity=extractor.identity(),
+        max_length=64,
+    )

@@ -52,6 +52,8 @@ def _targets(node, path=""):
 def test_every_config_file_is_in_a_tested_group():
     files = {p.relative_to(CONF).as_posix() for p in CONF.rglob("*.yaml")}
     known = {"config.yaml", "hydra/launcher/joblib_local.yaml"}
+    # the submitit and Ray launchers are tested in test_launchers.py
+    known |= {f"hydra/launcher/{n}.yaml" for n in ("slurm", "slurm_local", "ray_cluster")}
     known |= {f"{g}/{o}.yaml" for g in GROUPS for o in _options(g)}
     assert files == known
     for group in GROUPS:

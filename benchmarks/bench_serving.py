@@ -1,0 +1,411 @@
+"""Refined rewards at training time: the cost over the RM's forward pass, and the server.
+
+Two sections (``--sections overhead,load``):
+
+* ``overhead``: per-batch time of 64 completions with MiniLM at 256 tokens (every row is
+  long enough to be cut to exactly 256 tokens). The baseline is the reward a trainer gets
+  today, the RM's plain forward pass (``tokenizer(texts, truncation, padding)`` then
+  ``model(**batch).logits``, as TRL runs an ``nn.Module`` reward model), measured in the
+  same run, interleaved; against it: ``EmbeddingExtractor.extract`` alone (base reward plus
+  embedding), and ``RefinedRewardModel.score`` (base + refined + std) with the paper's
+  network and with the basis energy, and with one row per RM forward (``batch_size=1``,
+  batch-invariant results); and the calibrator's part alone. Median of
+  ``--repeats`` interleaved rounds after a warm-up.
+* ``load``: a real ``skebrm-serve`` process on 127.0.0.1 serving a saved bundle;
+  ``--requests`` (200) requests of ``--texts-per-request`` texts from ``--clients`` (8)
+  concurrent clients (threads with their own ``httpx.Client``). Every answer is checked
+  against ``RefinedRewardModel.score`` of the same rows in this process; latency p50 /
+  p99 and throughput come from the clients' clocks. Run for the MiniLM bundle and for a
+  tiny random RM (the server's own overhead). The server is stopped with SIGTERM and must
+  exit with status 0.
+
+Writes ``benchmarks/results/serving-<UTC stamp>.json`` (atomically) and prints the
+Markdown tables for ``benchmarks/README.md``. Run:
+``flock /work/cpu.lock python benchmarks/bench_serving.py``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import datetime as dt
+import os
+import platform
+import signal
+import socket
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+from pathlib import Path
+
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+
+import numpy as np
+import torch
+
+from skebrm import EnergyRewardCalibrator, RefinedRewardModel
+from skebrm._io import write_json_atomic
+from skebrm.datasets import load_hh_rlhf_harmless
+from skebrm.extraction import EmbeddingExtractor, load_minilm
+
+HERE = Path(__file__).resolve().parent
+REPO = HERE.parent
+
+
+def _long_rows(tokenizer, n: int, max_length: int) -> list[tuple[str, str]]:
+    """``n`` (prompt, response) rows of bundled HH-RLHF text, each longer than max_length."""
+    pairs = load_hh_rlhf_harmless(n=4 * n, random_state=0)
+    rows, k = [], 0
+    while len(rows) < n:
+        prompt = ""
+        while len(tokenizer(prompt)["input_ids"]) < 2 * max_length:
+            prompt += pairs[k % len(pairs)]["prompt"] + "\n\n"
+            k += 1
+        rows.append((prompt, pairs[k % len(pairs)]["chosen"]))
+        k += 1
+    return rows
+
+
+def _median_time(fn, repeats: int) -> float:
+    times = []
+    for _ in range(repeats):
+        t0 = time.perf_counter()
+        fn()
+        times.append(time.perf_counter() - t0)
+    return float(np.median(times))
+
+
+def _fit_calibrators(res, seed: int = 0) -> dict:
+    """The paper's network and the basis energy, one epoch each (timing needs the shapes)."""
+    common = dict(max_epochs=1, random_state=seed, device="cpu")
+    return {
+        "paper": EnergyRewardCalibrator(**common).fit(res.embeddings, res.rewards),
+        "basis": EnergyRewardCalibrator(energy="basis", **common).fit(res.embeddings, res.rewards),
+    }
+
+
+def bench_overhead(n_texts: int, max_length: int, repeats: int) -> dict:
+    model, tok = load_minilm()
+    rows = _long_rows(tok, n_texts, max_length)
+    ext = EmbeddingExtractor(model, tok, max_length=max_length, batch_size=n_texts).fit()
+    res = ext.extract(rows)
+    assert res.info["max_tokens"] == max_length and res.n_truncated == n_texts
+    cals = _fit_calibrators(res)
+    bundles = {
+        name: RefinedRewardModel(model, tok, cal, max_length=max_length, batch_size=n_texts)
+        for name, cal in cals.items()
+    }
+    # one row per RM forward: results independent of the batch's other rows
+    bundles["paper_rowwise"] = RefinedRewardModel(
+        model, tok, cals["paper"], max_length=max_length, batch_size=1
+    )
+    texts = [ext.template_.render(p, r) for p, r in rows]
+    prompts, completions = [p for p, _ in rows], [r for _, r in rows]
+
+    def base():
+        enc = tok(texts, truncation=True, max_length=max_length, padding=True, return_tensors="pt")
+        with torch.inference_mode():
+            return model(**enc).logits[:, 0]
+
+    def calibrator_only(cal):
+        cal.predict(res.embeddings, base_reward=res.rewards)
+        cal.score_uncertainty(res.embeddings)
+
+    cases = {
+        "base: RM forward (tokenize + model)": base,
+        "EmbeddingExtractor.extract (base reward + embedding)": lambda: ext.extract(rows),
+        "RefinedRewardModel.score, paper network": lambda: bundles["paper"].score(
+            prompts, completions
+        ),
+        "RefinedRewardModel.score, basis energy": lambda: bundles["basis"].score(
+            prompts, completions
+        ),
+        "RefinedRewardModel.score, paper network, batch_size=1 (batch-invariant)": lambda: bundles[
+            "paper_rowwise"
+        ].score(prompts, completions),
+        "calibrator only (predict + std), paper network": lambda: calibrator_only(cals["paper"]),
+        "calibrator only (predict + std), basis energy": lambda: calibrator_only(cals["basis"]),
+    }
+    for fn in cases.values():  # warm-up
+        fn()
+    times = {name: [] for name in cases}
+    for _ in range(repeats):  # interleaved rounds, same load for every case
+        for name, fn in cases.items():
+            times[name].append(_median_time(fn, 1))
+    medians = {name: float(np.median(t)) for name, t in times.items()}
+    baseline = medians["base: RM forward (tokenize + model)"]
+    out = {
+        "n_texts": n_texts,
+        "max_length": max_length,
+        "mean_tokens": res.info["n_tokens"] / n_texts,
+        "repeats": repeats,
+        "calibrators": {k: {"hidden": c.hidden, "grid_size": c.grid_size} for k, c in cals.items()},
+        "cases": [
+            {
+                "case": name,
+                "seconds_per_batch": medians[name],
+                "all_seconds": times[name],
+                "ratio_vs_base": medians[name] / baseline,
+            }
+            for name in cases
+        ],
+    }
+    for c in out["cases"]:
+        print(
+            f"{c['case']}: {c['seconds_per_batch']:.3f} s ({c['ratio_vs_base']:.2f}x)", flush=True
+        )
+    return out
+
+
+# ------------------------------------------------------------------- load test
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def start_server(model_dir: Path, log_path: Path, *extra: str):
+    """Start ``python -m skebrm.serving`` on a free loopback port; wait for /health."""
+    import httpx
+
+    port = _free_port()
+    env = dict(os.environ, HF_HUB_OFFLINE="1", PYTHONWARNINGS="ignore")
+    env["PYTHONPATH"] = os.pathsep.join([str(REPO), env.get("PYTHONPATH", "")])
+    log = open(log_path, "w")  # closed by stop_server
+    cmd = [sys.executable, "-m", "skebrm.serving", "--model", str(model_dir), "--port", str(port)]
+    proc = subprocess.Popen([*cmd, *extra], stdout=log, stderr=subprocess.STDOUT, env=env)
+    url = f"http://127.0.0.1:{port}"
+    deadline = time.monotonic() + 120
+    while time.monotonic() < deadline:
+        if proc.poll() is not None:
+            raise RuntimeError(f"server exited with {proc.returncode}: {log_path.read_text()}")
+        try:
+            if httpx.get(f"{url}/health", timeout=1).status_code == 200:
+                return proc, url, log
+        except httpx.HTTPError:
+            pass
+        time.sleep(0.2)
+    proc.kill()
+    raise RuntimeError(f"server did not answer /health in 120 s: {log_path.read_text()}")
+
+
+def stop_server(proc, log, timeout: float = 60) -> int:
+    proc.send_signal(signal.SIGTERM)
+    try:
+        return proc.wait(timeout)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+        log.close()
+
+
+def load_test(url, requests_rows, reference, clients: int, tol: float) -> dict:
+    """Send every request from ``clients`` threads; check each answer against ``reference``."""
+    import httpx
+
+    latencies = [None] * len(requests_rows)
+    diffs = [None] * len(requests_rows)
+    errors = []
+    lock = threading.Lock()
+    next_index = [0]
+
+    def worker():
+        with httpx.Client(timeout=120) as client:
+            while True:
+                with lock:
+                    i = next_index[0]
+                    next_index[0] += 1
+                if i >= len(requests_rows):
+                    return
+                prompts, responses = requests_rows[i]
+                body = {"query": [p + r for p, r in zip(prompts, responses)], "prompts": prompts}
+                t0 = time.perf_counter()
+                resp = client.post(f"{url}/get_reward", json=body)
+                latencies[i] = time.perf_counter() - t0
+                ref = reference[i]
+                if resp.status_code != 200:
+                    with lock:
+                        errors.append((i, resp.text[:300]))
+                    continue
+                got = resp.json()
+                diffs[i] = (
+                    np.abs(np.asarray(got["extra_logs"]["base_reward"]) - ref.base_reward).max(),
+                    np.abs(np.asarray(got["extra_logs"]["reward_std"]) - ref.std).max(),
+                    np.abs(np.asarray(got["scores"]) - ref.refined_reward),
+                )
+
+    threads = [threading.Thread(target=worker) for _ in range(clients)]
+    t0 = time.perf_counter()
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    wall = time.perf_counter() - t0
+    lat = np.asarray(latencies)
+    n_texts = sum(len(p) for p, _ in requests_rows)
+    done = [d for d in diffs if d is not None]
+    refined = np.concatenate([d[2] for d in done]) if done else np.zeros(0)
+    base_max = max((float(d[0]) for d in done), default=float("nan"))
+    std_max = max((float(d[1]) for d in done), default=float("nan"))
+    return {
+        "requests": len(requests_rows),
+        "clients": clients,
+        "texts": n_texts,
+        "failed_requests": len(errors),
+        "errors": errors[:5],
+        # answers against RefinedRewardModel.score of the same rows alone in this process
+        "base_reward_max_abs_diff": base_max,
+        "std_max_abs_diff": std_max,
+        "refined_max_abs_diff": float(refined.max()) if refined.size else float("nan"),
+        "refined_texts_off_by_more_than_tol": int((refined > tol).sum()),
+        "tol": tol,
+        "wall_seconds": wall,
+        "latency_p50_ms": 1000 * float(np.percentile(lat, 50)),
+        "latency_p99_ms": 1000 * float(np.percentile(lat, 99)),
+        "latency_max_ms": 1000 * float(lat.max()),
+        "requests_per_second": len(requests_rows) / wall,
+        "texts_per_second": n_texts / wall,
+    }
+
+
+def _requests_rows(n_requests: int, per_request: int) -> list[tuple[list, list]]:
+    pairs = load_hh_rlhf_harmless(n=min(2312, n_requests * per_request), random_state=1)
+    out = []
+    for i in range(n_requests):
+        chunk = [pairs[(i * per_request + j) % len(pairs)] for j in range(per_request)]
+        out.append(([p["prompt"] for p in chunk], [" " + p["chosen"] for p in chunk]))
+    return out
+
+
+def bench_load(which: str, n_requests: int, per_request: int, clients: int, max_length: int):
+    if which == "minilm":
+        model, tok = load_minilm()
+    else:
+        from skebrm.experiments.backbones import build_tiny_reward_model
+
+        model, tok = build_tiny_reward_model("bert", initializer_range=0.5)
+        max_length = 64
+    rows = _requests_rows(n_requests, per_request)
+    fit_rows = [(p, r) for ps, rs in rows[:32] for p, r in zip(ps, rs)]
+    ext = EmbeddingExtractor(model, tok, max_length=max_length).fit()
+    res = ext.extract(fit_rows)
+    cal = EnergyRewardCalibrator(max_epochs=1, random_state=0, device="cpu").fit(
+        res.embeddings, res.rewards
+    )
+    bundle = RefinedRewardModel(model, tok, cal, max_length=max_length, penalty=0.5)
+    with tempfile.TemporaryDirectory() as tmp:
+        folder = bundle.save_pretrained(Path(tmp) / "bundle")
+        loaded = RefinedRewardModel.from_pretrained(folder)
+        reference = [loaded.score(p, r) for p, r in rows]
+        proc, url, log = start_server(folder, Path(tmp) / "server.log")
+        try:
+            out = load_test(url, rows, reference, clients, tol=1e-4)
+            import httpx
+
+            health = httpx.get(f"{url}/health", timeout=5).json()
+        finally:
+            code = stop_server(proc, log)
+        server_log = (Path(tmp) / "server.log").read_text()
+    out.update(
+        model=which,
+        max_length=max_length,
+        texts_per_request=per_request,
+        server_batches=health["batches"],
+        mean_texts_per_batch=health["texts"] / max(1, health["batches"]),
+        exit_code=code,
+        clean_shutdown="Application shutdown complete" in server_log,
+    )
+    print(out, flush=True)
+    return out
+
+
+# ---------------------------------------------------------------------- report
+def _tables(result: dict) -> str:
+    lines = []
+    ov = result.get("overhead")
+    if ov:
+        lines += [
+            f"Per batch of {ov['n_texts']} completions, MiniLM-L6, {ov['max_length']} tokens "
+            f"each (mean {ov['mean_tokens']:.0f}), one batch, median of {ov['repeats']} "
+            "interleaved rounds:",
+            "",
+            "| what runs | seconds per batch | vs base RM forward |",
+            "|---|---|---|",
+        ]
+        lines += [
+            f"| {c['case']} | {c['seconds_per_batch']:.3f} | {c['ratio_vs_base']:.2f}× |"
+            for c in ov["cases"]
+        ]
+    if result.get("load"):
+        lines += [
+            "",
+            "| bundle | requests × texts | clients | p50 latency | p99 latency | requests/s | "
+            "texts/s | texts per server batch | failed | max abs diff base / std / refined "
+            "vs score() alone | texts with refined off by > 1e-4 | exit code |",
+            "|---|---|---|---|---|---|---|---|---|---|---|---|",
+        ]
+        for r in result["load"]:
+            lines.append(
+                f"| {r['model']} ({r['max_length']} tokens) | {r['requests']} × "
+                f"{r['texts_per_request']} | {r['clients']} | {r['latency_p50_ms']:.0f} ms | "
+                f"{r['latency_p99_ms']:.0f} ms | {r['requests_per_second']:.1f} | "
+                f"{r['texts_per_second']:.1f} | {r['mean_texts_per_batch']:.1f} | "
+                f"{r['failed_requests']} | {r['base_reward_max_abs_diff']:.1e} / "
+                f"{r['std_max_abs_diff']:.1e} / {r['refined_max_abs_diff']:.1e} | "
+                f"{r['refined_texts_off_by_more_than_tol']} of {r['texts']} | {r['exit_code']} |"
+            )
+    return "\n".join(lines)
+
+
+def main(argv=None) -> Path:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--sections", default="overhead,load")
+    parser.add_argument("--n-texts", type=int, default=64)
+    parser.add_argument("--max-length", type=int, default=256)
+    parser.add_argument("--repeats", type=int, default=5)
+    parser.add_argument("--requests", type=int, default=200)
+    parser.add_argument("--clients", type=int, default=8)
+    parser.add_argument("--texts-per-request", type=int, default=2)
+    parser.add_argument("--load-max-length", type=int, default=128)
+    parser.add_argument("--load-models", default="minilm,tiny")
+    parser.add_argument("--out", type=Path, default=HERE / "results")
+    args = parser.parse_args(argv)
+    sections = set(args.sections.split(","))
+
+    start = time.perf_counter()
+    stamp = dt.datetime.now(dt.timezone.utc)
+    commit = subprocess.run(
+        ["git", "rev-parse", "--short", "HEAD"], cwd=REPO, capture_output=True, text=True
+    ).stdout.strip()
+    result = {
+        "benchmark": "serving",
+        "date": stamp.isoformat(timespec="seconds"),
+        "command": "python benchmarks/bench_serving.py " + " ".join(argv or sys.argv[1:]),
+        "commit": commit,
+        "machine": {
+            "platform": platform.platform(),
+            "cpu_count": os.cpu_count(),
+            "torch_threads": torch.get_num_threads(),
+            "torch": torch.__version__,
+            "loadavg_start": os.getloadavg(),
+        },
+    }
+    if "overhead" in sections:
+        result["overhead"] = bench_overhead(args.n_texts, args.max_length, args.repeats)
+    if "load" in sections:
+        result["load"] = [
+            bench_load(m, args.requests, args.texts_per_request, args.clients, args.load_max_length)
+            for m in args.load_models.split(",")
+        ]
+    result["machine"]["loadavg_end"] = os.getloadavg()
+    result["seconds_total"] = time.perf_counter() - start
+    path = args.out / f"serving-{stamp.strftime('%Y%m%dT%H%M%SZ')}.json"
+    write_json_atomic(path, result)
+    print(_tables(result))
+    print(f"wrote {path}")
+    return path
+
+
+if __name__ == "__main__":
+    main()
