@@ -124,7 +124,10 @@ class EnergyPosterior:
         device = resolve_device(settings.device)
         key = (settings.dtype, str(device))
         if key not in self._copies:
-            self._copies = {key: inference_copy(self.module, settings.dtype, device)}
+            # built outside a caller's ``torch.inference_mode``: inference tensors have no
+            # version counter, which the folded-weight cache of the network reads
+            with torch.inference_mode(False):
+                self._copies = {key: inference_copy(self.module, settings.dtype, device)}
         return self._copies[key], device
 
     def chunks(self, X, settings: InferenceSettings) -> Iterator[tuple[slice, torch.Tensor]]:

@@ -325,13 +325,9 @@ class RefinedRewardModel:
         )
 
     def _refine(self, embeddings: np.ndarray, rewards: np.ndarray):
-        """Refined reward and std in one call of the calibrator.
-
-        Out of any inference mode the caller is in: the calibrator caches inference
-        weights keyed by tensor versions, which inference tensors do not have.
-        """
-        with torch.inference_mode(False):
-            return self.calibrator.predict(embeddings, base_reward=rewards, return_std=True)
+        """Refined reward and std in one call of the calibrator (which works inside a
+        caller's ``torch.inference_mode``, as a trainer's reward loop runs it)."""
+        return self.calibrator.predict(embeddings, base_reward=rewards, return_std=True)
 
     def __call__(
         self,

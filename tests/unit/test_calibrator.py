@@ -585,3 +585,13 @@ def test_predict_before_fit_raises_not_fitted(data):
         EnergyRewardCalibrator().predict(data[0])
     with pytest.raises(NotFittedError):
         EnergyRewardCalibrator().score_uncertainty(data[0])
+
+
+def test_inference_inside_torch_inference_mode(data):
+    X, y, pid, ch = data
+    cal = EnergyRewardCalibrator(**FAST).fit(X, y, pair_id=pid, chosen=ch)
+    with torch.inference_mode():  # as a trainer's reward loop calls it: weights built here
+        refined, std = cal.predict(X[:6], base_reward=y[:6], return_std=True)
+    again, std2 = cal.predict(X[:6], base_reward=y[:6], return_std=True)
+    np.testing.assert_array_equal(refined, again)
+    np.testing.assert_array_equal(std, std2)
