@@ -321,7 +321,7 @@ def plot_best_of_n(
     """
     from matplotlib.figure import Figure
 
-    from skebrm.metrics import _finish_figure
+    from skebrm.metrics._plots import _finish_figure
 
     fig = Figure(figsize=(6.4, 4.6))
     ax = fig.add_subplot()
