@@ -21,15 +21,6 @@ canvas, so they never touch the global pyplot state.
 
 from __future__ import annotations
 
-from skebrm.metrics._best_of_n import (
-    BestOfNCurve,
-    best_of_n,
-    best_of_n_curve,
-    best_of_n_per_prompt,
-    best_of_n_weights,
-    kl_best_of_n,
-    plot_best_of_n,
-)
 from skebrm.metrics._accuracy import (
     IMPLICIT_SECTION,
     REWARDBENCH_EXAMPLE_COUNTS,
@@ -39,6 +30,15 @@ from skebrm.metrics._accuracy import (
     pairwise_accuracy,
     pairwise_correct,
     rewardbench_scores,
+)
+from skebrm.metrics._best_of_n import (
+    BestOfNCurve,
+    best_of_n,
+    best_of_n_curve,
+    best_of_n_per_prompt,
+    best_of_n_weights,
+    kl_best_of_n,
+    plot_best_of_n,
 )
 from skebrm.metrics._calibration import (
     ReliabilityCurve,
