@@ -64,12 +64,15 @@ class EnergyRewardCalibrator(RegressorMixin, BaseEstimator):
     NCE+, after dropping the training pairs the RM already misorders. ``"grid_nll"``
     (beyond the paper) maximises the exact likelihood of ``y + ν`` under the
     grid-normalised density — piecewise uniform on the cells, the convention of every
-    grid method here — with one candidate per cell instead of ``M + 1``. On
-    heteroscedastic synthetic data (``tests/integration/test_recovery.py``: r = g(e) +
-    noise whose scale varies fivefold, d = 16, 2,000 rows, 40 epochs, widths (128, 64),
-    lr 1e-3, dropout 0) ``grid_nll`` gives Spearman(std, true noise) 0.7 and R² of the
-    mode 0.98; NCE+ on the same data, same settings, gives 0.5, and with the paper's
-    dropout 0.5 its spread no longer tracks the noise at all (figures in the README).
+    grid method here — with one candidate per cell instead of ``M + 1``. Measured on
+    heteroscedastic synthetic data (``tests/integration/test_recovery.py``: noise sd 0.1
+    or 1.0 by region, d = 16, 2,000 rows, widths (128, 64), 60 epochs, lr 3e-3, dropout
+    0): ``grid_nll`` gives Spearman(std, true noise sd) 0.71, R² of the mode 0.956 and
+    80 % intervals covering 78 % of high-noise rows; NCE+ (M = 64) on the same data and
+    settings 0.74, 0.950 and 80 %: with dropout off the two objectives recover the noise
+    about equally. Dropout is what breaks the density: with the paper's 0.5, NCE+'s
+    spread no longer tracks the noise (Spearman 0.02; std 2.20 vs 2.18 in the low- and
+    high-noise halves), hence ``dropout="auto"``.
 
     Both fit the RM's *own* reward, a function of ``e``: the density then says where the
     RM's reward is noisy, not where the RM is wrong. ``preference_weight > 0`` (beyond the
