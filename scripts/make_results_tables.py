@@ -10,7 +10,8 @@ plus the annotator-disagreement AUROC and the best-of-k accuracy where the data 
 votes or best-of-k groups. A sweep gets one row per job, with the accuracies, then the
 misorder and disagreement AUROCs, ECEs and best-of-k accuracies by method (see
 :func:`skebrm.experiments.report.summary_table`); runs written before those columns
-existed show "–" there.
+existed show "–" there. Where the runs carry the base margin, a table of issue 12's
+targets follows (:func:`skebrm.experiments.report.targets_table`).
 
 Usage::
 
@@ -26,7 +27,13 @@ import sys
 from pathlib import Path
 
 from skebrm.experiments.overoptimization import format_overoptimization
-from skebrm.experiments.report import format_table, load_runs, summary_table, write_text
+from skebrm.experiments.report import (
+    format_table,
+    load_runs,
+    summary_table,
+    targets_table,
+    write_text,
+)
 
 
 def _label_noise_plot(runs, path: Path) -> bool:
@@ -107,6 +114,14 @@ def build_markdown(folders: list[Path], figures: Path, docs: Path) -> str:
         parts += ["Test split:", "", summary_table(runs), ""]
         for name in sorted({n for _, r in runs for n in r.get("ood", {})}):
             parts += [f"Out of distribution, {name}:", "", summary_table(runs, split=name), ""]
+        if any("base_margin" in r["test"]["methods"] for _, r in runs):
+            parts += [
+                "Targets (issue 12), over the clean runs' seeds; (d) from the runs at 30 % "
+                "flipped training labels:",
+                "",
+                targets_table(runs),
+                "",
+            ]
         plot = figures / f"{slug}-label_noise.png"
         if _label_noise_plot(runs, plot):
             parts += [f"![label noise]({plot.relative_to(docs).as_posix()})", ""]

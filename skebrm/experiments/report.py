@@ -261,3 +261,131 @@ def summary_table(
             row.append(_fmt(value["accuracy"] if isinstance(value, dict) else value))
         rows.append(row)
     return markdown_table(header, rows)
+
+
+def _mean(values) -> float | None:
+    values = [v for v in values if v is not None]
+    return float(np.mean(values)) if values else None
+
+
+def study_targets(
+    runs: list[tuple[Path, dict]],
+    *,
+    noise: float = 0.3,
+    auroc_margin: float = 0.05,
+    min_gain: float = 0.01,
+    recovery: float = 0.5,
+) -> dict[tuple[str, str, str], dict]:
+    """Issue 12's targets for each (backbone, calibrator, split) of a study.
+
+    Clean runs (``label_noise == 0``) are the seeds; on each split (``"test"`` and every
+    out-of-distribution set):
+
+    * ``a``: the mean misorder AUROC of EBRM's pair uncertainty is at least the base
+      margin's + ``auroc_margin``;
+    * ``b``: EBRM's mean preference ECE is at most the base head's;
+    * ``c_plus_one``: EBRM's mean accuracy gain is at least ``min_gain`` and the paired
+      bootstrap interval excludes 0 in every seed; ``c_never_below``: no seed's interval
+      lies below 0;
+    * ``d``: runs at ``label_noise == noise`` recover at least ``recovery`` of the accuracy
+      the base RM loses to the flipped labels (EBRM − base at that noise, over clean base
+      − noisy base); None where there is no such run or the base loses nothing.
+    """
+    groups: dict[tuple[str, str], dict[float, list[dict]]] = {}
+    for _, r in runs:
+        key = (str(r.get("backbone")), str(r.get("calibrator")))
+        groups.setdefault(key, {}).setdefault(float(r.get("label_noise", 0.0)), []).append(r)
+
+    def block(r, split):
+        return r["test"] if split == "test" else r.get("ood", {}).get(split)
+
+    out: dict[tuple[str, str, str], dict] = {}
+    for (backbone, calibrator), by_noise in groups.items():
+        clean = by_noise.get(0.0, [])
+        if not clean:
+            continue
+        splits = ["test", *sorted({n for r in clean for n in r.get("ood", {})})]
+        for split in splits:
+            ms = [block(r, split)["methods"] for r in clean if block(r, split)]
+            if not ms:
+                continue
+            gains = [m["ebrm"]["accuracy"] - m["base"]["accuracy"] for m in ms]
+            cis = [m["ebrm"].get("vs_base", {}) for m in ms]
+            auroc = _mean(m["ebrm"].get("misorder_auroc_base") for m in ms)
+            margin = _mean(m.get("base_margin", {}).get("misorder_auroc_base") for m in ms)
+            ece = _mean(m["ebrm"].get("ece") for m in ms)
+            base_ece = _mean(m["base"].get("ece") for m in ms)
+            row = {
+                "n_seeds": len(ms),
+                "base_accuracy": _mean(m["base"]["accuracy"] for m in ms),
+                "gain": float(np.mean(gains)),
+                "n_above": sum(ci.get("ci_low", 0.0) > 0 for ci in cis),
+                "n_below": sum(ci.get("ci_high", 0.0) < 0 for ci in cis),
+                "auroc": auroc,
+                "margin_auroc": margin,
+                "auroc_gain": None if auroc is None or margin is None else auroc - margin,
+                "ece": ece,
+                "base_ece": base_ece,
+            }
+            row["a"] = None if row["auroc_gain"] is None else row["auroc_gain"] >= auroc_margin
+            row["b"] = None if ece is None or base_ece is None else ece <= base_ece
+            row["c_plus_one"] = row["gain"] >= min_gain and row["n_above"] == len(ms)
+            row["c_never_below"] = row["n_below"] == 0
+            noisy = [block(r, split)["methods"] for r in by_noise.get(noise, [])]
+            noisy = [m for m in noisy if m]
+            row["d_recovered"] = row["d"] = None
+            if noisy:
+                base_noisy = _mean(m["base"]["accuracy"] for m in noisy)
+                lost = row["base_accuracy"] - base_noisy
+                row["d_lost"] = lost
+                if lost > 0:
+                    ebrm_noisy = _mean(m["ebrm"]["accuracy"] for m in noisy)
+                    row["d_recovered"] = (ebrm_noisy - base_noisy) / lost
+                    row["d"] = row["d_recovered"] >= recovery
+            out[(backbone, calibrator, split)] = row
+    return out
+
+
+def _verdict(flag: bool | None) -> str:
+    return "–" if flag is None else ("met" if flag else "not met")
+
+
+def targets_table(runs: list[tuple[Path, dict]], **kwargs) -> str:
+    """:func:`study_targets` as a markdown table, one row per family, calibrator and split."""
+    header = [
+        "backbone",
+        "calibrator",
+        "split",
+        "seeds",
+        "base acc",
+        "EBRM − base (pts; seeds sig. up / down)",
+        "(a) AUROC EBRM / margin",
+        "(b) ECE EBRM / base",
+        "(c) ≥ +1 pt, sig.",
+        "(c) never sig. below",
+        "(d) share of the loss recovered at 30 % noise",
+    ]
+    rows = []
+    for (backbone, calibrator, split), t in study_targets(runs, **kwargs).items():
+        if t["d_recovered"] is not None:
+            d = f"{t['d_recovered']:.0%}: {_verdict(t['d'])}"
+        elif "d_lost" in t:
+            d = f"base loses {100 * t['d_lost']:+.1f} pts: –"
+        else:
+            d = "–"
+        rows.append(
+            [
+                backbone,
+                calibrator,
+                split,
+                str(t["n_seeds"]),
+                _fmt(t["base_accuracy"]),
+                f"{100 * t['gain']:+.1f} ({t['n_above']} / {t['n_below']})",
+                f"{_fmt(t['auroc'])} / {_fmt(t['margin_auroc'])}: {_verdict(t['a'])}",
+                f"{_fmt(t['ece'])} / {_fmt(t['base_ece'])}: {_verdict(t['b'])}",
+                _verdict(t["c_plus_one"]),
+                _verdict(t["c_never_below"]),
+                d,
+            ]
+        )
+    return markdown_table(header, rows) if rows else "(no clean runs)"

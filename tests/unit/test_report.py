@@ -114,3 +114,41 @@ def test_per_run_table_shows_disagreement_and_best_of_k():
     assert "AUROC disagreement" in header and "best-of-k (12 groups, mean k 3.5)" in header
     margin = next(line for line in text.splitlines() if line.startswith("| base_margin |"))
     assert "| 0.586 |" in margin and margin.rstrip().endswith("| 0.610 | – |")
+
+
+def _target_run(backbone, calibrator, seed, acc, ci, auroc, ece, noise=0.0, base=0.6):
+    r = _with_uncertainty(acc, 0.58, auroc)
+    r.update(backbone=backbone, calibrator=calibrator, label_noise=noise, seed=seed)
+    ms = r["test"]["methods"]
+    ms["base"]["accuracy"] = base
+    ms["ebrm"]["vs_base"] = {"difference": acc - base, "ci_low": ci[0], "ci_high": ci[1]}
+    ms["ebrm"]["ece"] = ece
+    r["ood"] = {"autoj": {"methods": ms}}
+    r["calibrator_fit"] = {"random_state": seed}
+    return Path(f"/nonexistent/{backbone}-{calibrator}-{seed}-{noise}"), r
+
+
+def test_targets_table_reports_each_target_plainly():
+    from skebrm.experiments.report import study_targets, targets_table
+
+    runs = [
+        # family a: +2 points, CI excluding 0, AUROC +0.07 over the margin, ECE below base
+        _target_run("a", "preference", 0, 0.62, (0.005, 0.035), 0.65, 0.05),
+        _target_run("a", "preference", 1, 0.61, (0.001, 0.03), 0.64, 0.07),
+        # family b: one seed significantly below base; AUROC at the margin's; ECE above
+        _target_run("b", "preference", 0, 0.57, (-0.05, -0.01), 0.58, 0.2),
+        # label noise: base loses 0.10, EBRM recovers 0.06 of it (60 %)
+        _target_run("a", "preference", 0, 0.56, (0.01, 0.1), 0.6, 0.05, noise=0.3, base=0.5),
+    ]
+    rows = study_targets(runs)
+    a = rows[("a", "preference", "test")]
+    assert a["n_seeds"] == 2
+    assert abs(a["auroc_gain"] - (0.645 - 0.58)) < 1e-9 and a["a"] is True
+    assert a["b"] is True and a["c_plus_one"] is True and a["c_never_below"] is True
+    assert abs(a["d_recovered"] - 0.6) < 1e-9 and a["d"] is True
+    b = rows[("b", "preference", "test")]
+    assert b["a"] is False and b["b"] is False and b["c_never_below"] is False
+    assert b["d"] is None  # no label-noise run for this family
+    table = targets_table(runs)
+    assert table.count("\n") >= 5 and "| a | preference | test | 2 |" in table
+    assert "met" in table and "not met" in table and "autoj" in table
