@@ -96,6 +96,7 @@ def grid_likelihood():
     return cal, X_test, y_test
 
 
+@pytest.mark.slow  # about 6-10 minutes on one core: 60 epochs x 512 grid cells x 2,000 rows
 def test_grid_likelihood_meets_the_density_targets(grid_likelihood):
     cal, X_test, y_test = grid_likelihood
     d = cal.predict_distribution(X_test)
