@@ -331,8 +331,11 @@ def plot_best_of_n(
         ax.fill_between(c.kl, c.ci_low, c.ci_high, color=line.get_color(), alpha=0.15, lw=0)
     top = max(curves.values(), key=lambda c: len(c.n)) if curves else None
     if top is not None:
+        # label n at powers of two and at the largest n: the KL axis crowds large n
+        ns = np.asarray(top.n, dtype=int)
+        keep = ((ns & (ns - 1)) == 0) | (ns == ns.max())
         secondary = ax.secondary_xaxis("top")
-        secondary.set_xticks(top.kl, [str(int(n)) for n in top.n], fontsize=7)
+        secondary.set_xticks(np.asarray(top.kl)[keep], [str(n) for n in ns[keep]], fontsize=7)
         secondary.set_xlabel("n", fontsize=8)
     ax.set(xlabel="KL(best-of-n ‖ policy) = log n − (n − 1)/n (upper bound)", ylabel=ylabel)
     return _finish_figure(fig, ax, title=title, path=path)
