@@ -370,7 +370,7 @@ def targets_table(runs: list[tuple[Path, dict]], **kwargs) -> str:
         if t["d_recovered"] is not None:
             d = f"{t['d_recovered']:.0%}: {_verdict(t['d'])}"
         elif "d_lost" in t:
-            d = f"base loses {100 * t['d_lost']:+.1f} pts: –"
+            d = f"base loses nothing ({-100 * t['d_lost']:+.1f} pts): –"
         else:
             d = "–"
         rows.append(
