@@ -301,15 +301,10 @@ def run_overoptimization(
     dict
         The content of ``results.json``.
     """
-    import torch
+    from skebrm.experiments.pipeline import torch_threads
 
-    threads = torch.get_num_threads()
-    if cfg.torch_threads is not None:
-        torch.set_num_threads(int(cfg.torch_threads))
-    try:
+    with torch_threads(cfg.torch_threads):
         return _run(cfg, Path(output_dir), echo, data)
-    finally:
-        torch.set_num_threads(threads)
 
 
 def _run(cfg, output_dir: Path, echo, data) -> dict:

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import time
 from collections.abc import Callable
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -268,13 +269,20 @@ def run_experiment(cfg, output_dir: str | Path, *, echo: Callable[[str], None] =
     dict
         The content of ``results.json``.
     """
+    with torch_threads(cfg.torch_threads):
+        return _run(cfg, Path(output_dir), echo)
+
+
+@contextmanager
+def torch_threads(n: int | None):
+    """``torch.set_num_threads(n)`` for the block, restored after (``None``: unchanged)."""
     import torch
 
     threads = torch.get_num_threads()
-    if cfg.torch_threads is not None:
-        torch.set_num_threads(int(cfg.torch_threads))
+    if n is not None:
+        torch.set_num_threads(int(n))
     try:
-        return _run(cfg, Path(output_dir), echo)
+        yield
     finally:
         torch.set_num_threads(threads)
 
