@@ -11,7 +11,9 @@ votes or best-of-k groups. A sweep gets one row per job, with the accuracies, th
 misorder and disagreement AUROCs, ECEs and best-of-k accuracies by method (see
 :func:`skebrm.experiments.report.summary_table`); runs written before those columns
 existed show "–" there. Where the runs carry the base margin, a table of issue 12's
-targets follows (:func:`skebrm.experiments.report.targets_table`).
+targets follows (:func:`skebrm.experiments.report.targets_table`); where a family's runs
+vary the share of flipped labels, a label-noise table and plot
+(:func:`skebrm.experiments.report.label_noise_table`).
 
 Usage::
 
@@ -29,6 +31,8 @@ from pathlib import Path
 from skebrm.experiments.overoptimization import format_overoptimization
 from skebrm.experiments.report import (
     format_table,
+    label_noise_study,
+    label_noise_table,
     load_runs,
     summary_table,
     targets_table,
@@ -37,22 +41,21 @@ from skebrm.experiments.report import (
 
 
 def _label_noise_plot(runs, path: Path) -> bool:
-    """Test accuracy against the share of flipped labels; False if the runs do not vary it."""
-    noises = sorted({r["label_noise"] for _, r in runs})
-    if len(noises) < 2:
+    """Test accuracy against the share of flipped labels, one line per family and
+    calibrator (mean over the runs at a level) plus each family's base RM; False if no
+    family's runs vary it."""
+    study = label_noise_study(runs)
+    if not study:
         return False
     from skebrm.metrics import plot_percent_lines
 
+    several = len({backbone for backbone, _, _ in study}) > 1
     lines: dict[str, dict[float, float]] = {}
-    for _, r in runs:
-        filt = "filtered" if r.get("filter_conflicts", True) else "unfiltered"
-        methods = r["test"]["methods"]
-        lines.setdefault("base", {})[r["label_noise"]] = methods["base"]["accuracy"]
-        lines.setdefault(f"ebrm ({filt})", {})[r["label_noise"]] = methods["ebrm"]["accuracy"]
-        if "mlp_filtered" in methods:
-            lines.setdefault("mlp_filtered", {})[r["label_noise"]] = methods["mlp_filtered"][
-                "accuracy"
-            ]
+    for (backbone, calibrator, filtered), levels in study.items():
+        prefix = f"{backbone}: " if several else ""
+        lines.setdefault(f"{prefix}base", {}).update({n: v["base"] for n, v in levels.items()})
+        name = f"{prefix}ebrm {calibrator}{'' if filtered else ' (unfiltered)'}"
+        lines[name] = {n: v["ebrm"] for n, v in levels.items()}
     plot_percent_lines(
         lines,
         path,
@@ -124,7 +127,16 @@ def build_markdown(folders: list[Path], figures: Path, docs: Path) -> str:
             ]
         plot = figures / f"{slug}-label_noise.png"
         if _label_noise_plot(runs, plot):
-            parts += [f"![label noise]({plot.relative_to(docs).as_posix()})", ""]
+            parts += [
+                "Label noise: test accuracy (clean labels) against the share of flipped "
+                "training labels, as base / EBRM (EBRM − base in points; share of the base "
+                "RM's loss recovered):",
+                "",
+                label_noise_table(runs),
+                "",
+                f"![label noise]({plot.relative_to(docs).as_posix()})",
+                "",
+            ]
     return "\n".join(parts)
 
 

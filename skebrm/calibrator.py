@@ -445,39 +445,19 @@ class EnergyRewardCalibrator(RegressorMixin, BaseEstimator):
             caller=caller,
         )
         rows = layout["rows"]
-
-        y_train = y[rows]
-        if not np.std(y_train) > 1e-12 * max(1.0, float(np.abs(y_train).max())):
-            raise ValueError(
-                f"{caller}: y is constant (every training reward equals {y_train[0]!r}); "
-                "an energy model over rewards needs rewards that vary."
-            )
-        scaler = RewardScaler.fit(y_train, self.target_std)
-        ys = scaler.transform(y)
-        trusted_s = (float(ys[rows].min()), float(ys[rows].max()))
-        margin = self.grid_margin * float(sigmas.max())
-        centres, width = inf.make_grid(trusted_s[0] - margin, trusted_s[1] + margin, self.grid_size)
-        grid_low = float(trusted_s[0] - margin)
-        objective = make_objective(
-            self.objective,
-            grid=(torch.as_tensor(centres, dtype=torch.float32), grid_low, float(width)),
-            sigmas=torch.as_tensor(sigmas, dtype=torch.float32),
-            beta=self.beta,
-            n_negatives=self.n_negatives,
-            penalty=self.penalty,
-            preference_weight=self.preference_weight,
-        )
+        scaler, ys, trusted_s, grid, objective = self._reward_grid(y, rows, sigmas, caller)
         dropout = self.dropout
         if dropout == "auto":
             dropout = 0.5 if self.objective == "nce_plus" else 0.0
+        dropout = float(dropout)
         settings = self._settings()
 
         def posterior(net):
             return EnergyPosterior(
                 net,
                 scaler,
-                grid_low=grid_low,
-                grid_width=width,
+                grid_low=grid[0],
+                grid_width=grid[1],
                 grid_size=self.grid_size,
                 trusted=trusted_s,
             )
@@ -486,26 +466,13 @@ class EnergyRewardCalibrator(RegressorMixin, BaseEstimator):
             torch.manual_seed(seed)
             generator = torch.Generator().manual_seed(seed)
             module = self._build_module(
-                X.shape[1], hidden, reward_hidden, float(dropout), float(sigmas.max()), trusted_s
+                X.shape[1], hidden, reward_hidden, dropout, float(sigmas.max()), trusted_s
             ).to(device)
-
             validate = None
             if layout["select"] is not None:
-                sel = layout["select"]
-                X_sel, y_sel = X[sel], y[sel]
-                base_acc, _ = _pair_accuracy(y_sel)
-                val_plan = objective.plan(
-                    torch.as_tensor(ys[sel], dtype=torch.float32).to(device),
-                    pairs=self.preference_weight > 0,
-                    generator=torch.Generator().manual_seed(seed + 1),
+                validate = self._selection_validator(
+                    X, y, ys, layout["select"], objective, posterior, settings, seed, device
                 )
-                X_sel_t = torch.from_numpy(np.asarray(X_sel, dtype=np.float32)).to(device)
-
-                def validate(net):
-                    net.eval()
-                    refined = posterior(net).refine(X_sel, y_sel, settings)
-                    return _pair_accuracy(refined)[0], base_acc, plan_loss(net, X_sel_t, val_plan)
-
             progress = None
             if self.verbose:
                 from tqdm.auto import tqdm
@@ -535,21 +502,11 @@ class EnergyRewardCalibrator(RegressorMixin, BaseEstimator):
         for p in module.parameters():
             p.requires_grad_(False)
         post = posterior(module)
-
-        helps, guard_scores = None, None
+        guard_scores = None
         if layout["guard"] is not None:
-            g = layout["guard"]
-            refined_acc, refined_ok = _pair_accuracy(post.refine(X[g], y[g], settings))
-            base_acc, base_ok = _pair_accuracy(y[g])
-            prob = improvement_probability(refined_ok, base_ok, np.random.RandomState(seed + 2))
-            helps = bool(prob >= self.guard_confidence)
-            guard_scores = {
-                "refined_accuracy": refined_acc,
-                "base_accuracy": base_acc,
-                "probability_better": prob,
-                "n_pairs": int(len(g) // 2),
-            }
-
+            guard_scores = self._guard_scores(post, X, y, layout["guard"], settings, seed)
+        helps = None if guard_scores is None else guard_scores["helps"]
+        y_train = y[rows]
         self._set_fitted(
             shell,
             module_=module,
@@ -560,29 +517,94 @@ class EnergyRewardCalibrator(RegressorMixin, BaseEstimator):
             reward_scale_=scaler.scale,
             trusted_range_=(float(y_train.min()), float(y_train.max())),
             grid_=post.grid,
-            dropout_=float(dropout),
+            dropout_=dropout,
             device_=str(device),
             history_=result.history,
             best_epoch_=result.best_epoch,
             refinement_helps_=helps,
-            guard_scores_=guard_scores,
+            guard_scores_=None
+            if guard_scores is None
+            else {k: v for k, v in guard_scores.items() if k != "helps"},
         )
         if helps is False and self.guard != "off":
-            s = guard_scores
-            warn_user(
-                f"{_NAME}: on {s['n_pairs']} held-out guard pairs the refined rewards rank "
-                f"{s['refined_accuracy']:.3f} of pairs correctly against the base reward "
-                f"model's {s['base_accuracy']:.3f} (bootstrap probability "
-                f"{s['probability_better']:.2f} that refinement is better, below "
-                f"guard_confidence={self.guard_confidence}); refinement does not help here"
-                + (
-                    " (guard='base' returns the base reward in predict)."
-                    if self.guard == "warn"
-                    else "."
-                ),
-                RefinementWarning,
-            )
+            self._warn_refinement_does_not_help()
         return self
+
+    # ------------------------------------------------------------------ fit helpers
+    def _reward_grid(self, y, rows, sigmas, caller):
+        """The reward scaler fitted on the training rows, the scaled rewards, their
+        trusted range, the grid ``(low, width)`` and the training objective."""
+        y_train = y[rows]
+        if not np.std(y_train) > 1e-12 * max(1.0, float(np.abs(y_train).max())):
+            raise ValueError(
+                f"{caller}: y is constant (every training reward equals {y_train[0]!r}); "
+                "an energy model over rewards needs rewards that vary."
+            )
+        scaler = RewardScaler.fit(y_train, self.target_std)
+        ys = scaler.transform(y)
+        trusted_s = (float(ys[rows].min()), float(ys[rows].max()))
+        margin = self.grid_margin * float(sigmas.max())
+        centres, width = inf.make_grid(trusted_s[0] - margin, trusted_s[1] + margin, self.grid_size)
+        grid_low = float(trusted_s[0] - margin)
+        objective = make_objective(
+            self.objective,
+            grid=(torch.as_tensor(centres, dtype=torch.float32), grid_low, float(width)),
+            sigmas=torch.as_tensor(sigmas, dtype=torch.float32),
+            beta=self.beta,
+            n_negatives=self.n_negatives,
+            penalty=self.penalty,
+            preference_weight=self.preference_weight,
+        )
+        return scaler, ys, trusted_s, (grid_low, width), objective
+
+    def _selection_validator(self, X, y, ys, sel, objective, posterior, settings, seed, device):
+        """The epoch-selection callback: refined and base pair accuracy on the selection
+        rows, and the objective's loss there (fixed negatives, drawn once)."""
+        X_sel, y_sel = X[sel], y[sel]
+        base_acc, _ = _pair_accuracy(y_sel)
+        val_plan = objective.plan(
+            torch.as_tensor(ys[sel], dtype=torch.float32).to(device),
+            pairs=self.preference_weight > 0,
+            generator=torch.Generator().manual_seed(seed + 1),
+        )
+        X_sel_t = torch.from_numpy(np.asarray(X_sel, dtype=np.float32)).to(device)
+
+        def validate(net):
+            net.eval()
+            refined = posterior(net).refine(X_sel, y_sel, settings)
+            return _pair_accuracy(refined)[0], base_acc, plan_loss(net, X_sel_t, val_plan)
+
+        return validate
+
+    def _guard_scores(self, post, X, y, g, settings, seed) -> dict:
+        """Refined against base pair accuracy on the guard rows (pairs selection never
+        saw), the paired-bootstrap probability that refinement is better, and ``helps``."""
+        refined_acc, refined_ok = _pair_accuracy(post.refine(X[g], y[g], settings))
+        base_acc, base_ok = _pair_accuracy(y[g])
+        prob = improvement_probability(refined_ok, base_ok, np.random.RandomState(seed + 2))
+        return {
+            "refined_accuracy": refined_acc,
+            "base_accuracy": base_acc,
+            "probability_better": prob,
+            "n_pairs": int(len(g) // 2),
+            "helps": bool(prob >= self.guard_confidence),
+        }
+
+    def _warn_refinement_does_not_help(self) -> None:
+        s = self.guard_scores_
+        warn_user(
+            f"{_NAME}: on {s['n_pairs']} held-out guard pairs the refined rewards rank "
+            f"{s['refined_accuracy']:.3f} of pairs correctly against the base reward "
+            f"model's {s['base_accuracy']:.3f} (bootstrap probability "
+            f"{s['probability_better']:.2f} that refinement is better, below "
+            f"guard_confidence={self.guard_confidence}); refinement does not help here"
+            + (
+                " (guard='base' returns the base reward in predict)."
+                if self.guard == "warn"
+                else "."
+            ),
+            RefinementWarning,
+        )
 
     def _set_fitted(self, shell=None, **fitted) -> None:
         """Replace the whole fitted state at once (old fitted attributes removed first);

@@ -367,6 +367,7 @@ def _run(cfg, output_dir: Path, echo: Callable[[str], None]) -> dict:
     results: dict = {
         "experiment": cfg.experiment_name,
         "backbone": cfg.backbone.name,
+        "max_length": int(cfg.backbone.max_length),
         "data": cfg.data.name,
         "calibrator": cfg.calibrator.name,
         "base_reward": cfg.base_reward,

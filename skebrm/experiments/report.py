@@ -17,9 +17,13 @@ __all__ = [
     "CALIBRATION_METHODS",
     "UNCERTAINTY_METHODS",
     "format_table",
+    "label_noise_study",
+    "label_noise_table",
     "load_runs",
     "markdown_table",
+    "study_targets",
     "summary_table",
+    "targets_table",
     "write_json",
     "write_text",
 ]
@@ -389,3 +393,74 @@ def targets_table(runs: list[tuple[Path, dict]], **kwargs) -> str:
             ]
         )
     return markdown_table(header, rows) if rows else "(no clean runs)"
+
+
+def label_noise_study(
+    runs: list[tuple[Path, dict]], *, split: str = "test"
+) -> dict[tuple[str, str, bool], dict[float, dict]]:
+    """Accuracy against the share of flipped training labels, per family and calibrator.
+
+    Groups the runs by (backbone, calibrator, filter_conflicts) and, within a group, by
+    ``label_noise``; only groups with at least two noise levels are kept. Each level holds
+    ``n_runs`` and the mean accuracies ``base`` and ``ebrm`` on ``split`` (clean labels),
+    and ``recovered``: the share of the accuracy the base RM loses against the clean runs
+    that EBRM wins back, ``(ebrm − base) / (clean base − base)`` (None at 0 % noise, where
+    there are no clean runs, or where the base loses nothing).
+    """
+    groups: dict[tuple[str, str, bool], dict[float, list[dict]]] = {}
+    for _, r in runs:
+        b = r["test"] if split == "test" else r.get("ood", {}).get(split)
+        if not b:
+            continue
+        key = (
+            str(r.get("backbone")),
+            str(r.get("calibrator")),
+            bool(r.get("filter_conflicts", True)),
+        )
+        level = float(r.get("label_noise", 0.0))
+        groups.setdefault(key, {}).setdefault(level, []).append(b["methods"])
+    out: dict[tuple[str, str, bool], dict[float, dict]] = {}
+    for key, by_noise in groups.items():
+        if len(by_noise) < 2:
+            continue
+        clean = by_noise.get(0.0)
+        clean_base = _mean(m["base"]["accuracy"] for m in clean) if clean else None
+        levels = {}
+        for noise in sorted(by_noise):
+            ms = by_noise[noise]
+            base = _mean(m["base"]["accuracy"] for m in ms)
+            ebrm = _mean(m["ebrm"]["accuracy"] for m in ms)
+            lost = None if clean_base is None or noise == 0.0 else clean_base - base
+            levels[noise] = {
+                "n_runs": len(ms),
+                "base": base,
+                "ebrm": ebrm,
+                "recovered": (ebrm - base) / lost if lost is not None and lost > 0 else None,
+            }
+        out[key] = levels
+    return out
+
+
+def label_noise_table(runs: list[tuple[Path, dict]], *, split: str = "test") -> str:
+    """:func:`label_noise_study` as a markdown table: a row per family and calibrator, a
+    column per noise level with "base / EBRM (EBRM − base in points; share recovered)"."""
+    study = label_noise_study(runs, split=split)
+    if not study:
+        return "(no label-noise sweep)"
+    noises = sorted({n for levels in study.values() for n in levels})
+    header = ["backbone", "calibrator", "filtered", *(f"{100 * n:.0f} %" for n in noises)]
+    rows = []
+    for (backbone, calibrator, filtered), levels in study.items():
+        row = [backbone, calibrator, "yes" if filtered else "no"]
+        for n in noises:
+            if n not in levels:
+                row.append("–")
+                continue
+            v = levels[n]
+            note = f"{100 * (v['ebrm'] - v['base']):+.1f}".replace("-", "−")
+            if v["recovered"] is not None:
+                note += f"; {100 * v['recovered']:.0f} %".replace("-", "−")
+            runs_note = f", {v['n_runs']} runs" if v["n_runs"] > 1 else ""
+            row.append(f"{_fmt(v['base'])} / {_fmt(v['ebrm'])} ({note}){runs_note}")
+        rows.append(row)
+    return markdown_table(header, rows)

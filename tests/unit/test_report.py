@@ -152,3 +152,33 @@ def test_targets_table_reports_each_target_plainly():
     table = targets_table(runs)
     assert table.count("\n") >= 5 and "| a | preference | test | 2 |" in table
     assert "met" in table and "not met" in table and "autoj" in table
+
+
+def test_label_noise_table_averages_each_level_and_the_recovered_share():
+    from skebrm.experiments.report import label_noise_study, label_noise_table
+
+    runs = [
+        # two clean seeds (base 0.6), one run at 20 % and one at 40 % noise
+        _target_run("a", "basis", 0, 0.61, (-0.01, 0.03), 0.6, 0.05),
+        _target_run("a", "basis", 1, 0.63, (0.0, 0.05), 0.6, 0.05),
+        _target_run("a", "basis", 0, 0.55, (0.0, 0.1), 0.6, 0.05, noise=0.2, base=0.52),
+        _target_run("a", "basis", 0, 0.45, (-0.1, 0.0), 0.6, 0.05, noise=0.4, base=0.50),
+        # a family with one level only: not a sweep, left out
+        _target_run("b", "basis", 0, 0.6, (-0.01, 0.01), 0.6, 0.05),
+    ]
+    study = label_noise_study(runs)
+    assert set(study) == {("a", "basis", True)}
+    levels = study[("a", "basis", True)]
+    assert sorted(levels) == [0.0, 0.2, 0.4]
+    assert levels[0.0]["n_runs"] == 2
+    assert abs(levels[0.0]["ebrm"] - 0.62) < 1e-12 and levels[0.0]["recovered"] is None
+    # base loses 0.08 at 20 %; EBRM wins back 0.03 of it
+    assert abs(levels[0.2]["recovered"] - 0.03 / 0.08) < 1e-12
+    assert abs(levels[0.4]["recovered"] - (-0.05 / 0.10)) < 1e-12
+    table = label_noise_table(runs)
+    header, _, row = table.splitlines()
+    assert header.startswith("| backbone | calibrator | filtered |")
+    assert "| 0 % |" in header and "| 40 % |" in header
+    assert "0.520 / 0.550 (+3.0; 38 %)" in row and "0.500 / 0.450 (−5.0; −50 %)" in row
+    assert "0.600 / 0.620 (+2.0)" in row
+    assert label_noise_table(runs[-1:]) == "(no label-noise sweep)"

@@ -74,3 +74,20 @@ def test_tables_carry_the_uncertainty_baselines(m, tmp_path):
     ):
         assert column in header, column
     assert "| 0.3 | 0.600 | 0.610 | 0.600 | +0.010 [-0.100, +0.100] | 0.580 |" in sweep_part
+
+
+def test_sweeps_that_vary_the_label_noise_get_a_table_and_a_plot(m, tmp_path):
+    from skebrm.experiments.report import write_json
+
+    sweep = tmp_path / "sweep"
+    for i, (backbone, noise) in enumerate([("minilm", 0.0), ("minilm", 0.3), ("smollm2", 0.0)]):
+        r = _results(0.6 + i / 100, noise)
+        r["backbone"] = backbone
+        write_json(r, sweep / str(i) / "results.json")
+    docs = tmp_path / "docs"
+    text = m.build_markdown([sweep], docs / "figures", docs)
+    assert "| backbone | calibrator | filtered | 0 % | 30 % |" in text
+    # only minilm varies the noise: one row, its base loses nothing (0.600 at both levels)
+    assert "| minilm | basis | yes | 0.600 / 0.600 (+0.0) | 0.600 / 0.610 (+1.0) |" in text
+    assert "| smollm2 | basis |" not in text.split("Label noise:")[1]
+    assert (docs / "figures" / "demo-sweep-label_noise.png").stat().st_size > 0
