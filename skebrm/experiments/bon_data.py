@@ -200,37 +200,22 @@ def embed_rows(
     embeddings : ndarray of shape (n_rows, d), rewards : ndarray of shape (n_rows,)
     """
     from skebrm import __version__
-    from skebrm.experiments.data import _extraction_source_sha
-    from skebrm.extraction import (
-        CacheIncompleteError,
-        EmbeddingExtractor,
-        extract_to_cache,
-        load_cache,
-    )
+    from skebrm.experiments.data import _extraction_source_sha, extract_cached
 
     rows = [(str(p), str(r)) for p, r in rows]
-
-    def extractor():
-        model, tokenizer = load_model()
-        return EmbeddingExtractor(
-            model,
-            tokenizer,
-            max_length=max_length,
-            batch_size=batch_size,
-            device=device,
-            verbose=verbose,
-        )
-
-    if cache_dir is None:
-        res = extractor().extract(rows)
-    else:
+    folder = None
+    if cache_dir is not None:
         key = _digest(rows, identity, int(max_length), __version__, _extraction_source_sha())
         folder = Path(cache_dir) / f"{identity.get('name', 'model')}-{key[:24]}"
-        try:
-            res = load_cache(folder)
-        except (FileNotFoundError, CacheIncompleteError):
-            extract_to_cache(extractor(), rows, folder, overwrite=True, verbose=verbose)
-            res = load_cache(folder)
+    res = extract_cached(
+        rows,
+        load_model,
+        folder,
+        max_length=max_length,
+        batch_size=batch_size,
+        device=device,
+        verbose=verbose,
+    )
     return np.array(res.embeddings, dtype=np.float32), np.array(res.rewards, dtype=np.float64)
 
 

@@ -23,6 +23,7 @@ __all__ = [
     "EmbeddedPairs",
     "annotator_disagreement",
     "embed_pairs",
+    "extract_cached",
     "flip_labels",
     "load_pairs_coercing_texts",
     "response_keys",
@@ -275,6 +276,53 @@ def cache_key(pairs: Sequence[dict], identity: dict) -> str:
     return h.hexdigest()
 
 
+def extract_cached(
+    rows,
+    load_model: Callable[[], tuple],
+    folder: str | os.PathLike | None,
+    *,
+    max_length: int,
+    batch_size: int,
+    device: str = "cpu",
+    verbose: bool = False,
+):
+    """Extract ``rows`` (pair records or (prompt, response) tuples) through the cache in
+    ``folder``: a complete cache is loaded without building the model; otherwise the
+    model is built with ``load_model()`` and :func:`skebrm.extraction.extract_to_cache`
+    fills or resumes the folder (checking the weights and texts against its own key).
+    ``folder=None`` extracts without a cache.
+
+    Returns
+    -------
+    skebrm.extraction.ExtractionResult
+    """
+    from skebrm.extraction import (
+        CacheIncompleteError,
+        EmbeddingExtractor,
+        extract_to_cache,
+        load_cache,
+    )
+
+    def extractor():
+        model, tokenizer = load_model()
+        return EmbeddingExtractor(
+            model,
+            tokenizer,
+            max_length=max_length,
+            batch_size=batch_size,
+            device=device,
+            verbose=verbose,
+        )
+
+    if folder is None:
+        return extractor().extract(rows)
+    try:
+        return load_cache(folder)
+    except (FileNotFoundError, CacheIncompleteError):
+        extract_to_cache(extractor(), rows, folder, overwrite=True, verbose=verbose)
+        return load_cache(folder)
+
+
 def embed_pairs(
     pairs: Sequence[dict],
     load_model: Callable[[], tuple],
@@ -312,37 +360,21 @@ def embed_pairs(
     -------
     EmbeddedPairs
     """
-    from skebrm.extraction import (
-        CacheIncompleteError,
-        EmbeddingExtractor,
-        extract_to_cache,
-        load_cache,
-    )
-
     pairs = list(pairs)
     identity = {**identity, "max_length": int(max_length)}
-
-    def extractor():
-        model, tokenizer = load_model()
-        return EmbeddingExtractor(
-            model,
-            tokenizer,
-            max_length=max_length,
-            batch_size=batch_size,
-            device=device,
-            verbose=verbose,
-        )
-
-    if cache_dir is None:
-        result = extractor().extract(pairs)
-    else:
+    folder = None
+    if cache_dir is not None:
         name = str(identity.get("name", "backbone"))
         folder = Path(cache_dir) / f"{name}-{cache_key(pairs, identity)[:24]}"
-        try:
-            result = load_cache(folder)
-        except (FileNotFoundError, CacheIncompleteError):
-            extract_to_cache(extractor(), pairs, folder, overwrite=True, verbose=verbose)
-            result = load_cache(folder)
+    result = extract_cached(
+        pairs,
+        load_model,
+        folder,
+        max_length=max_length,
+        batch_size=batch_size,
+        device=device,
+        verbose=verbose,
+    )
     return EmbeddedPairs(
         embeddings=np.array(result.embeddings, dtype=np.float32),
         rewards=np.array(result.rewards, dtype=np.float32),
