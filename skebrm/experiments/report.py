@@ -131,15 +131,27 @@ def _describe(block: dict, n_pairs: int) -> str:
 
 
 def load_runs(root: str | os.PathLike) -> list[tuple[Path, dict]]:
-    """Every ``results.json`` below ``root`` (job folders in numeric order), parsed."""
+    """Every ``results.json`` below ``root`` (job folders in numeric order), parsed.
+
+    Runs written before results recorded ``max_length`` get it from the run's own
+    ``.hydra/config.yaml`` (``backbone.max_length``) where that file exists.
+    """
 
     def order(path: Path):
         return [(0, int(part), "") if part.isdigit() else (1, 0, part) for part in path.parts]
 
-    return [
-        (p.parent, json.loads(p.read_text(encoding="utf-8")))
-        for p in sorted(Path(root).rglob("results.json"), key=order)
-    ]
+    runs = []
+    for p in sorted(Path(root).rglob("results.json"), key=order):
+        results = json.loads(p.read_text(encoding="utf-8"))
+        config = p.parent / ".hydra" / "config.yaml"
+        if "max_length" not in results and config.is_file():
+            from omegaconf import OmegaConf
+
+            length = OmegaConf.select(OmegaConf.load(config), "backbone.max_length")
+            if length is not None:
+                results["max_length"] = int(length)
+        runs.append((p.parent, results))
+    return runs
 
 
 def _job_overrides(folder: Path) -> dict[str, str]:
@@ -174,6 +186,7 @@ def summary_table(
     *,
     keys: tuple[str, ...] = (
         "backbone",
+        "max_length",
         "data",
         "calibrator",
         "label_noise",
@@ -199,7 +212,9 @@ def summary_table(
     """
     if not runs:
         return "(no runs)"
-    varying = [k for k in keys if len({str(r.get(k)) for _, r in runs}) > 1] or list(keys[:2])
+    varying = [k for k in keys if len({str(r.get(k)) for _, r in runs}) > 1] or [
+        k for k in keys if k in ("backbone", "data")
+    ]
     # sweep overrides that vary and are not among the result keys (for example
     # calibrator.estimator.random_state=0,1,2): one column each, from .hydra/overrides.yaml
     overrides = [_job_overrides(folder) for folder, _ in runs]

@@ -182,3 +182,18 @@ def test_label_noise_table_averages_each_level_and_the_recovered_share():
     assert "0.520 / 0.550 (+3.0; 38 %)" in row and "0.500 / 0.450 (−5.0; −50 %)" in row
     assert "0.600 / 0.620 (+2.0)" in row
     assert label_noise_table(runs[-1:]) == "(no label-noise sweep)"
+
+
+def test_load_runs_reads_max_length_from_an_older_runs_config(tmp_path):
+    from skebrm.experiments.report import load_runs, summary_table, write_json
+
+    old, new = tmp_path / "0", tmp_path / "1"
+    write_json(_result(0.61), old / "results.json")
+    (old / ".hydra").mkdir()
+    (old / ".hydra" / "config.yaml").write_text("backbone:\n  name: minilm\n  max_length: 128\n")
+    write_json({**_result(0.62), "max_length": 64}, new / "results.json")
+    runs = load_runs(tmp_path)
+    assert [r["max_length"] for _, r in runs] == [128, 64]
+    header, _, first, second = summary_table(runs).splitlines()[:4]
+    assert header.startswith("| max_length |")
+    assert first.startswith("| 128 |") and second.startswith("| 64 |")
