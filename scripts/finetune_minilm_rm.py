@@ -27,7 +27,11 @@ so the RMB study runs on it with ``backbone=minilm_rmb_finetuned``.
     nice -n 19 python scripts/finetune_minilm_rm.py --max-train-pairs 2000 \
         --output ~/.cache/skebrm/minilm-rmb-finetuned
 
-It takes about an hour on a 2-core CPU for 2,000 pairs at 256 tokens. Several datasets::
+It takes about an hour on a 2-core CPU for 2,000 pairs at 256 tokens. ``--label-noise 0.3``
+swaps chosen and rejected in the head and calibrator pairs that the study's
+``label_noise=0.3`` flips (same seed), so an RM fine-tuned on noisy labels can be studied
+with ``backbone=minilm_rmb_finetuned label_noise=0.3`` (``$SKEBRM_FINETUNED_RM`` pointing at
+it). Several datasets::
 
     python scripts/finetune_minilm_rm.py --data ../shared/data/rmb_pairwise.jsonl.gz \
         ../shared/data/ultrafeedback_train_clean.jsonl.gz --n-pairs 0 --max-train-pairs 0
@@ -116,6 +120,11 @@ def load_datasets(args) -> tuple[list[dict], np.random.Generator]:
     for j, path in enumerate(args.data):
         pairs = load_pairs_coercing_texts(path, n=n_pairs[j], random_state=split_seed)
         parts = dict(zip(SPLITS, split_by_prompt(pairs, [0.6, 0.2, 0.2], random_state=split_seed)))
+        if args.label_noise:
+            # the study's flips: flip_labels(head, noise, random_state=seed) and the
+            # calibrator part with seed + 1 (skebrm.experiments.pipeline)
+            for offset, name in enumerate(SPLITS[:2]):
+                parts[name] = flip_pairs(parts[name], args.label_noise, split_seed + offset)
         pool = _nonempty([p for s in args.train_splits for p in parts[s]])
         test = _nonempty(parts["test"])
         train = [pool[i] for i in rng.permutation(len(pool))[: max_train[j]]]
@@ -123,6 +132,17 @@ def load_datasets(args) -> tuple[list[dict], np.random.Generator]:
         name = Path(path).name.removesuffix(".gz").removesuffix(".jsonl")
         out.append({"name": name, "path": str(path), "train": train, "test": test})
     return out, rng
+
+
+def flip_pairs(pairs: list[dict], fraction: float, seed: int) -> list[dict]:
+    """Swap chosen and rejected in the pairs that
+    :func:`skebrm.experiments.data.flip_labels` flips for the same pairs, fraction and seed."""
+    rng = np.random.default_rng(seed)
+    flip = set(rng.choice(len(pairs), size=round(fraction * len(pairs)), replace=False).tolist())
+    return [
+        {**p, "chosen": p["rejected"], "rejected": p["chosen"]} if i in flip else p
+        for i, p in enumerate(pairs)
+    ]
 
 
 def load_model(args):
@@ -151,7 +171,8 @@ def run_key(args, datasets, extractor) -> dict:
         "settings": {
             k: getattr(args, k)
             for k in ("epochs", "lr", "batch_pairs", "max_length", "seed", "train_splits")
-        },
+        }
+        | ({"label_noise": args.label_noise} if args.label_noise else {}),
     }
 
 
@@ -262,9 +283,19 @@ def parse_args(argv=None):
         default=None,
         help="seed of the subset and the split (default: --seed, as the studies' seed)",
     )
+    parser.add_argument(
+        "--label-noise",
+        type=float,
+        default=0.0,
+        help="share of the head and calibrator pairs whose labels are swapped, the pairs the "
+        "study's label_noise flips (with the split seed); the test part is never flipped",
+    )
     parser.add_argument("--checkpoint-every", type=int, default=50, help="steps; 0: never")
     parser.add_argument("--checkpoint-dir", default=None, help="default: <output>.ckpt")
-    return parser.parse_args(argv)
+    args = parser.parse_args(argv)
+    if not 0.0 <= args.label_noise <= 1.0:
+        parser.error(f"--label-noise must be in [0, 1], got {args.label_noise!r}")
+    return args
 
 
 def main(argv=None):
@@ -344,6 +375,7 @@ def main(argv=None):
         "batch_pairs": args.batch_pairs,
         "max_length": args.max_length,
         "seed": args.seed,
+        "label_noise": args.label_noise,
         "test_accuracy_before": base_acc["all"],
         "test_accuracy_after": acc["all"],
         "final_loss_mean20": float(np.mean(losses[-20:])),

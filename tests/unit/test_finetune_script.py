@@ -115,6 +115,40 @@ def test_split_is_the_studys_and_both_files_train(setup, load_script, tmp_path, 
         assert [p["prompt"] for p in d["test"]] == list(test.prompt)  # file order kept
 
 
+def test_label_noise_flips_the_pairs_the_study_flips(setup, load_script, tmp_path):
+    from skebrm.experiments.data import flip_labels
+
+    root, data = setup
+    script = load_script("scripts/finetune_minilm_rm.py")
+    argv = _argv(root, data[:1], tmp_path / "out", "--seed", "3", "--label-noise", "0.3")
+    datasets, _ = script.load_datasets(script.parse_args(argv))
+    clean_argv = _argv(root, data[:1], tmp_path / "o", "--seed", "3")
+    clean, _ = script.load_datasets(script.parse_args(clean_argv))
+    pairs = load_pairs(data[0])
+    by_id = {p["id"]: p for p in pairs}
+    embedded = EmbeddedPairs(
+        embeddings=np.arange(2 * len(pairs), dtype=float)[:, None],  # row index
+        rewards=None,
+        prompt=np.array([p["prompt"] for p in pairs], dtype=object),
+        subset=np.array([p["subset"] for p in pairs], dtype=object),
+        section=np.array([None] * len(pairs), dtype=object),
+    )
+    head = split_pairs(embedded, [0.6, 0.2, 0.2], random_state=3)[0]
+    noisy = flip_labels(head, 0.3, random_state=3).embeddings[:, 0].astype(int)
+    expected = {pairs[row // 2]["id"] for row in noisy[0::2] if row % 2 == 1}
+    flipped = {p["id"] for p in datasets[0]["train"] if p["chosen"] == by_id[p["id"]]["rejected"]}
+    assert flipped == expected and len(expected) == round(0.3 * head.n_pairs)
+    for p in datasets[0]["train"]:  # a flip swaps the two texts, nothing else
+        original = by_id[p["id"]]
+        if p["id"] in flipped:
+            assert (p["chosen"], p["rejected"]) == (original["rejected"], original["chosen"])
+        else:
+            assert p == original
+    assert [p["chosen"] for p in datasets[0]["test"]] == [p["chosen"] for p in clean[0]["test"]]
+    with pytest.raises(SystemExit):
+        script.parse_args(_argv(root, data[:1], tmp_path / "o", "--label-noise", "1.5"))
+
+
 def test_per_file_counts_are_checked(setup, load_script, tmp_path):
     root, data = setup
     script = load_script("scripts/finetune_minilm_rm.py")
