@@ -52,7 +52,7 @@ from tqdm.auto import tqdm
 
 from skebrm._io import sha256_file, staged_directory, write_json_atomic
 from skebrm.datasets import dataset_fingerprint, split_by_prompt
-from skebrm.experiments.data import load_pairs_coercing_texts
+from skebrm.experiments.data import flipped_pairs, load_pairs_coercing_texts
 from skebrm.extraction import EmbeddingExtractor, load_minilm
 from skebrm.extraction._formatting import encode_rows
 
@@ -137,8 +137,7 @@ def load_datasets(args) -> tuple[list[dict], np.random.Generator]:
 def flip_pairs(pairs: list[dict], fraction: float, seed: int) -> list[dict]:
     """Swap chosen and rejected in the pairs that
     :func:`skebrm.experiments.data.flip_labels` flips for the same pairs, fraction and seed."""
-    rng = np.random.default_rng(seed)
-    flip = set(rng.choice(len(pairs), size=round(fraction * len(pairs)), replace=False).tolist())
+    flip = set(flipped_pairs(len(pairs), fraction, random_state=seed).tolist())
     return [
         {**p, "chosen": p["rejected"], "rejected": p["chosen"]} if i in flip else p
         for i, p in enumerate(pairs)

@@ -25,6 +25,7 @@ __all__ = [
     "embed_pairs",
     "extract_cached",
     "flip_labels",
+    "flipped_pairs",
     "load_pairs_coercing_texts",
     "response_keys",
     "split_pairs",
@@ -159,12 +160,17 @@ def split_pairs(
     return [data.take([r["index"] for r in part]) for part in parts]
 
 
-def flip_labels(data: EmbeddedPairs, fraction: float, *, random_state=None) -> EmbeddedPairs:
-    """Swap chosen and rejected in ``round(fraction * n_pairs)`` random pairs (label noise)."""
+def flipped_pairs(n_pairs: int, fraction: float, *, random_state=None) -> np.ndarray:
+    """The ``round(fraction * n_pairs)`` pair indices that label noise flips."""
     if not 0.0 <= fraction <= 1.0:
         raise ValueError(f"flip_labels: fraction must be in [0, 1], got {fraction!r}.")
     rng = np.random.default_rng(random_state)
-    flip = rng.choice(data.n_pairs, size=round(fraction * data.n_pairs), replace=False)
+    return rng.choice(n_pairs, size=round(fraction * n_pairs), replace=False)
+
+
+def flip_labels(data: EmbeddedPairs, fraction: float, *, random_state=None) -> EmbeddedPairs:
+    """Swap chosen and rejected in the pairs :func:`flipped_pairs` draws (label noise)."""
+    flip = flipped_pairs(data.n_pairs, fraction, random_state=random_state)
     rows = np.arange(2 * data.n_pairs)
     rows[2 * flip], rows[2 * flip + 1] = 2 * flip + 1, 2 * flip
     return replace(
