@@ -116,6 +116,13 @@ def _base_model(cfg, head_split: EmbeddedPairs) -> Callable[[EmbeddedPairs], Met
     return fitted
 
 
+def _backbone_model(cfg) -> str:
+    """Which weights the backbone loaded: the model folder or hub id when its config names
+    one (``$SKEBRM_FINETUNED_RM`` resolved), else the loader's target."""
+    model = cfg.backbone.model
+    return str(model.get("name_or_path") or model.get("_target_"))
+
+
 def _base_margin(base: MethodOutput) -> MethodOutput:
     """The base RM with its own margin as pair uncertainty: what uncertainty must beat."""
     r = base.reward
@@ -368,6 +375,7 @@ def _run(cfg, output_dir: Path, echo: Callable[[str], None]) -> dict:
         "experiment": cfg.experiment_name,
         "backbone": cfg.backbone.name,
         "max_length": int(cfg.backbone.max_length),
+        "backbone_model": _backbone_model(cfg),
         "data": cfg.data.name,
         "calibrator": cfg.calibrator.name,
         "base_reward": cfg.base_reward,

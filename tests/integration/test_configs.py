@@ -253,3 +253,13 @@ def test_hydra_nodes_instantiate():
     assert hasattr(callback, "on_multirun_end")
     launcher = instantiate(cfg.hydra.launcher)
     assert type(launcher).__name__ == "JoblibLauncher"
+
+
+def test_results_name_the_weights_the_backbone_loaded(monkeypatch, tmp_path):
+    from skebrm.experiments.pipeline import _backbone_model
+
+    monkeypatch.setenv("SKEBRM_FINETUNED_RM", str(tmp_path / "noisy-rm"))
+    cfg = compose(config_name="config", overrides=["backbone=minilm_rmb_finetuned"])
+    assert _backbone_model(cfg) == str(tmp_path / "noisy-rm")
+    cfg = compose(config_name="config", overrides=["backbone=minilm"])
+    assert _backbone_model(cfg) == "skebrm.extraction.load_minilm"

@@ -140,6 +140,7 @@ def test_label_noise_head_split_and_ood(tmp_path, echo):
     results = run_experiment(cfg, tmp_path, echo=say)
     assert results["label_noise"] == 0.3
     assert results["calibrator_fit_on"] == "head"
+    assert results["backbone_model"] == "skebrm.extraction.load_minilm"
     assert results["calibrator_fit"]["n_pairs_dropped"] == 0  # filtering is off
     assert set(results["test"]["methods"]) == {
         "base",
