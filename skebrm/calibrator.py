@@ -599,9 +599,9 @@ class EnergyRewardCalibrator(RegressorMixin, BaseEstimator):
             f"{s['probability_better']:.2f} that refinement is better, below "
             f"guard_confidence={self.guard_confidence}); refinement does not help here"
             + (
-                " (guard='base' returns the base reward in predict)."
-                if self.guard == "warn"
-                else "."
+                "; predict returns the base reward (guard='base')."
+                if self.guard == "base"
+                else " (set guard='base' to make predict return the base reward)."
             ),
             RefinementWarning,
         )

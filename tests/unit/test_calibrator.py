@@ -271,8 +271,13 @@ def test_guard_decides_on_held_out_pairs_that_selection_never_saw(data):
     # refined rewards rank pairs worse than the base reward (which ranks the held-out
     # pairs well by construction here).
     params = {**FAST, "learning_rate": 1e-12, "validation_fraction": 0.4, "max_epochs": 1}
-    with pytest.warns(RefinementWarning, match="refinement does not help here"):
+    with pytest.warns(RefinementWarning, match="refinement does not help here") as caught:
         cal = EnergyRewardCalibrator(**params, guard="base").fit(X, y, pair_id=pid, chosen=ch)
+    assert "predict returns the base reward (guard='base')" in str(caught[0].message)
+    with pytest.warns(RefinementWarning, match="refinement does not help here") as caught:
+        EnergyRewardCalibrator(**params, guard="warn").fit(X, y, pair_id=pid, chosen=ch)
+    message = str(caught[0].message)  # guard="warn" keeps the refined rewards: a hint
+    assert "set guard='base' to make predict return the base reward" in message
     s = cal.guard_scores_
     assert cal.refinement_helps_ is False
     assert s["n_pairs"] == 20  # the guard half of the 40 held-out pairs
