@@ -52,7 +52,11 @@ from tqdm.auto import tqdm
 
 from skebrm._io import sha256_file, staged_directory, write_json_atomic
 from skebrm.datasets import dataset_fingerprint, split_by_prompt
-from skebrm.experiments.data import flipped_pairs, load_pairs_coercing_texts
+from skebrm.experiments.data import (
+    flipped_pairs,
+    label_noise_seed,
+    load_pairs_coercing_texts,
+)
 from skebrm.extraction import EmbeddingExtractor, load_minilm
 from skebrm.extraction._formatting import encode_rows
 
@@ -120,11 +124,10 @@ def load_datasets(args) -> tuple[list[dict], np.random.Generator]:
     for j, path in enumerate(args.data):
         pairs = load_pairs_coercing_texts(path, n=n_pairs[j], random_state=split_seed)
         parts = dict(zip(SPLITS, split_by_prompt(pairs, [0.6, 0.2, 0.2], random_state=split_seed)))
-        if args.label_noise:
-            # the study's flips: flip_labels(head, noise, random_state=seed) and the
-            # calibrator part with seed + 1 (skebrm.experiments.pipeline)
-            for offset, name in enumerate(SPLITS[:2]):
-                parts[name] = flip_pairs(parts[name], args.label_noise, split_seed + offset)
+        if args.label_noise:  # the study's flips, split by split
+            for name in ("head", "calibrator"):
+                seed = label_noise_seed(name, split_seed)
+                parts[name] = flip_pairs(parts[name], args.label_noise, seed)
         pool = _nonempty([p for s in args.train_splits for p in parts[s]])
         test = _nonempty(parts["test"])
         train = [pool[i] for i in rng.permutation(len(pool))[: max_train[j]]]

@@ -26,6 +26,7 @@ __all__ = [
     "extract_cached",
     "flip_labels",
     "flipped_pairs",
+    "label_noise_seed",
     "load_pairs_coercing_texts",
     "response_keys",
     "split_pairs",
@@ -160,10 +161,25 @@ def split_pairs(
     return [data.take([r["index"] for r in part]) for part in parts]
 
 
+_LABEL_NOISE_SEED_OFFSET = {"head": 0, "calibrator": 1}
+
+
+def label_noise_seed(split: str, seed: int) -> int:
+    """The seed label noise flips a training split with: the study's ``seed`` for the head
+    split, ``seed + 1`` for the calibrator split (the fine-tuning script flips the same
+    pairs with it)."""
+    if split not in _LABEL_NOISE_SEED_OFFSET:
+        raise ValueError(
+            f"label_noise_seed: split must be one of {sorted(_LABEL_NOISE_SEED_OFFSET)}, "
+            f"got {split!r}."
+        )
+    return seed + _LABEL_NOISE_SEED_OFFSET[split]
+
+
 def flipped_pairs(n_pairs: int, fraction: float, *, random_state=None) -> np.ndarray:
     """The ``round(fraction * n_pairs)`` pair indices that label noise flips."""
     if not 0.0 <= fraction <= 1.0:
-        raise ValueError(f"flip_labels: fraction must be in [0, 1], got {fraction!r}.")
+        raise ValueError(f"flipped_pairs: fraction must be in [0, 1], got {fraction!r}.")
     rng = np.random.default_rng(random_state)
     return rng.choice(n_pairs, size=round(fraction * n_pairs), replace=False)
 

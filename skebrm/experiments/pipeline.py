@@ -19,7 +19,13 @@ import numpy as np
 from tqdm.auto import tqdm
 
 from skebrm import metrics
-from skebrm.experiments.data import EmbeddedPairs, embed_pairs, flip_labels, split_pairs
+from skebrm.experiments.data import (
+    EmbeddedPairs,
+    embed_pairs,
+    flip_labels,
+    label_noise_seed,
+    split_pairs,
+)
 from skebrm.experiments.report import format_table, write_json
 
 __all__ = ["MethodOutput", "build", "evaluate", "run_experiment"]
@@ -321,8 +327,9 @@ def _run(cfg, output_dir: Path, echo: Callable[[str], None]) -> dict:
     data = load_data(cfg.data, cfg, progress=progress)
     head_split, cal_split, test = split_pairs(data, list(cfg.split.fractions), random_state=seed)
     if cfg.label_noise:
-        head_split = flip_labels(head_split, float(cfg.label_noise), random_state=seed)
-        cal_split = flip_labels(cal_split, float(cfg.label_noise), random_state=seed + 1)
+        noise = float(cfg.label_noise)
+        head_split = flip_labels(head_split, noise, random_state=label_noise_seed("head", seed))
+        cal_split = flip_labels(cal_split, noise, random_state=label_noise_seed("calibrator", seed))
     splits = {"head": head_split, "calibrator": cal_split}
     done("data")
 

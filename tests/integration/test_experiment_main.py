@@ -249,6 +249,16 @@ def test_flip_labels_swaps_exactly_the_requested_pairs():
         flip_labels(data, 1.5)
 
 
+def test_label_noise_seed_per_training_split():
+    from skebrm.experiments.data import label_noise_seed
+
+    assert (label_noise_seed("head", 7), label_noise_seed("calibrator", 7)) == (7, 8)
+    with pytest.raises(
+        ValueError, match=r"split must be one of \['calibrator', 'head'\], got 'test'"
+    ):
+        label_noise_seed("test", 7)
+
+
 def test_embedded_pairs_checks_shapes():
     obj = np.array(["a"], dtype=object)
     with pytest.raises(ValueError, match=r"embeddings must have shape \(2, d\) for 1 pairs"):
