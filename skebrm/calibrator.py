@@ -138,7 +138,7 @@ class EnergyRewardCalibrator(RegressorMixin, BaseEstimator):
         ``guard_confidence``): ``"warn"`` raises a
         :class:`~skebrm.exceptions.RefinementWarning`; ``"base"`` also makes
         ``predict(X, base_reward=...)`` return the base reward; ``"off"`` does nothing.
-        Needs ``validation_fraction``.
+        Needs ``validation_fraction`` or a call of :meth:`fit_guard` after ``fit``.
     guard_confidence : float, default=0.8
         Refinement helps when the paired bootstrap over the guard pairs puts at least this
         probability on the refined rewards ranking them better than the base rewards.
@@ -201,10 +201,12 @@ class EnergyRewardCalibrator(RegressorMixin, BaseEstimator):
         ``val_base_accuracy`` and ``val_loss`` (on the selection half).
     best_epoch_ : int
     refinement_helps_ : bool or None
-        Whether refinement helps on the guard pairs (``None`` without validation).
+        Whether refinement helps on the guard pairs (``None`` without validation, until
+        :meth:`fit_guard` decides it).
     guard_scores_ : dict or None
         ``refined_accuracy``, ``base_accuracy``, ``probability_better`` and ``n_pairs``
-        on the guard half.
+        on the guard pairs, and their ``source``: ``"validation"`` (the guard half) or
+        ``"fit_guard"`` (pairs given to :meth:`fit_guard`).
 
     Examples
     --------
@@ -341,11 +343,12 @@ class EnergyRewardCalibrator(RegressorMixin, BaseEstimator):
         sigmas = check_sigmas(self.sigmas, owner)
         validated = self.validation_fraction is not None
         no_val = "without validation_fraction"
+        no_guard = f"{no_val} until fit_guard is called"
         warn_ineffective(
             self,
             [
-                ("guard", validated, no_val),
-                ("guard_confidence", validated, no_val),
+                ("guard", validated, no_guard),
+                ("guard_confidence", validated, no_guard),
                 ("n_iter_no_change", validated, no_val),
                 ("tol", validated, no_val),
                 ("reward_hidden", self.energy == "mlp", "with energy='basis'"),
@@ -576,9 +579,10 @@ class EnergyRewardCalibrator(RegressorMixin, BaseEstimator):
 
         return validate
 
-    def _guard_scores(self, post, X, y, g, settings, seed) -> dict:
-        """Refined against base pair accuracy on the guard rows (pairs selection never
-        saw), the paired-bootstrap probability that refinement is better, and ``helps``."""
+    def _guard_scores(self, post, X, y, g, settings, seed, source="validation") -> dict:
+        """Refined against base pair accuracy on the guard rows ``g`` (laid out chosen,
+        rejected, ...), the paired-bootstrap probability that refinement is better, and
+        ``helps``."""
         refined_acc, refined_ok = _pair_accuracy(post.refine(X[g], y[g], settings))
         base_acc, base_ok = _pair_accuracy(y[g])
         prob = improvement_probability(refined_ok, base_ok, np.random.RandomState(seed + 2))
@@ -587,13 +591,62 @@ class EnergyRewardCalibrator(RegressorMixin, BaseEstimator):
             "base_accuracy": base_acc,
             "probability_better": prob,
             "n_pairs": int(len(g) // 2),
+            "source": source,
             "helps": bool(prob >= self.guard_confidence),
         }
 
+    def fit_guard(self, X, y, *, pair_id, chosen):
+        """Decide the guard on pairs you supply, e.g. from the distribution to be served.
+
+        The guard that ``validation_fraction`` fits sees held-out pairs of the training
+        distribution only, so it cannot see a loss on another one (measured: a SmolLM2
+        calibrator that passed it lost 7 points on PandaLM, README "Results"). This
+        re-decides it on the given pairs, exactly as ``fit`` does on its guard half: the
+        pairwise accuracy of the refined rewards ``predict(X, base_reward=y)`` against
+        that of ``y``, and the paired-bootstrap probability that the refined rewards are
+        better, compared with ``guard_confidence``. The network is not changed and no
+        ``validation_fraction`` is needed.
+
+        ``refinement_helps_`` and ``guard_scores_`` are replaced (``guard_scores_
+        ["source"]`` becomes ``"fit_guard"``); with ``guard="base"`` :meth:`predict`
+        follows the new decision, and a ``RefinementWarning`` is raised as in ``fit``
+        when refinement does not help (unless ``guard="off"``).
+
+        Parameters
+        ----------
+        X : array-like of shape (n_samples, n_features)
+            Embeddings of both responses of every guard pair (not the training rows).
+        y : array-like of shape (n_samples,)
+            The frozen reward model's reward of each row.
+        pair_id, chosen : array-like of shape (n_samples,)
+            Pair metadata, as in :meth:`fit`.
+
+        Returns
+        -------
+        self : EnergyRewardCalibrator
+        """
+        caller = f"{_NAME}.fit_guard"
+        X = self._check_X(X, caller)
+        y = check_rewards(y, X.shape[0], "y", caller)
+        idx_c, idx_r = check_pairs(pair_id, chosen, X.shape[0], caller=caller)
+        rows = np.column_stack([idx_c, idx_r]).reshape(-1)
+        # the bootstrap seed fit would draw: an int random_state gives the same resamples
+        seed = int(check_random_state(self.random_state).randint(np.iinfo(np.int32).max))
+        scores = self._guard_scores(
+            self.posterior_, X, y, rows, self._settings(), seed, source="fit_guard"
+        )
+        self.refinement_helps_ = scores.pop("helps")
+        self.guard_scores_ = scores
+        if self.refinement_helps_ is False and self.guard != "off":
+            self._warn_refinement_does_not_help()
+        return self
+
     def _warn_refinement_does_not_help(self) -> None:
         s = self.guard_scores_
+        user = s.get("source") == "fit_guard"
+        where = "pairs given to fit_guard" if user else "held-out guard pairs"
         warn_user(
-            f"{_NAME}: on {s['n_pairs']} held-out guard pairs the refined rewards rank "
+            f"{_NAME}: on {s['n_pairs']} {where} the refined rewards rank "
             f"{s['refined_accuracy']:.3f} of pairs correctly against the base reward "
             f"model's {s['base_accuracy']:.3f} (bootstrap probability "
             f"{s['probability_better']:.2f} that refinement is better, below "

@@ -10,6 +10,7 @@ out-of-distribution sets → print a table, write ``results.json`` and PNG plots
 from __future__ import annotations
 
 import time
+import warnings
 from collections.abc import Callable
 from contextlib import contextmanager
 from dataclasses import dataclass
@@ -300,6 +301,28 @@ def torch_threads(n: int | None):
         torch.set_num_threads(threads)
 
 
+def _fit_target_guard(cfg, calibrator, base, ood_sets: dict, progress: bool) -> EmbeddedPairs:
+    """Decide the calibrator's guard on the target set ``cfg.guard_target`` (a key of
+    ``cfg.ood``): half of its prompts (seeded) are the guard pairs
+    (:meth:`~skebrm.EnergyRewardCalibrator.fit_guard`); the other half is returned, to be
+    scored in the set's place."""
+    name = cfg.guard_target
+    if name not in ood_sets:
+        raise ValueError(
+            f"guard_target must be null or one of the ood sets {sorted(ood_sets)}, got {name!r}."
+        )
+    if not hasattr(calibrator, "fit_guard"):
+        raise ValueError(
+            f"guard_target={name!r} needs a calibrator with fit_guard, got "
+            f"{type(calibrator).__name__}."
+        )
+    guard_half, scored_half = split_pairs(
+        load_data(ood_sets[name], cfg, progress=progress), [0.5, 0.5], random_state=int(cfg.seed)
+    )
+    calibrator.fit_guard(guard_half.embeddings, base(guard_half).reward, **_fit_kwargs(guard_half))
+    return scored_half
+
+
 def _run(cfg, output_dir: Path, echo: Callable[[str], None]) -> dict:
     output_dir.mkdir(parents=True, exist_ok=True)
     progress = bool(cfg.progress)
@@ -345,12 +368,21 @@ def _run(cfg, output_dir: Path, echo: Callable[[str], None]) -> dict:
     calibrator = build(cfg.calibrator.estimator, verbose=int(progress))
     # the calibrator's validation split (if any) holds out whole prompts
     _, prompt_codes = np.unique(train.prompt.astype(str), return_inverse=True)
-    calibrator.fit(
-        train.embeddings,
-        base(train).reward,
-        **_fit_kwargs(train),
-        groups=np.repeat(prompt_codes.reshape(-1), 2),
-    )
+    guard_target = cfg.get("guard_target")
+    with warnings.catch_warnings():
+        if guard_target is not None:  # fit_guard follows: the guard parameters take effect
+            warnings.filterwarnings("ignore", ".*until fit_guard is called")
+        calibrator.fit(
+            train.embeddings,
+            base(train).reward,
+            **_fit_kwargs(train),
+            groups=np.repeat(prompt_codes.reshape(-1), 2),
+        )
+    guard_validation = getattr(calibrator, "guard_scores_", None)
+    ood_sets = dict(cfg.ood or {})
+    ood_data: dict[str, EmbeddedPairs] = {}
+    if guard_target is not None:
+        ood_data[guard_target] = _fit_target_guard(cfg, calibrator, base, ood_sets, progress)
     done("calibrator")
 
     stage("baselines")
@@ -398,12 +430,22 @@ def _run(cfg, output_dir: Path, echo: Callable[[str], None]) -> dict:
         "calibrator_fit": {
             "n_pairs_dropped": int(getattr(calibrator, "n_pairs_dropped_", 0)),
             "history": getattr(calibrator, "history_", []),
+            "refinement_helps": getattr(calibrator, "refinement_helps_", None),
+            "guard": getattr(calibrator, "guard_scores_", None),
         },
         "test": scored(test),
         "ood": {},
     }
-    for name, data_cfg in (cfg.ood or {}).items():
-        results["ood"][name] = scored(load_data(data_cfg, cfg, progress=progress))
+    if guard_target is not None:
+        results["guard_target"] = guard_target
+        results["calibrator_fit"]["guard_validation"] = guard_validation
+    for name, data_cfg in ood_sets.items():
+        d = ood_data.get(name)
+        results["ood"][name] = scored(
+            d if d is not None else load_data(data_cfg, cfg, progress=progress)
+        )
+        if name == guard_target:
+            results["ood"][name]["scored_half"] = True
     done("evaluation")
     stages.close()
     results["timings_s"] = timings

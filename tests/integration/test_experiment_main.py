@@ -14,6 +14,7 @@ import pytest
 from hydra import compose, initialize_config_dir
 from hydra.core.global_hydra import GlobalHydra
 
+from skebrm.exceptions import IneffectiveParameterWarning, RefinementWarning
 from skebrm.experiments import conf_dir, register_resolvers
 from skebrm.experiments.data import (
     EmbeddedPairs,
@@ -151,6 +152,47 @@ def test_label_noise_head_split_and_ood(tmp_path, echo):
     }
     assert results["ood"]["shifted"]["n_pairs"] == 60
     assert "ebrm" in results["ood"]["shifted"]["methods"]
+
+
+SHIFTED = (
+    "+ood.shifted={name: shifted, loader: {_target_: "
+    "skebrm.experiments.synthetic.make_synthetic_pairs, n_pairs: 60, "
+    "n_features: 16, random_state: 0, rm_noise: 2.0}}"
+)
+
+
+def test_guard_target_decides_the_guard_on_half_of_an_ood_set(tmp_path, echo):
+    _, say = echo
+    # guard_confidence=1: refinement must win in every bootstrap resample to be kept
+    overrides = [
+        "data=synthetic",
+        SHIFTED,
+        "++calibrator.estimator.guard=base",
+        "++calibrator.estimator.guard_confidence=1.0",
+        *NO_BASELINES,
+    ]
+    with pytest.warns(RefinementWarning, match="pairs given to fit_guard"):
+        results = run_experiment(_compose([*overrides, "guard_target=shifted"]), tmp_path, echo=say)
+    fit = results["calibrator_fit"]
+    assert results["guard_target"] == "shifted"
+    assert fit["guard"]["source"] == "fit_guard"
+    assert fit["guard_validation"] is None  # this calibrator has no validation split
+    shifted = results["ood"]["shifted"]
+    # the guard's half and the scored half are disjoint halves of the 60 pairs
+    assert shifted["scored_half"] is True
+    assert fit["guard"]["n_pairs"] + shifted["n_pairs"] == 60
+    assert 20 <= shifted["n_pairs"] <= 40
+    assert fit["refinement_helps"] is False and fit["guard"]["probability_better"] < 1.0
+    # guard=base: the refined reward is the base reward, on every set
+    for block in (shifted, results["test"]):
+        assert block["methods"]["ebrm"]["vs_base"]["difference"] == 0.0
+    with pytest.warns(IneffectiveParameterWarning, match="until fit_guard is called"):
+        plain = run_experiment(_compose(overrides), tmp_path / "plain", echo=say)
+    assert "guard_target" not in plain and plain["calibrator_fit"]["guard"] is None
+    assert plain["ood"]["shifted"]["n_pairs"] == 60
+    assert plain["test"]["methods"]["ebrm"]["vs_base"]["difference"] != 0.0
+    with pytest.raises(ValueError, match=r"guard_target must be null or one of the ood sets"):
+        run_experiment(_compose([*overrides, "guard_target=pandalm"]), tmp_path / "bad")
 
 
 def test_votes_and_best_of_k_reach_results_and_tables(tmp_path, echo):

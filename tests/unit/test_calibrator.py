@@ -309,6 +309,100 @@ def test_guard_confidence_is_the_bootstrap_threshold(data):
     assert strict.refinement_helps_ is (p >= 1.0)
 
 
+def _disputed_pairs(cal, X, y, refined_right: bool):
+    """Pairs of rows with close base rewards on which the refined and the base rewards
+    disagree, labelled so that the refined order (or the base order) is the right one."""
+    order = np.argsort(y)
+    i = np.concatenate([order[:-lag] for lag in (1, 2, 3)])
+    j = np.concatenate([order[lag:] for lag in (1, 2, 3)])
+    refined = cal.predict(X, base_reward=y)
+    disputed = (np.sign(refined[i] - refined[j]) * np.sign(y[i] - y[j])) < 0
+    i, j = i[disputed], j[disputed]
+    up = (refined[i] > refined[j]) == refined_right  # i is chosen where True
+    first, second = np.where(up, i, j), np.where(up, j, i)
+    rows = np.column_stack([first, second]).reshape(-1)
+    chosen = np.tile([True, False], len(first))
+    return X[rows], y[rows], np.repeat(np.arange(len(first)), 2), chosen
+
+
+def test_fit_guard_decides_on_the_pairs_it_is_given(data):
+    X, y, pid, ch = data
+    cal = EnergyRewardCalibrator(**FAST, guard="base")
+    with pytest.warns(IneffectiveParameterWarning, match="until fit_guard is called"):
+        cal.fit(X, y, pair_id=pid, chosen=ch)
+    assert cal.refinement_helps_ is None
+    refined = cal.predict(X, base_reward=y)
+    # pairs where the base order is right: refinement gets every one of them wrong
+    Xg, yg, pg, cg = _disputed_pairs(cal, X, y, refined_right=False)
+    good = _disputed_pairs(cal, X, y, refined_right=True)
+    n = len(pg) // 2
+    assert n >= 20
+    with pytest.warns(RefinementWarning, match="pairs given to fit_guard") as caught:
+        assert cal.fit_guard(Xg, yg, pair_id=pg, chosen=cg) is cal
+    assert "predict returns the base reward (guard='base')" in _refinement_message(caught)
+    assert cal.refinement_helps_ is False
+    assert cal.guard_scores_ == {
+        "refined_accuracy": 0.0,
+        "base_accuracy": 1.0,
+        "probability_better": 0.0,
+        "n_pairs": n,
+        "source": "fit_guard",
+    }
+    np.testing.assert_array_equal(cal.predict(X, base_reward=y), y)
+    # pairs where the refined order is right: the guard passes and predict refines again
+    Xg, yg, pg, cg = good
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        cal.fit_guard(Xg, yg, pair_id=pg, chosen=cg)
+    assert cal.refinement_helps_ is True
+    assert cal.guard_scores_["refined_accuracy"] == 1.0
+    assert cal.guard_scores_["probability_better"] == 1.0
+    np.testing.assert_array_equal(cal.predict(X, base_reward=y), refined)
+
+
+def test_fit_guard_matches_a_plain_bootstrap_and_replaces_the_validation_guard(data, tmp_path):
+    from skebrm._training import improvement_probability
+
+    X, y, pid, ch = data
+    cal = EnergyRewardCalibrator(**FAST, validation_fraction=0.4, guard="off")
+    cal.fit(X, y, pair_id=pid, chosen=ch)
+    assert cal.guard_scores_["source"] == "validation"
+    # guard pairs from another draw of the same process, rows in scrambled order
+    Xg, yg, pg, cg = make_pairs(n_pairs=60, seed=7)
+    perm = np.random.default_rng(0).permutation(len(yg))
+    cal.fit_guard(Xg[perm], yg[perm], pair_id=pg[perm], chosen=cg[perm])
+    refined = cal.predict(Xg, base_reward=yg)
+    rc, rr = refined[cg], refined[~cg]  # pairs in order: both rows of pair k at 2k, 2k+1
+    ref_ok = (rc > rr) + 0.5 * (rc == rr)
+    base_ok = (yg[cg] > yg[~cg]) + 0.5 * (yg[cg] == yg[~cg])
+    # the bootstrap resamples pairs in the order they first appear in pair_id
+    seen = pg[perm]
+    order = seen[np.sort(np.unique(seen, return_index=True)[1])]
+    seed = int(np.random.RandomState(0).randint(np.iinfo(np.int32).max))
+    prob = improvement_probability(ref_ok[order], base_ok[order], np.random.RandomState(seed + 2))
+    s = cal.guard_scores_
+    assert s["n_pairs"] == 60 and s["source"] == "fit_guard"
+    assert s["refined_accuracy"] == pytest.approx(ref_ok.mean(), abs=1e-12)
+    assert s["base_accuracy"] == pytest.approx(base_ok.mean(), abs=1e-12)
+    assert s["probability_better"] == prob
+    assert cal.refinement_helps_ is (prob >= cal.guard_confidence)
+    loaded = EnergyRewardCalibrator.from_pretrained(cal.save_pretrained(tmp_path / "m"))
+    assert loaded.guard_scores_ == s and loaded.refinement_helps_ is cal.refinement_helps_
+
+
+def test_fit_guard_rejects_bad_input(data):
+    X, y, pid, ch = data
+    with pytest.raises(NotFittedError):
+        EnergyRewardCalibrator(**FAST).fit_guard(X, y, pair_id=pid, chosen=ch)
+    cal = EnergyRewardCalibrator(**FAST).fit(X, y)
+    with pytest.raises(ValueError, match=r"fit_guard: pair_id must have shape \(200,\)"):
+        cal.fit_guard(X, y, pair_id=pid[:10], chosen=ch)
+    with pytest.raises(ValueError, match="fit_guard.*y"):
+        cal.fit_guard(X, y[:5], pair_id=pid, chosen=ch)
+    with pytest.raises(ValueError, match="X has 3 features"):
+        cal.fit_guard(X[:, :3], y, pair_id=pid, chosen=ch)
+
+
 def test_validation_holds_out_whole_groups(data):
     X, y, pid, ch = data
     # 10 groups of 10 pairs: 40 % held out = 4 groups, 2 select and 2 guard
