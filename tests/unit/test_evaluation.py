@@ -1,4 +1,4 @@
-"""evaluate() and the method outputs of the pipeline, on hand-built pairs."""
+"""evaluate() and the method outputs of the experiments, on hand-built pairs."""
 
 from __future__ import annotations
 
@@ -9,10 +9,10 @@ import pytest
 
 from skebrm import LaplaceBradleyTerryHead
 from skebrm.experiments.data import EmbeddedPairs
-from skebrm.experiments.pipeline import (
+from skebrm.experiments.evaluation import (
     MethodOutput,
-    _base_margin,
-    _baseline_output,
+    base_margin_output,
+    baseline_output,
     evaluate,
 )
 from skebrm.experiments.synthetic import make_synthetic_pairs
@@ -67,7 +67,7 @@ def test_base_margin_is_the_base_reward_scored_by_its_margin():
     rng = np.random.default_rng(2)
     reward = rng.normal(size=120)
     base = MethodOutput(reward, preference_probability=rng.random(60))
-    margin = _base_margin(base)
+    margin = base_margin_output(base)
     np.testing.assert_array_equal(margin.reward, reward)
     np.testing.assert_array_equal(margin.preference_probability, base.preference_probability)
     np.testing.assert_allclose(
@@ -84,7 +84,7 @@ def test_best_of_k_and_disagreement_through_evaluate():
     assert sizes.max() == 4 and data.disagreement is not None
     reward = data.rewards.astype(np.float64)
     base = MethodOutput(reward)
-    out = evaluate(data, {"base": base, "base_margin": _base_margin(base)}, **FAST)
+    out = evaluate(data, {"base": base, "base_margin": base_margin_output(base)}, **FAST)
     # best-of-k over the groups with k > 2, by a loop
     credit = []
     for g in np.flatnonzero(sizes > 2):
@@ -123,10 +123,10 @@ def test_rewardbench_subsets_are_weighted_in_evaluate():
     assert out["base"]["accuracy"] == pytest.approx((984 * 1.0 + 164 * 0.5) / (984 + 164))
 
 
-def test_laplace_baseline_output():
+def test_laplacebaseline_output():
     data = make_synthetic_pairs(n_pairs=100, random_state=4)
     head = LaplaceBradleyTerryHead().fit(data.embeddings, pair_id=data.pair_id, chosen=data.chosen)
-    o = _baseline_output(head, data.embeddings)
+    o = baseline_output(head, data.embeddings)
     X = data.embeddings.astype(np.float64)
     np.testing.assert_allclose(o.reward, head.predict(X))
     np.testing.assert_allclose(o.uncertainty, head.score_uncertainty(X))
