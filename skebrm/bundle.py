@@ -324,6 +324,50 @@ class RefinedRewardModel:
             std=np.asarray(std, dtype=np.float64),
         )
 
+    def fit_guard(
+        self, prompts: Sequence[str], chosen: Sequence[str], rejected: Sequence[str]
+    ) -> RefinedRewardModel:
+        """Decide the calibrator's guard on preference pairs of the distribution served.
+
+        Runs the RM on ``(prompt, chosen)`` and ``(prompt, rejected)`` of every pair and
+        passes the embeddings and rewards to
+        :meth:`EnergyRewardCalibrator.fit_guard <skebrm.EnergyRewardCalibrator.fit_guard>`:
+        with the calibrator's ``guard="base"``, the bundle then returns the base reward
+        (refined = base) unless refinement ranks these pairs better. The calibrator is
+        changed in place (and saved with the bundle).
+
+        Parameters
+        ----------
+        prompts, chosen, rejected : list of str, same length
+            One preference pair per index: the prompt, the preferred and the other
+            completion.
+
+        Returns
+        -------
+        self : RefinedRewardModel
+        """
+        caller = "RefinedRewardModel.fit_guard"
+        prompts = _check_texts(prompts, "prompts", caller)
+        chosen = _check_texts(chosen, "chosen", caller)
+        rejected = _check_texts(rejected, "rejected", caller)
+        if not len(prompts) == len(chosen) == len(rejected):
+            raise ValueError(
+                f"{caller}: prompts, chosen and rejected must have the same length, got "
+                f"{len(prompts)}, {len(chosen)} and {len(rejected)}."
+            )
+        if not prompts:
+            raise ValueError(f"{caller}: needs at least one pair, got none.")
+        rows = [row for p, c, r in zip(prompts, chosen, rejected) for row in ((p, c), (p, r))]
+        res = self.extractor.extract(rows)
+        n = len(prompts)
+        self.calibrator.fit_guard(
+            res.embeddings,
+            res.rewards,
+            pair_id=np.repeat(np.arange(n), 2),
+            chosen=np.tile([True, False], n),
+        )
+        return self
+
     def _refine(self, embeddings: np.ndarray, rewards: np.ndarray):
         """Refined reward and std in one call of the calibrator (which works inside a
         caller's ``torch.inference_mode``, as a trainer's reward loop runs it)."""

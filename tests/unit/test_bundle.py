@@ -171,6 +171,38 @@ def test_score_input_errors(bundle):
         bundle.score(["a", "b"], ["c", 3])
 
 
+def test_fit_guard_runs_the_calibrators_guard_on_the_pairs(parts, tmp_path):
+    import copy
+
+    pairs = parts.pairs[:20]
+    prompts = [p["prompt"] for p in pairs]
+    chosen, rejected = [p["chosen"] for p in pairs], [p["rejected"] for p in pairs]
+    cal = copy.deepcopy(parts.calibrator)  # the session's calibrator must stay as it is
+    cal.set_params(guard="off")
+    bundle = RefinedRewardModel(parts.model, parts.tokenizer, cal, max_length=parts.max_length)
+    assert bundle.fit_guard(prompts, chosen, rejected) is bundle
+    # reference: the calibrator's own fit_guard on the RM's rows of these pairs
+    rows = [row for p, c, r in zip(prompts, chosen, rejected) for row in ((p, c), (p, r))]
+    res = bundle.extractor.extract(rows)
+    ref = copy.deepcopy(parts.calibrator).set_params(guard="off")
+    ref.fit_guard(
+        res.embeddings,
+        res.rewards,
+        pair_id=np.repeat(np.arange(20), 2),
+        chosen=np.tile([True, False], 20),
+    )
+    assert cal.guard_scores_ == ref.guard_scores_ and cal.guard_scores_["n_pairs"] == 20
+    assert cal.refinement_helps_ is ref.refinement_helps_
+    loaded = RefinedRewardModel.from_pretrained(bundle.save_pretrained(tmp_path / "b"))
+    assert loaded.calibrator.guard_scores_ == cal.guard_scores_
+    with pytest.raises(ValueError, match="same length, got 20, 20 and 19"):
+        bundle.fit_guard(prompts, chosen, rejected[:-1])
+    with pytest.raises(ValueError, match="needs at least one pair"):
+        bundle.fit_guard([], [], [])
+    with pytest.raises(TypeError, match=r"rejected\[0\] must be a str, got int"):
+        bundle.fit_guard(["a"], ["b"], [1])
+
+
 # ------------------------------------------------------------------ persistence
 def _resign(folder, edit):
     """Edit the saved config and recompute its digest (a deliberate, consistent forgery)."""
