@@ -206,9 +206,10 @@ def summary_table(
     beat) and, where the data has annotator votes, their disagreement AUROC; the
     preference ECE of :data:`CALIBRATION_METHODS`; and, where the data has best-of-k
     groups, the best-of-k accuracy of :data:`BEST_OF_K_METHODS`. A column appears only
-    if some run has it. ``split`` is ``"test"`` or the name of an out-of-distribution
-    set. The accuracy columns leave out ``base_margin`` (the base RM's rewards) unless
-    ``methods`` names it.
+    if some run has it, and a ``pairs`` column where the number of pairs scored differs
+    between runs. ``split`` is ``"test"`` or the name of an out-of-distribution set. The
+    accuracy columns leave out ``base_margin`` (the base RM's rewards) unless ``methods``
+    names it.
     """
     if not runs:
         return "(no runs)"
@@ -228,6 +229,10 @@ def summary_table(
         return r["test"] if split == "test" else r.get("ood", {}).get(split)
 
     blocks = [block(r)["methods"] for _, r in runs if block(r)]
+    # the number of pairs scored, where it differs between runs (guard_target scores half
+    # of its set)
+    sizes = {block(r).get("n_pairs") for _, r in runs if block(r)}
+    show_pairs = len(sizes) > 1
     names: list[str] = list(methods) if methods else []
     if not names:
         for ms in blocks:
@@ -255,6 +260,7 @@ def summary_table(
     header = [
         *varying,
         *swept,
+        *(["pairs"] if show_pairs else []),
         *names,
         *(f"{m}: {sec}" for m, sec in per_section),
         "EBRM − base [95% CI]",
@@ -267,6 +273,8 @@ def summary_table(
             continue
         ms = b["methods"]
         row = [str(r.get(k)) for k in varying] + [over.get(k, "–") for k in swept]
+        if show_pairs:
+            row.append(str(b.get("n_pairs", "–")))
         row += [_fmt(ms[n]["accuracy"]) if n in ms else "–" for n in names]
         for m, sec in per_section:
             secs = ms.get(m, {}).get("rewardbench", {}).get("sections", {})

@@ -49,6 +49,18 @@ def test_runs_without_hydra_folders_still_tabulate(tmp_path):
     assert table.splitlines()[0].startswith("| backbone | data | base | ebrm |")
 
 
+def test_pairs_column_only_where_the_number_of_pairs_differs(tmp_path):
+    same, half = _result(0.61), _result(0.62)
+    same["test"]["n_pairs"], half["test"]["n_pairs"] = 894, 894
+    assert "pairs" not in summary_table([(tmp_path, same), (tmp_path, half)]).splitlines()[0]
+    half["test"]["n_pairs"] = 457  # e.g. guard_target scores half of its set
+    table = summary_table([(tmp_path, same), (tmp_path, half)]).splitlines()
+    assert table[0].startswith("| backbone | data | pairs | base | ebrm |")
+    assert table[2].startswith("| minilm | rmb | 894 |") and table[3].startswith(
+        "| minilm | rmb | 457 |"
+    )
+
+
 def _with_uncertainty(acc, margin_auroc, ebrm_auroc, votes=False, groups=False):
     r = _result(acc)
     ms = r["test"]["methods"]
