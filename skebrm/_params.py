@@ -22,6 +22,14 @@ __all__ = [
 _FINITE_CHUNK = 1 << 16
 
 
+def draw_seed(random_state) -> int:
+    """One int seed from ``random_state`` (scikit-learn's ``check_random_state`` rules):
+    the same int ``random_state`` always gives the same seed."""
+    from sklearn.utils.validation import check_random_state
+
+    return int(check_random_state(random_state).randint(np.iinfo(np.int32).max))
+
+
 def check_finite(arr, name: str, caller: str) -> None:
     """Finite check in row chunks, so a memory-mapped X is never copied whole."""
     for start in range(0, arr.shape[0], _FINITE_CHUNK):

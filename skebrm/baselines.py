@@ -35,6 +35,7 @@ from sklearn.utils.validation import check_is_fitted, validate_data
 
 from skebrm._compat import Interval, StrOptions, _fit_context
 from skebrm._pairs import check_pairs, conflicting_pairs
+from skebrm._params import draw_seed
 from skebrm.bradley_terry import _PairScoreMixin, fit_bradley_terry
 
 __all__ = ["BradleyTerryEnsemble", "MLPRewardHead"]
@@ -319,7 +320,7 @@ class MLPRewardHead(_PairScoreMixin, BaseEstimator):
         else:
             self.y_mean_, self.y_scale_ = 0.0, 1.0
             inputs = (Xs[idx_c], Xs[idx_r])
-        seed = int(check_random_state(self.random_state).randint(np.iinfo(np.int32).max))
+        seed = draw_seed(self.random_state)
         # dropout draws from the global torch generator: fork it so that the fit is
         # reproducible and leaves the caller's torch random state untouched
         with torch.random.fork_rng(devices=[]):

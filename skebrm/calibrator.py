@@ -30,6 +30,7 @@ from skebrm._params import (
     check_rewards,
     check_sigmas,
     check_widths,
+    draw_seed,
     warn_ineffective,
 )
 from skebrm._posterior import EnergyPosterior, InferenceSettings, resolve_device
@@ -435,7 +436,7 @@ class EnergyRewardCalibrator(RegressorMixin, BaseEstimator):
         hidden, reward_hidden, sigmas = self._check_fit_params()
         device = resolve_device(self.device)
         rng = check_random_state(self.random_state)
-        seed = int(rng.randint(np.iinfo(np.int32).max))
+        seed = draw_seed(rng)
         layout = fit_layout(
             y,
             pair_id,
@@ -631,7 +632,7 @@ class EnergyRewardCalibrator(RegressorMixin, BaseEstimator):
         idx_c, idx_r = check_pairs(pair_id, chosen, X.shape[0], caller=caller)
         rows = np.column_stack([idx_c, idx_r]).reshape(-1)
         # the bootstrap seed fit would draw: an int random_state gives the same resamples
-        seed = int(check_random_state(self.random_state).randint(np.iinfo(np.int32).max))
+        seed = draw_seed(self.random_state)
         scores = self._guard_scores(
             self.posterior_, X, y, rows, self._settings(), seed, source="fit_guard"
         )

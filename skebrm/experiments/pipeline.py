@@ -234,9 +234,9 @@ def _run(cfg, output_dir: Path, echo: Callable[[str], None]) -> dict:
         )
     guard_validation = getattr(calibrator, "guard_scores_", None)
     ood_sets = dict(cfg.ood or {})
-    ood_data: dict[str, EmbeddedPairs] = {}
+    target_half = None  # the half of the guard target that is scored
     if guard_target is not None:
-        ood_data[guard_target] = _fit_target_guard(cfg, calibrator, base, ood_sets, progress)
+        target_half = _fit_target_guard(cfg, calibrator, base, ood_sets, progress)
     done("calibrator")
 
     stage("baselines")
@@ -294,12 +294,10 @@ def _run(cfg, output_dir: Path, echo: Callable[[str], None]) -> dict:
         results["guard_target"] = guard_target
         results["calibrator_fit"]["guard_validation"] = guard_validation
     for name, data_cfg in ood_sets.items():
-        d = ood_data.get(name)
-        results["ood"][name] = scored(
-            d if d is not None else load_data(data_cfg, cfg, progress=progress)
-        )
         if name == guard_target:
-            results["ood"][name]["scored_half"] = True
+            results["ood"][name] = {**scored(target_half), "scored_half": True}
+        else:
+            results["ood"][name] = scored(load_data(data_cfg, cfg, progress=progress))
     done("evaluation")
     stages.close()
     results["timings_s"] = timings
