@@ -116,6 +116,23 @@ def _check_texts(values, name: str, caller: str) -> list[str]:
     return out
 
 
+def _check_text_columns(caller: str, **columns) -> list[list[str]]:
+    """:func:`_check_texts` on each column, then one check that they are equally long."""
+
+    def join(items):
+        items = list(items)
+        return items[0] if len(items) == 1 else f"{', '.join(items[:-1])} and {items[-1]}"
+
+    out = [_check_texts(values, name, caller) for name, values in columns.items()]
+    lengths = [len(col) for col in out]
+    if len(set(lengths)) > 1:
+        raise ValueError(
+            f"{caller}: {join(columns)} must have the same length, got "
+            f"{join(str(n) for n in lengths)}."
+        )
+    return out
+
+
 def _device(device) -> torch.device:
     try:
         return torch.device(device)
@@ -302,14 +319,9 @@ class RefinedRewardModel:
         RewardScores
             float64 arrays of shape ``(len(prompts),)``, RM units.
         """
-        caller = "RefinedRewardModel.score"
-        prompts = _check_texts(prompts, "prompts", caller)
-        completions = _check_texts(completions, "completions", caller)
-        if len(prompts) != len(completions):
-            raise ValueError(
-                f"{caller}: prompts and completions must have the same length, got "
-                f"{len(prompts)} and {len(completions)}."
-            )
+        prompts, completions = _check_text_columns(
+            "RefinedRewardModel.score", prompts=prompts, completions=completions
+        )
         if not prompts:
             empty = np.empty(0)
             return RewardScores(empty, empty.copy(), empty.copy())
@@ -347,14 +359,9 @@ class RefinedRewardModel:
         self : RefinedRewardModel
         """
         caller = "RefinedRewardModel.fit_guard"
-        prompts = _check_texts(prompts, "prompts", caller)
-        chosen = _check_texts(chosen, "chosen", caller)
-        rejected = _check_texts(rejected, "rejected", caller)
-        if not len(prompts) == len(chosen) == len(rejected):
-            raise ValueError(
-                f"{caller}: prompts, chosen and rejected must have the same length, got "
-                f"{len(prompts)}, {len(chosen)} and {len(rejected)}."
-            )
+        prompts, chosen, rejected = _check_text_columns(
+            caller, prompts=prompts, chosen=chosen, rejected=rejected
+        )
         if not prompts:
             raise ValueError(f"{caller}: needs at least one pair, got none.")
         rows = [row for p, c, r in zip(prompts, chosen, rejected) for row in ((p, c), (p, r))]

@@ -228,11 +228,11 @@ def summary_table(
     def block(r):
         return r["test"] if split == "test" else r.get("ood", {}).get(split)
 
-    blocks = [block(r)["methods"] for _, r in runs if block(r)]
+    present = [b for b in (block(r) for _, r in runs) if b]
+    blocks = [b["methods"] for b in present]
     # the number of pairs scored, where it differs between runs (guard_target scores half
     # of its set)
-    sizes = {block(r).get("n_pairs") for _, r in runs if block(r)}
-    show_pairs = len(sizes) > 1
+    show_pairs = len({b.get("n_pairs") for b in present}) > 1
     names: list[str] = list(methods) if methods else []
     if not names:
         for ms in blocks:
