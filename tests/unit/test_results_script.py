@@ -18,6 +18,30 @@ def test_splice_requires_the_markers(m):
         m.splice("no markers here", "x")
 
 
+def test_main_splices_into_a_page_and_links_figures_from_it(m, tmp_path):
+    from skebrm.experiments.report import write_json
+
+    run = tmp_path / "runs" / "one"
+    write_json({**_results(0.62), "plots": ["p.png"]}, run / "results.json")
+    (run / "p.png").write_bytes(b"png")
+    page = tmp_path / "docs" / "results" / "demo.md"
+    page.parent.mkdir(parents=True)
+    page.write_text("# Demo\n\nSummary.\n\n<!-- results:start -->\nold\n<!-- results:end -->\n")
+    figures = tmp_path / "docs" / "figures"
+    assert m.main([str(run), "--page", str(page), "--figures", str(figures)]) == 0
+    text = page.read_text()
+    assert text.startswith("# Demo\n\nSummary.\n") and "old" not in text
+    assert "![p.png](../figures/demo-one-p.png)" in text
+    assert (figures / "demo-one-p.png").read_bytes() == b"png"
+    assert "issue" not in text.lower()
+
+
+def test_main_needs_a_page_or_an_output(m, tmp_path, capsys):
+    with pytest.raises(SystemExit):
+        m.main([str(tmp_path)])
+    assert "--page" in capsys.readouterr().err
+
+
 def _results(acc, noise=0.0):
     sec = {"sections": {"all": {"accuracy": acc}}}
 
