@@ -1,21 +1,25 @@
 """Saving and loading a fitted ``EnergyRewardCalibrator`` without pickle.
 
-Format (``format_version`` 1), a folder with two files:
+Format (``format_version`` 2), a folder with two files:
 
 ``calibrator.json``
-    ``format``, ``format_version``, ``skebrm_version``; ``params`` (the constructor
-    parameters); ``fitted`` (the fitted scalars, history, grid, reward scaler and the
-    network's layout); ``weights`` (the weights file's name and SHA-256); and
-    ``content_sha256``, the SHA-256 of the canonical JSON of everything else.
+    A manifest (:mod:`skebrm._manifest`): ``format``, ``format_version``,
+    ``skebrm_version``; ``params`` (the constructor parameters); ``fitted`` (the fitted
+    scalars, history, grid, reward scaler and the network's layout); ``files`` (the
+    weights file's name and SHA-256); and ``content_sha256``, the SHA-256 of the
+    canonical JSON of everything else.
 ``calibrator-<first 16 hex digits of its SHA-256>.safetensors``
     The network's ``state_dict`` (CPU tensors).
 
 Saving writes the weights under their content-addressed name, then the JSON (each to a
 temporary name, then renamed), then deletes weights files the JSON no longer names: at
 every moment the folder holds one complete model, the old or the new. Loading reads JSON
-and safetensors only (never pickle), checks both checksums and refuses a file edited after
-saving (:class:`~skebrm.exceptions.ModelIntegrityError`). The checksums catch edits and
-corruption; they are not a signature against a deliberate forger, who can recompute them.
+and safetensors only (never pickle), reads each file once and checks the bytes it then
+parses against their checksums, and refuses a file edited after saving, or a consistent
+forgery that does not build a network (:class:`~skebrm.exceptions.ModelIntegrityError`).
+The checksums catch edits and corruption; they are not a signature against a deliberate
+forger, who can recompute them. Format 1 (the weights named under ``weights``) still
+loads.
 
 ``pickle`` and ``joblib`` go through the same state: the constructor parameters, the
 fitted JSON and the weights as numpy arrays (as skorch does, the module's class is not
@@ -24,14 +28,14 @@ pickled), so a model pickled from CUDA loads on CPU.
 
 from __future__ import annotations
 
-import json
 import re
 from pathlib import Path
 
 import numpy as np
 import torch
 
-from skebrm._io import sha256_bytes, sha256_file, write_bytes_atomic, write_json_atomic
+from skebrm._io import sha256_bytes, write_bytes_atomic
+from skebrm._manifest import canonical, read_manifest, read_payload, write_manifest
 from skebrm.energy import BasisEnergyNet, EnergyNet
 from skebrm.exceptions import ModelIntegrityError
 
@@ -46,15 +50,12 @@ __all__ = [
 ]
 
 FORMAT = "skebrm.EnergyRewardCalibrator"
-FORMAT_VERSION = 1
+FORMAT_VERSION = 2
 CONFIG_NAME = "calibrator.json"
 _WEIGHTS_RE = re.compile(r"^calibrator-[0-9a-f]{16}\.safetensors$")
 _NETS = {"EnergyNet": EnergyNet, "BasisEnergyNet": BasisEnergyNet}
-_MAX_JSON_BYTES = 64 << 20
-
-
-def _canonical(doc: dict) -> bytes:
-    return json.dumps(doc, sort_keys=True, separators=(",", ":"), allow_nan=False).encode()
+_canonical = canonical
+_BROKEN = (KeyError, TypeError, ValueError, RuntimeError, AttributeError, IndexError)
 
 
 def jsonable_params(params: dict) -> dict:
@@ -81,12 +82,25 @@ def module_spec(module: torch.nn.Module) -> dict:
 
 
 def build_module(spec: dict) -> torch.nn.Module:
-    cls = _NETS.get(spec.get("class"))
+    """The energy network a saved ``spec`` describes (class name and constructor config).
+
+    A spec that does not build one (an unknown class, a config its constructor refuses)
+    raises :class:`ModelIntegrityError`.
+    """
+    cls = _NETS.get(spec.get("class")) if isinstance(spec, dict) else None
     if cls is None:
+        name = spec.get("class") if isinstance(spec, dict) else spec
         raise ModelIntegrityError(
-            f"unknown energy network {spec.get('class')!r}; expected one of {sorted(_NETS)}."
+            f"unknown energy network {name!r}; expected one of {sorted(_NETS)}."
         )
-    return cls(**spec["config"])
+    try:
+        return cls(**spec["config"])
+    except _BROKEN as exc:
+        raise ModelIntegrityError(
+            f"the saved {spec['class']} config {spec.get('config')!r:.200} does not build a "
+            f"network ({type(exc).__name__}: {exc}); the file was not written by "
+            "save_pretrained or was edited."
+        ) from exc
 
 
 def state_arrays(module: torch.nn.Module) -> dict[str, np.ndarray]:
@@ -98,8 +112,19 @@ def state_arrays(module: torch.nn.Module) -> dict[str, np.ndarray]:
 
 
 def module_from_arrays(spec: dict, arrays: dict) -> torch.nn.Module:
+    """Build the network of ``spec`` and load ``arrays`` into it (eval mode, no grad).
+
+    Weights that do not fit the network (another width, missing or extra tensors) raise
+    :class:`ModelIntegrityError`.
+    """
     module = build_module(spec)
-    module.load_state_dict({k: torch.from_numpy(np.array(v)) for k, v in arrays.items()})
+    try:
+        module.load_state_dict({k: torch.from_numpy(np.array(v)) for k, v in arrays.items()})
+    except _BROKEN as exc:
+        raise ModelIntegrityError(
+            f"the saved weights do not fit the saved {spec['class']} layout ({exc}); the "
+            "files were not written together by save_pretrained."
+        ) from exc
     module.eval()
     for p in module.parameters():
         p.requires_grad_(False)
@@ -116,14 +141,8 @@ def save_document(directory, doc: dict, module: torch.nn.Module) -> Path:
     digest = sha256_bytes(blob)
     weights = f"calibrator-{digest[:16]}.safetensors"
     write_bytes_atomic(directory / weights, blob)
-    doc = {
-        "format": FORMAT,
-        "format_version": FORMAT_VERSION,
-        **doc,
-        "weights": {"file": weights, "sha256": digest},
-    }
-    doc["content_sha256"] = sha256_bytes(_canonical(doc))
-    write_json_atomic(directory / CONFIG_NAME, doc)
+    doc = {"format": FORMAT, "format_version": FORMAT_VERSION, **doc, "files": {weights: digest}}
+    write_manifest(directory / CONFIG_NAME, doc)
     for old in directory.glob("calibrator-*.safetensors"):
         if old.name != weights:
             old.unlink(missing_ok=True)
@@ -131,54 +150,50 @@ def save_document(directory, doc: dict, module: torch.nn.Module) -> Path:
 
 
 def load_document(directory) -> tuple[dict, dict[str, np.ndarray]]:
-    """Read and verify a saved calibrator: ``(doc, weights as numpy arrays)``."""
+    """Read and verify a saved calibrator: ``(doc, weights as numpy arrays)``.
+
+    Each file is read once; the bytes parsed are the bytes checked.
+    """
     from safetensors.numpy import load
 
     directory = Path(directory)
     path = directory / CONFIG_NAME
     where = "EnergyRewardCalibrator.from_pretrained"
-    if not path.is_file():
-        raise FileNotFoundError(
+    doc = read_manifest(
+        path,
+        format=FORMAT,
+        versions=(1, FORMAT_VERSION),
+        where=where,
+        missing=(
             f"{where}: no {CONFIG_NAME} in {str(directory)!r}; pass a folder written by "
             "EnergyRewardCalibrator.save_pretrained."
+        ),
+        hint=" Save the model again.",
+    )
+    if doc["format_version"] == 1:  # the weights were named under "weights"
+        weights = doc.get("weights")
+        files = {weights.get("file"): weights.get("sha256")} if isinstance(weights, dict) else {}
+    else:
+        files = doc.get("files", {})
+    if len(files) != 1 or not all(
+        isinstance(n, str) and _WEIGHTS_RE.match(n) and isinstance(d, str) for n, d in files.items()
+    ):
+        raise ModelIntegrityError(
+            f"{where}: {str(path)!r} names an invalid weights file {sorted(files, key=str)!r}."
         )
-    if path.stat().st_size > _MAX_JSON_BYTES:
-        raise ModelIntegrityError(f"{where}: {str(path)!r} is larger than any saved calibrator.")
+    for key in ("params", "fitted"):
+        if not isinstance(doc.get(key), dict):
+            raise ModelIntegrityError(f"{where}: {str(path)!r} has no {key!r} table.")
+    ((name, digest),) = files.items()
+    blob = read_payload(directory / name, digest, where=where)
     try:
-        doc = json.loads(path.read_text(encoding="utf-8"))
-    except (UnicodeDecodeError, json.JSONDecodeError) as exc:
-        raise ModelIntegrityError(f"{where}: {str(path)!r} is not valid JSON ({exc}).") from exc
-    if not isinstance(doc, dict) or doc.get("format") != FORMAT:
+        arrays = load(bytes(blob))
+    except Exception as exc:  # safetensors raises its own SafetensorError
         raise ModelIntegrityError(
-            f"{where}: {str(path)!r} is not a saved EnergyRewardCalibrator (format "
-            f"{doc.get('format') if isinstance(doc, dict) else None!r}, expected {FORMAT!r})."
-        )
-    version = doc.get("format_version")
-    if not isinstance(version, int) or version > FORMAT_VERSION:
-        raise ModelIntegrityError(
-            f"{where}: {str(path)!r} has format_version {version!r}; this skebrm reads up to "
-            f"{FORMAT_VERSION}. Upgrade skebrm to load it."
-        )
-    recorded = doc.get("content_sha256")
-    body = {k: v for k, v in doc.items() if k != "content_sha256"}
-    if recorded != sha256_bytes(_canonical(body)):
-        raise ModelIntegrityError(
-            f"{where}: {str(path)!r} was edited after saving (its content no longer matches "
-            "its content_sha256); refusing to load it. Save the model again."
-        )
-    weights = doc.get("weights", {})
-    name = weights.get("file", "")
-    if not isinstance(name, str) or not _WEIGHTS_RE.match(name):
-        raise ModelIntegrityError(f"{where}: {str(path)!r} names an invalid weights file {name!r}.")
-    wpath = directory / name
-    if not wpath.is_file():
-        raise ModelIntegrityError(f"{where}: the weights file {str(wpath)!r} is missing.")
-    if sha256_file(wpath) != weights.get("sha256"):
-        raise ModelIntegrityError(
-            f"{where}: the weights file {str(wpath)!r} was modified after saving (SHA-256 "
-            "differs from the one in calibrator.json); refusing to load it."
-        )
-    return doc, load(wpath.read_bytes())
+            f"{where}: the weights file {str(directory / name)!r} is not a safetensors file "
+            f"({exc})."
+        ) from exc
+    return doc, arrays
 
 
 # fitted attributes stored as JSON values as they are
@@ -220,7 +235,24 @@ def document(est) -> dict:
 
 
 def restore(est, doc: dict, arrays: dict) -> None:
-    """Set ``est``'s fitted state from :func:`document` output and the weights."""
+    """Set ``est``'s fitted state from :func:`document` output and the weights.
+
+    A document whose fitted state does not build a model raises
+    :class:`ModelIntegrityError`.
+    """
+    try:
+        _restore(est, doc, arrays)
+    except ModelIntegrityError:
+        raise
+    except _BROKEN as exc:
+        raise ModelIntegrityError(
+            f"{type(est).__name__}: the saved fitted state does not make a model "
+            f"({type(exc).__name__}: {exc}); it was not written by save_pretrained or was "
+            "edited."
+        ) from exc
+
+
+def _restore(est, doc: dict, arrays: dict) -> None:
     from skebrm._posterior import EnergyPosterior
     from skebrm._scaling import RewardScaler
 

@@ -5,11 +5,15 @@ import warnings
 from sklearn.exceptions import ConvergenceWarning, NotFittedError
 
 __all__ = [
+    "BundleMismatchError",
     "ConvergenceWarning",
+    "FallbackWarning",
+    "GuardPowerWarning",
     "IneffectiveParameterWarning",
     "ModelIntegrityError",
     "NotFittedError",
     "RefinementWarning",
+    "VersionMismatchWarning",
     "warn_user",
 ]
 
@@ -18,8 +22,30 @@ class RefinementWarning(UserWarning):
     """The energy model's refined rewards do not rank held-out pairs better than the base RM."""
 
 
+class FallbackWarning(UserWarning):
+    """A method fell back to its default because metadata it can use was not passed."""
+
+
+class VersionMismatchWarning(UserWarning):
+    """A model saved or pickled by another version of skebrm or scikit-learn was loaded."""
+
+
+class GuardPowerWarning(RefinementWarning):
+    """The guard decided on too few pairs to detect a small gain of the refined rewards."""
+
+
 class ModelIntegrityError(ValueError):
-    """A saved model's files are not what was saved (edited, corrupted or incomplete)."""
+    """A saved file is not what was saved: edited, corrupted, swapped or incomplete.
+
+    The one error for every artefact skebrm writes (a calibrator, a bundle, a cache;
+    :class:`~skebrm.extraction.CacheCorruptError` is its subclass for caches), raised too
+    when the parts of a bundle do not belong together (a calibrator fitted on embeddings
+    of another reward model or setting).
+    """
+
+
+BundleMismatchError = ModelIntegrityError
+"""The former name of :class:`ModelIntegrityError` for bundles, kept as an alias."""
 
 
 class IneffectiveParameterWarning(UserWarning):

@@ -154,13 +154,82 @@ def test_newer_formats_foreign_files_and_odd_weight_names_are_refused(fitted, tm
     with pytest.raises(ModelIntegrityError, match="Upgrade skebrm"):
         EnergyRewardCalibrator.from_pretrained(path)
     path = fitted.save_pretrained(tmp_path / "cal2")
-    _rewrite(path, lambda d: d["weights"].update(file="../../etc/passwd"))
+    _rewrite(path, lambda d: d.update(files={"../../etc/passwd": "0" * 64}))
+    with pytest.raises(ModelIntegrityError, match="invalid file path"):
+        EnergyRewardCalibrator.from_pretrained(path)
+    path = fitted.save_pretrained(tmp_path / "cal3")
+    _rewrite(path, lambda d: d.update(files={"model.bin": "0" * 64}))
     with pytest.raises(ModelIntegrityError, match="invalid weights file"):
         EnergyRewardCalibrator.from_pretrained(path)
     (tmp_path / "other").mkdir()
     (tmp_path / "other" / CONFIG_NAME).write_text(json.dumps({"format": "something else"}))
     with pytest.raises(ModelIntegrityError, match="is not a saved EnergyRewardCalibrator"):
         EnergyRewardCalibrator.from_pretrained(tmp_path / "other")
+
+
+def _count_opens(monkeypatch, path):
+    """Count the times ``path`` is opened (by ``open``, ``io.open`` or ``Path.open``)."""
+    import builtins
+    import io
+
+    real = builtins.open
+    seen = []
+
+    def counting(file, *args, **kwargs):
+        if str(file) == str(path):
+            seen.append(file)
+        return real(file, *args, **kwargs)
+
+    monkeypatch.setattr(builtins, "open", counting)
+    monkeypatch.setattr(io, "open", counting)
+    return seen
+
+
+def test_each_file_is_read_once_and_the_bytes_checked_are_the_bytes_loaded(
+    fitted, data, tmp_path, monkeypatch
+):
+    X, y, _, _ = data
+    path = fitted.save_pretrained(tmp_path / "cal")
+    weights = next(path.glob("*.safetensors"))
+    opened = _count_opens(monkeypatch, weights)
+    loaded = EnergyRewardCalibrator.from_pretrained(path)
+    monkeypatch.undo()
+    assert len(opened) == 1
+    np.testing.assert_array_equal(loaded.predict(X), fitted.predict(X))
+
+
+@pytest.mark.parametrize(
+    ("edit", "what"),
+    [
+        # another width: load_state_dict raised RuntimeError
+        (lambda d: d["fitted"]["posterior"]["module"]["config"].update(n_features=7), "fit"),
+        # a constructor argument the network does not take: TypeError
+        (lambda d: d["fitted"]["posterior"]["module"]["config"].update(colour="red"), "build"),
+        (lambda d: d["fitted"]["posterior"].update(module={"class": "Evil"}), "unknown"),
+        (lambda d: d["fitted"]["posterior"]["scaler"].pop("scale"), "make a model"),
+        (lambda d: d.pop("params"), "no 'params' table"),
+    ],
+)
+def test_a_consistent_forgery_that_does_not_build_is_an_integrity_error(
+    fitted, tmp_path, edit, what
+):
+    path = fitted.save_pretrained(tmp_path / "cal")
+    _rewrite(path, edit)
+    with pytest.raises(ModelIntegrityError, match=what):
+        EnergyRewardCalibrator.from_pretrained(path)
+
+
+def test_format_1_still_loads(fitted, data, tmp_path):
+    """A calibrator saved before the shared manifest (weights under "weights") loads."""
+    X, y, _, _ = data
+    path = fitted.save_pretrained(tmp_path / "cal")
+
+    def to_v1(doc):
+        ((name, digest),) = doc.pop("files").items()
+        doc.update(format_version=1, weights={"file": name, "sha256": digest})
+
+    _rewrite(path, to_v1)
+    _assert_same_model(fitted, EnergyRewardCalibrator.from_pretrained(path), X, y)
 
 
 def test_saving_again_replaces_the_model_whole(data, tmp_path, monkeypatch):
@@ -174,7 +243,7 @@ def test_saving_again_replaces_the_model_whole(data, tmp_path, monkeypatch):
     def crash(*args, **kwargs):
         raise OSError("disk full")
 
-    monkeypatch.setattr(persistence, "write_json_atomic", crash)
+    monkeypatch.setattr(persistence, "write_manifest", crash)
     with pytest.raises(OSError, match="disk full"):
         b.save_pretrained(path)
     monkeypatch.undo()
