@@ -4,7 +4,15 @@
 process. Needs the ``serve`` extra (``pip install 'skebrm[serve]'``).
 """
 
-from skebrm.serving.app import RequestError, ServerSettings, create_app, parse_reward_request
+from skebrm.serving.app import (
+    RequestError,
+    ServerSettings,
+    create_app,
+    parse_json,
+    parse_reward_request,
+    special_tokens,
+    strip_token_sources,
+)
 from skebrm.serving.batcher import MicroBatcher, ServerBusyError
 
 __all__ = [
@@ -13,5 +21,8 @@ __all__ = [
     "ServerBusyError",
     "ServerSettings",
     "create_app",
+    "parse_json",
     "parse_reward_request",
+    "special_tokens",
+    "strip_token_sources",
 ]

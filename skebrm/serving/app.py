@@ -13,27 +13,61 @@ response is what follows the prompt (a query that does not start with its prompt
 refused); without them the whole query is scored as a response to an empty prompt.
 ``labels`` are accepted and ignored. ``GET /health`` reports the model and the limits.
 
+Special tokens
+--------------
+OpenRLHF decodes its queries with the *policy's* tokenizer and
+``skip_special_tokens=False``: today one query per request, ``decode(prompt ids +
+response ids)``, which ends with the policy's end-of-turn token; older versions
+batch-decode left-padded sequences, so queries start with pad tokens (and often a doubled
+BOS) and end with eos + pad tokens. Before the prefix check, the server therefore strips
+:attr:`ServerSettings.strip_tokens`, repeated, from both ends of every query and every
+prompt (whitespace between two such tokens goes with them), then from both ends of the
+response; special tokens inside the text are kept. By default these are the RM
+tokenizer's own pad / eos / BOS tokens (OpenRLHF's ``serve_rm`` also strips its pad and
+eos); ``skebrm-serve --policy-tokenizer DIR`` adds the policy's and ``--strip-token``
+any other (``<|im_end|>``, ``<|endoftext|>``). The RM's template adds its own special
+tokens around the prompt and the response.
+
 Bad input gets a 4xx JSON answer ``{"detail": "..."}`` that names the problem: 400 for a
-body that is not JSON, 422 for wrong types, empty or misaligned lists, 413 for a request
-over the limits (bytes, texts per request, characters per text); 503 when too many texts
-are already waiting. Requests are validated before they join a batch, so a bad request
-never touches the others. Nothing on this path unpickles: requests are JSON, and the
-bundle loads from safetensors and JSON.
+body that is not JSON (also JSON nested too deeply or with an integer of more than 4,300
+digits), 422 for wrong types, empty or misaligned lists, 413 for a request over the
+limits (bytes, texts per request, characters per text); 503 when too many texts are
+already waiting. Requests are validated before they join a batch, so a bad request never
+touches the others; a large body is parsed on a worker thread, so it does not hold up the
+other clients. An unexpected error gets a 500 with a fixed message (the server's log has
+the traceback). Nothing on this path unpickles: requests are JSON, and the bundle loads
+from safetensors and JSON.
 """
 
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import json
+import logging
 import math
 from dataclasses import asdict, dataclass
 
 from fastapi import FastAPI, Request
 from fastapi.responses import JSONResponse
+from starlette.concurrency import run_in_threadpool
 
 from skebrm.serving.batcher import MicroBatcher, ServerBusyError
 
-__all__ = ["RequestError", "ServerSettings", "create_app", "parse_reward_request"]
+__all__ = [
+    "RequestError",
+    "ServerSettings",
+    "create_app",
+    "parse_json",
+    "parse_reward_request",
+    "special_tokens",
+    "strip_token_sources",
+]
+
+logger = logging.getLogger("skebrm.serving")
+
+#: Bodies larger than this are parsed on a worker thread instead of the event loop.
+THREADED_PARSE_BYTES = 256 * 1024
 
 
 @dataclass(frozen=True)
@@ -52,10 +86,15 @@ class ServerSettings:
     max_request_bytes : int
         Size of a request body.
     max_pending_texts : int
-        Texts allowed to wait for scoring; beyond it requests get 503.
+        Texts allowed to wait for scoring; beyond it requests get 503. At least
+        ``max_texts_per_request`` (else a full-size request could never be queued).
     strip_suffixes : tuple of str
-        Strings removed (repeatedly) from the end of every response before scoring, e.g.
-        the policy's end-of-turn token that OpenRLHF's decoded queries end with.
+        Strings removed (repeatedly) from the end of every response before scoring.
+    strip_tokens : tuple of str or None
+        Special tokens removed (repeatedly) from both ends of every query, prompt and
+        response, before the prefix check (see the module docstring). None:
+        :func:`create_app` uses the RM tokenizer's pad / eos / BOS tokens; ``()`` strips
+        none.
     """
 
     max_batch_size: int = 64
@@ -65,6 +104,7 @@ class ServerSettings:
     max_request_bytes: int = 32 * 1024 * 1024
     max_pending_texts: int = 4096
     strip_suffixes: tuple = ()
+    strip_tokens: tuple | None = None
 
     def __post_init__(self):
         for name in (
@@ -82,10 +122,23 @@ class ServerSettings:
                 f"ServerSettings: max_wait_ms must be a number in [0, 10000), got "
                 f"{self.max_wait_ms!r}."
             )
-        if not all(isinstance(s, str) and s for s in self.strip_suffixes):
+        for name in ("strip_suffixes", "strip_tokens"):
+            value = getattr(self, name)
+            if value is None and name == "strip_tokens":
+                continue
+            if not isinstance(value, (tuple, list)) or not all(
+                isinstance(s, str) and s for s in value
+            ):
+                raise ValueError(
+                    f"ServerSettings: {name} must be non-empty strings (a tuple), got {value!r}."
+                )
+            object.__setattr__(self, name, tuple(value))
+        if self.max_texts_per_request > self.max_pending_texts:
             raise ValueError(
-                "ServerSettings: strip_suffixes must be non-empty strings, got "
-                f"{self.strip_suffixes!r}."
+                f"ServerSettings: max_texts_per_request={self.max_texts_per_request} is above "
+                f"max_pending_texts={self.max_pending_texts}: a request of that many texts "
+                "could never be queued and would get 503 'retry later' forever; lower "
+                "max_texts_per_request or raise max_pending_texts."
             )
 
 
@@ -107,6 +160,85 @@ def _strip(text: str, suffixes: tuple) -> str:
                 text = text[: -len(s)]
                 changed = True
     return text
+
+
+def _strip_ends(text: str, tokens: tuple) -> str:
+    """``text`` without ``tokens`` (longest first), repeated, at both ends; whitespace
+    between two stripped tokens goes with them, other whitespace stays."""
+    if not tokens:
+        return text
+    start, end = 0, len(text)
+
+    def token_at_start(i):
+        return next((t for t in tokens if text.startswith(t, i, end)), None)
+
+    def token_at_end(j):
+        return next((t for t in tokens if text.endswith(t, start, j)), None)
+
+    while (t := token_at_start(start)) is not None:
+        start += len(t)
+        j = start
+        while j < end and text[j].isspace():
+            j += 1
+        if j > start and token_at_start(j) is not None:
+            start = j
+    while start < end and (t := token_at_end(end)) is not None:
+        end -= len(t)
+        j = end
+        while j > start and text[j - 1].isspace():
+            j -= 1
+        if j < end and token_at_end(j) is not None:
+            end = j
+    return text[start:end]
+
+
+def special_tokens(tokenizer) -> tuple[tuple[str, str], ...]:
+    """``(token, attribute)`` of a tokenizer's pad, eos and BOS tokens that it has.
+
+    Parameters
+    ----------
+    tokenizer : PreTrainedTokenizerBase
+    """
+    out = []
+    for attribute in ("pad_token", "eos_token", "bos_token"):
+        token = getattr(tokenizer, attribute, None)
+        if isinstance(token, str) and token and token not in (t for t, _ in out):
+            out.append((token, attribute))
+    return tuple(out)
+
+
+def strip_token_sources(
+    rm_tokenizer, policy_tokenizer=None, extra=(), *, include_rm: bool = True
+) -> list[tuple[str, str]]:
+    """The tokens the server strips and where each comes from, without duplicates.
+
+    Parameters
+    ----------
+    rm_tokenizer : PreTrainedTokenizerBase
+        The RM's tokenizer; its pad / eos / BOS tokens come first (unless
+        ``include_rm=False``).
+    policy_tokenizer : PreTrainedTokenizerBase, optional
+        The policy's tokenizer (the one OpenRLHF decodes queries with); its pad / eos /
+        BOS tokens are added.
+    extra : sequence of str
+        Further tokens (``skebrm-serve --strip-token``).
+    include_rm : bool, default=True
+
+    Returns
+    -------
+    list of (token, source)
+    """
+    out: list[tuple[str, str]] = []
+    sources = []
+    if include_rm:
+        sources += [(t, f"RM {a}") for t, a in special_tokens(rm_tokenizer)]
+    if policy_tokenizer is not None:
+        sources += [(t, f"policy {a}") for t, a in special_tokens(policy_tokenizer)]
+    sources += [(t, "--strip-token") for t in extra]
+    for token, source in sources:
+        if token and token not in (t for t, _ in out):
+            out.append((token, source))
+    return out
 
 
 def _check_list(payload: dict, key: str, n: int | None, settings: ServerSettings) -> list:
@@ -146,6 +278,7 @@ def parse_reward_request(payload, settings: ServerSettings) -> tuple[list[str], 
         raise RequestError(
             422, "'query' is required: a list of texts (prompt + response), one per sample."
         )
+    tokens = tuple(sorted(settings.strip_tokens or (), key=len, reverse=True))
     query = _check_list(payload, "query", None, settings)
     if not query:
         raise RequestError(422, "'query' is empty; send at least one text.")
@@ -164,25 +297,27 @@ def parse_reward_request(payload, settings: ServerSettings) -> tuple[list[str], 
                 f"'query'[{i}] has {len(q)} characters, above this server's limit of "
                 f"{settings.max_chars_per_text} per text.",
             )
+    query = [_strip_ends(q, tokens) for q in query]
     prompts = payload.get("prompts")
     if prompts is None:
         prompts = [""] * len(query)
         responses = list(query)
     else:
-        prompts = _check_list(payload, "prompts", len(query), settings)
+        prompts = list(_check_list(payload, "prompts", len(query), settings))
         responses = []
         for i, (p, q) in enumerate(zip(prompts, query)):
             if not isinstance(p, str):
                 raise RequestError(
                     422, f"'prompts'[{i}] must be a string, got a JSON {_json_type(p)}."
                 )
+            p = prompts[i] = _strip_ends(p, tokens)
             if not q.startswith(p):
                 raise RequestError(
                     422,
                     f"'query'[{i}] does not start with 'prompts'[{i}]; each query must be its "
                     "prompt followed by the response.",
                 )
-            responses.append(q[len(p) :])
+            responses.append(_strip_ends(q[len(p) :], tokens))
     if payload.get("labels") is not None:
         _check_list(payload, "labels", len(query), settings)
     responses = [_strip(r, settings.strip_suffixes) for r in responses]
@@ -208,6 +343,28 @@ async def _read_body(request: Request, limit: int) -> bytes:
     return bytes(body)
 
 
+def parse_json(body: bytes):
+    """The JSON value of a request body, or :class:`RequestError` (400) with a fixed message."""
+    try:
+        return json.loads(body)
+    except (UnicodeDecodeError, json.JSONDecodeError) as exc:
+        raise RequestError(400, f"the request body is not valid JSON: {exc}.") from None
+    except RecursionError:
+        raise RequestError(
+            400, "the request body is not valid JSON for this server: it is nested too deeply."
+        ) from None
+    except ValueError:  # Python refuses to convert integers of more than 4300 digits
+        raise RequestError(
+            400,
+            "the request body is not valid JSON for this server: it holds a number with too "
+            "many digits.",
+        ) from None
+
+
+def _parse_body(body: bytes, settings: ServerSettings) -> tuple[list[str], list[str]]:
+    return parse_reward_request(parse_json(body), settings)
+
+
 def _floats(values) -> list:
     return [float(v) if math.isfinite(v) else None for v in values]
 
@@ -221,6 +378,9 @@ def create_app(bundle, settings: ServerSettings | None = None) -> FastAPI:
     settings : ServerSettings, optional
     """
     settings = settings or ServerSettings()
+    if settings.strip_tokens is None:
+        tokens = tuple(t for t, _ in special_tokens(getattr(bundle, "tokenizer", None)))
+        settings = dataclasses.replace(settings, strip_tokens=tokens)
     batcher = MicroBatcher(
         bundle.score,
         max_batch_size=settings.max_batch_size,
@@ -247,8 +407,11 @@ def create_app(bundle, settings: ServerSettings | None = None) -> FastAPI:
 
     @app.exception_handler(Exception)
     async def _internal_error(request: Request, exc: Exception):
+        # the client gets a fixed message; the traceback goes to the server's log only
+        logger.error("internal error on %s", request.url.path, exc_info=exc)
         return JSONResponse(
-            status_code=500, content={"detail": f"internal error: {type(exc).__name__}: {exc}"}
+            status_code=500,
+            content={"detail": "internal server error; the server's log has the details."},
         )
 
     @app.get("/health")
@@ -268,11 +431,10 @@ def create_app(bundle, settings: ServerSettings | None = None) -> FastAPI:
     @app.post("/get_reward")
     async def get_reward(request: Request):
         body = await _read_body(request, settings.max_request_bytes)
-        try:
-            payload = json.loads(body)
-        except (UnicodeDecodeError, json.JSONDecodeError) as exc:
-            raise RequestError(400, f"the request body is not valid JSON: {exc}.") from None
-        prompts, responses = parse_reward_request(payload, settings)
+        if len(body) > THREADED_PARSE_BYTES:  # keep the event loop free for other clients
+            prompts, responses = await run_in_threadpool(_parse_body, body, settings)
+        else:
+            prompts, responses = _parse_body(body, settings)
         try:
             scores = await batcher.submit(prompts, responses)
         except ServerBusyError as exc:

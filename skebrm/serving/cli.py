@@ -5,6 +5,10 @@
     skebrm-serve --model ebrm-bundle [--host 127.0.0.1] [--port 5000]
 
 then point OpenRLHF at it with ``--remote_rm_url http://127.0.0.1:5000/get_reward``.
+Pass the policy's tokenizer folder with ``--policy-tokenizer DIR``: OpenRLHF decodes its
+queries with it, special tokens included, and the server strips its pad / eos / BOS
+tokens (as well as the RM's own) from both ends of queries and prompts; start-up prints
+the tokens stripped.
 SIGINT / SIGTERM shut it down cleanly: it stops accepting connections, answers the
 requests in flight (for up to ``--graceful-timeout`` seconds), stops the micro-batcher,
 then exits with status 0.
@@ -16,7 +20,7 @@ import argparse
 import signal
 import sys
 
-__all__ = ["build_parser", "main"]
+__all__ = ["build_parser", "describe_stripping", "main"]
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -58,8 +62,27 @@ def build_parser() -> argparse.ArgumentParser:
         action="append",
         default=[],
         metavar="TEXT",
-        help="remove TEXT from the end of every response before scoring (repeatable), e.g. "
-        "the policy's end-of-turn token",
+        help="remove TEXT from the end of every response before scoring (repeatable)",
+    )
+    p.add_argument(
+        "--policy-tokenizer",
+        default=None,
+        metavar="DIR",
+        help="the policy's tokenizer folder (the one OpenRLHF decodes queries with): its pad, "
+        "eos and BOS tokens are stripped from both ends of queries and prompts",
+    )
+    p.add_argument(
+        "--strip-token",
+        action="append",
+        default=[],
+        metavar="TEXT",
+        help="also strip TEXT (repeated) from both ends of queries and prompts (repeatable), "
+        "e.g. '<|im_end|>' or '<|endoftext|>'",
+    )
+    p.add_argument(
+        "--keep-rm-special-tokens",
+        action="store_true",
+        help="do not strip the RM tokenizer's own pad, eos and BOS tokens (stripped by default)",
     )
     p.add_argument("--threads", type=int, default=None, help="torch.set_num_threads")
     p.add_argument("--log-level", default="info", choices=["critical", "error", "warning", "info"])
@@ -72,14 +95,29 @@ def build_parser() -> argparse.ArgumentParser:
     return p
 
 
+def describe_stripping(sources, suffixes=()) -> str:
+    """One line for the start-up log: the tokens stripped and where each comes from."""
+    if sources:
+        text = "stripping from both ends of queries and prompts: " + ", ".join(
+            f"{token!r} ({source})" for token, source in sources
+        )
+    else:
+        text = "stripping no special tokens from queries and prompts"
+    if suffixes:
+        text += "; from the end of responses: " + ", ".join(repr(x) for x in suffixes)
+    return text + "."
+
+
 def main(argv: list[str] | None = None) -> int:
     """Entry point of ``skebrm-serve``."""
     args = build_parser().parse_args(argv)
+    import dataclasses
+
     import torch
     import uvicorn
 
     from skebrm.bundle import RefinedRewardModel
-    from skebrm.serving.app import ServerSettings, create_app
+    from skebrm.serving.app import ServerSettings, create_app, strip_token_sources
 
     if args.threads is not None:
         torch.set_num_threads(args.threads)
@@ -92,14 +130,30 @@ def main(argv: list[str] | None = None) -> int:
             max_request_bytes=args.max_request_bytes,
             max_pending_texts=args.max_pending_texts,
             strip_suffixes=tuple(args.strip_suffix),
+            strip_tokens=tuple(args.strip_token),
         )
+        policy_tokenizer = None
+        if args.policy_tokenizer is not None:
+            from transformers import AutoTokenizer
+
+            policy_tokenizer = AutoTokenizer.from_pretrained(
+                args.policy_tokenizer, local_files_only=True
+            )
         bundle = RefinedRewardModel.from_pretrained(
             args.model, device=args.device, penalty=args.penalty, batch_size=args.batch_size
         )
     except (OSError, ValueError, TypeError) as exc:
         print(f"skebrm-serve: error: {exc}", file=sys.stderr)
         return 2
+    sources = strip_token_sources(
+        bundle.tokenizer,
+        policy_tokenizer,
+        extra=args.strip_token,
+        include_rm=not args.keep_rm_special_tokens,
+    )
+    settings = dataclasses.replace(settings, strip_tokens=tuple(t for t, _ in sources))
     print(f"skebrm-serve: {bundle!r} from {args.model}", file=sys.stderr, flush=True)
+    print(f"skebrm-serve: {describe_stripping(sources, settings.strip_suffixes)}", file=sys.stderr)
     server = uvicorn.Server(
         uvicorn.Config(
             create_app(bundle, settings),

@@ -122,10 +122,28 @@ def saved(tiny_bundle_parts, tmp_path_factory):
     return folder, RefinedRewardModel.from_pretrained(folder)
 
 
+POLICY_TEMPLATE = (
+    "{{ bos_token }}{% for m in messages %}<|{{ m['role'] }}|>\n{{ m['content'] }}</s>\n"
+    "{% endfor %}{% if add_generation_prompt %}<|assistant|>\n{% endif %}"
+)
+
+
 @pytest.fixture(scope="module")
-def server(saved, tmp_path_factory):
+def policy_tokenizer(tmp_path_factory):
+    """A tiny byte-level policy tokenizer (pad <pad>, eos </s>, BOS <s>), saved to a folder."""
+    from conftest import extraction_make_tokenizer
+
+    tok = extraction_make_tokenizer(POLICY_TEMPLATE)
+    folder = tmp_path_factory.mktemp("policy")
+    tok.save_pretrained(folder)
+    return tok, folder
+
+
+@pytest.fixture(scope="module")
+def server(saved, policy_tokenizer, tmp_path_factory):
     folder, _ = saved
     extra = [x for kv in LIMITS.items() for x in kv]
+    extra += ["--policy-tokenizer", str(policy_tokenizer[1]), "--strip-token", "<|im_end|>"]
     srv = Server(folder, tmp_path_factory.mktemp("log") / "server.log", *extra)
     yield srv
     srv.stop()
@@ -193,6 +211,8 @@ BAD = [
     (b'{"query": ["ab"], "prompts": ["x"]}', 422, "does not start with 'prompts'"),
     (b'{"query": ["ab"], "labels": [1, 2]}', 422, "'labels' has 2 entries"),
     (b'{"query": [" "]}', 422, "nothing to score"),
+    (b'{"query": ' + b"[" * 20000 + b"]" * 20000 + b"}", 400, "nested too deeply"),
+    (b'{"query": ["a"], "labels": [' + b"9" * 5000 + b"]}", 400, "too many digits"),
 ]
 
 
@@ -208,6 +228,57 @@ def test_bad_requests_get_a_4xx_json_error(server, body, status, match):
     )
     assert resp.status_code == status, resp.text
     assert re.search(match, resp.json()["detail"]), resp.json()
+
+
+def test_start_up_log_names_the_tokens_stripped(server):
+    line = next(x for x in server.log().splitlines() if "stripping" in x)
+    assert "'[PAD]' (RM pad_token)" in line
+    assert "'<pad>' (policy pad_token), '</s>' (policy eos_token), '<s>' (policy bos_token)" in line
+    assert "'<|im_end|>' (--strip-token)" in line
+
+
+def _openrlhf_today(tok, prompt, response):
+    """OpenRLHF's SingleTurnAgentExecutor: one query, decode(prompt ids + response ids)."""
+    prompt_ids = tok(prompt, add_special_tokens=False)["input_ids"]
+    response_ids = tok(response, add_special_tokens=False)["input_ids"] + [tok.eos_token_id]
+    query = tok.decode(prompt_ids + response_ids, skip_special_tokens=False)
+    return {"query": [query], "prompts": [prompt], "labels": [None]}
+
+
+def _openrlhf_old(tok, prompts, responses):
+    """Older OpenRLHF: batch_decode of left-padded sequences, BOS added twice, pad after eos."""
+    rows = []
+    for p, r in zip(prompts, responses):
+        ids = [tok.bos_token_id] + tok(p, add_special_tokens=False)["input_ids"]
+        rows.append((ids, tok(r, add_special_tokens=False)["input_ids"] + [tok.eos_token_id]))
+    wp, wr = max(len(p) for p, _ in rows), max(len(r) for _, r in rows)
+    pad = [tok.pad_token_id]
+    seqs = [pad * (wp - len(p)) + p + r + pad * (wr - len(r)) for p, r in rows]
+    return {"query": tok.batch_decode(seqs, skip_special_tokens=False), "prompts": prompts}
+
+
+def test_openrlhf_payloads_score_as_the_clean_texts(server, saved, policy_tokenizer):
+    """Both shapes of OpenRLHF's queries score exactly as the prompt and response alone."""
+    _, bundle = saved
+    tok, _ = policy_tokenizer
+    texts = [("How do I boil an egg?", " Simmer it for 9 minutes."), ("Hi", " Hello there!")]
+    prompts = [
+        tok.apply_chat_template(
+            [{"role": "user", "content": q}], add_generation_prompt=True, tokenize=False
+        )
+        for q, _ in texts
+    ]
+    clean = [p.removeprefix("<s>") for p in prompts]
+    responses = [r for _, r in texts]
+    payload = _openrlhf_today(tok, prompts[0], responses[0])
+    assert payload["query"][0].endswith("minutes.</s>")
+    _check(_post(server, payload), bundle.score(clean[:1], responses[:1]))
+    payload = _openrlhf_old(tok, prompts, responses)
+    assert payload["query"][1].startswith("<pad><pad>") and "<s><s><|user|>" in payload["query"][1]
+    _check(_post(server, payload), bundle.score(clean, responses))
+    # the policy's end-of-turn token given with --strip-token
+    payload = {"query": [prompts[1] + " Hello there!<|im_end|>"], "prompts": [prompts[1]]}
+    _check(_post(server, payload), bundle.score(clean[1:], responses[1:]))
 
 
 def test_wrong_route_and_method_are_json_errors(server):

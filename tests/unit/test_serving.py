@@ -173,3 +173,261 @@ def test_too_many_pending_texts_is_busy_and_stop_drains_the_queue():
 
     a, b = asyncio.run(main())
     assert len(a) == 2 and len(b) == 1
+
+
+# ------------------------------------------------------------- settings cross-checks
+def test_settings_refuse_a_request_limit_above_the_queue_limit():
+    with pytest.raises(
+        ValueError, match=r"max_texts_per_request=300 is above max_pending_texts=200"
+    ):
+        ServerSettings(max_texts_per_request=300, max_pending_texts=200)
+    ServerSettings(max_texts_per_request=200, max_pending_texts=200)  # equal is fine
+
+
+def test_cli_refuses_impossible_settings_before_loading_anything(tmp_path, capsys):
+    from skebrm.serving.cli import main
+
+    code = main(
+        ["--model", str(tmp_path), "--max-texts-per-request", "10", "--max-pending-texts", "5"]
+    )
+    err = capsys.readouterr().err
+    assert code == 2
+    assert "max_texts_per_request=10" in err and "max_pending_texts=5" in err
+
+
+# ------------------------------------------------------------- special tokens at both ends
+def _tokens(*tokens):
+    return ServerSettings(strip_tokens=tokens)
+
+
+def test_special_tokens_are_stripped_at_both_ends_before_the_prefix_check():
+    s = _tokens("<pad>", "<s>", "</s>")
+    payload = {
+        "query": ["<pad><pad><s><s>Q: hi A: hello</s><pad><pad>"],
+        "prompts": ["<s>Q: hi"],
+    }
+    assert parse_reward_request(payload, s) == (["Q: hi"], [" A: hello"])
+    # without the tokens the prefix check fails, as before
+    with pytest.raises(RequestError, match="does not start with"):
+        parse_reward_request(payload, ServerSettings(strip_tokens=()))
+
+
+def test_stripping_keeps_special_tokens_inside_the_text_and_spaces_of_the_text():
+    s = _tokens("<pad>", "</s>")
+    got = parse_reward_request({"query": ["<pad> <pad> a</s>b </s> <pad>"]}, s)
+    assert got == ([""], [" a</s>b "])
+    # a response that starts with a stripped token (the prompt's end was one) loses it
+    got = parse_reward_request({"query": ["P</s>R</s>"], "prompts": ["P</s>"]}, s)
+    assert got == (["P"], ["R"])
+
+
+def test_a_longer_token_is_stripped_before_its_prefix():
+    s = _tokens("<|end|>", "<|end|>x")
+    assert parse_reward_request({"query": ["ab<|end|>x"]}, s) == ([""], ["ab"])
+
+
+def test_a_query_of_special_tokens_only_is_empty():
+    with pytest.raises(RequestError, match="nothing to score"):
+        parse_reward_request({"query": ["<pad></s>"]}, _tokens("<pad>", "</s>"))
+
+
+def test_strip_tokens_are_validated():
+    with pytest.raises(ValueError, match="strip_tokens must be non-empty strings"):
+        ServerSettings(strip_tokens=("<pad>", ""))
+
+
+def test_special_tokens_of_a_tokenizer(extraction_tokenizer):
+    from skebrm.serving import special_tokens
+
+    assert special_tokens(extraction_tokenizer) == (
+        ("<pad>", "pad_token"),
+        ("</s>", "eos_token"),
+        ("<s>", "bos_token"),
+    )
+
+
+POLICY_TEMPLATE = (
+    "{{ bos_token }}{% for m in messages %}<|{{ m['role'] }}|>\n{{ m['content'] }}</s>\n"
+    "{% endfor %}{% if add_generation_prompt %}<|assistant|>\n{% endif %}"
+)
+
+
+def _policy():
+    from conftest import extraction_make_tokenizer
+
+    return extraction_make_tokenizer(POLICY_TEMPLATE)
+
+
+def _openrlhf_today(tok, prompt, response):
+    """SingleTurnAgentExecutor: decode(prompt ids + response ids) with the policy's eos."""
+    prompt_ids = tok(prompt, add_special_tokens=False)["input_ids"]
+    response_ids = tok(response, add_special_tokens=False)["input_ids"] + [tok.eos_token_id]
+    query = tok.decode(prompt_ids + response_ids, skip_special_tokens=False)
+    return {"query": [query], "prompts": [prompt], "labels": [None]}
+
+
+def _openrlhf_old(tok, prompts, responses):
+    """Older experience makers: batch_decode of left-padded sequences, a doubled BOS."""
+    rows = []
+    for p, r in zip(prompts, responses):
+        ids = [tok.bos_token_id] + tok(p, add_special_tokens=False)["input_ids"]
+        rows.append((ids, tok(r, add_special_tokens=False)["input_ids"] + [tok.eos_token_id]))
+    width_p = max(len(p) for p, _ in rows)
+    width_r = max(len(r) for _, r in rows)
+    pad = tok.pad_token_id
+    seqs = [[pad] * (width_p - len(p)) + p + r + [pad] * (width_r - len(r)) for p, r in rows]
+    return {"query": tok.batch_decode(seqs, skip_special_tokens=False), "prompts": prompts}
+
+
+def _chat_prompt(tok, text):
+    messages = [{"role": "user", "content": text}]
+    return tok.apply_chat_template(messages, add_generation_prompt=True, tokenize=False)
+
+
+def test_openrlhf_today_payload_loses_the_policy_eos():
+    tok = _policy()
+    prompt = _chat_prompt(tok, "How do I boil an egg?")
+    payload = _openrlhf_today(tok, prompt, "Simmer it for 9 minutes.")
+    assert payload["query"][0].endswith("minutes.</s>")
+    s = ServerSettings(strip_tokens=tuple(t for t, _ in _special(tok)))
+    prompts, responses = parse_reward_request(payload, s)
+    assert responses == ["Simmer it for 9 minutes."]
+    assert prompts == [prompt.removeprefix("<s>")]
+
+
+def test_openrlhf_old_left_padded_batch_with_a_doubled_bos():
+    tok = _policy()
+    prompts = [_chat_prompt(tok, "Hi"), _chat_prompt(tok, "A much longer question, padded less")]
+    responses = ["Hello there, how can I help you today?", "Short."]
+    payload = _openrlhf_old(tok, prompts, responses)
+    assert payload["query"][0].startswith("<pad><pad>") and "<s><s><|user|>" in payload["query"][0]
+    assert "Short.</s><pad><pad>" in payload["query"][1] and payload["query"][1].endswith("d>")
+    with pytest.raises(RequestError, match="does not start with"):
+        parse_reward_request(payload, ServerSettings(strip_tokens=()))
+    s = ServerSettings(strip_tokens=tuple(t for t, _ in _special(tok)))
+    got_prompts, got_responses = parse_reward_request(payload, s)
+    assert got_responses == responses
+    assert got_prompts == [p.removeprefix("<s>") for p in prompts]
+
+
+def _special(tok):
+    from skebrm.serving import special_tokens
+
+    return special_tokens(tok)
+
+
+def test_strip_token_sources_name_where_each_token_comes_from(extraction_tokenizer):
+    from skebrm.serving.app import strip_token_sources
+
+    rm = extraction_tokenizer
+    policy = _policy()
+    policy.eos_token = "<|im_end|>"
+    got = strip_token_sources(rm, policy, extra=("<|endoftext|>", "<pad>"))
+    assert got == [
+        ("<pad>", "RM pad_token"),
+        ("</s>", "RM eos_token"),
+        ("<s>", "RM bos_token"),
+        ("<|im_end|>", "policy eos_token"),
+        ("<|endoftext|>", "--strip-token"),
+    ]
+    assert strip_token_sources(rm, None, include_rm=False) == []
+
+
+# ------------------------------------------------------------- the app, in process
+class _FakeBundle:
+    """What create_app needs of a RefinedRewardModel; ``score`` is :func:`_score`."""
+
+    __name__ = "refined_reward"
+    penalty = 0.5
+    extraction_settings = {"model": "fake", "max_length": 64}
+
+    def __init__(self, tokenizer=None, score=_score):
+        self.tokenizer = tokenizer
+        self.score = score
+
+
+def _client(bundle, settings=None):
+    from fastapi.testclient import TestClient
+
+    from skebrm.serving import create_app
+
+    return TestClient(create_app(bundle, settings), raise_server_exceptions=False)
+
+
+@pytest.mark.parametrize(
+    ("body", "match"),
+    [
+        (b'{"query": ' + b"[" * 100_000 + b"]" * 100_000 + b"}", "nested too deeply"),
+        (b'{"query": ["a"], "labels": [' + b"7" * 5000 + b"]}", "too many digits"),
+    ],
+    ids=["deeply-nested", "5000-digit-int"],
+)
+def test_json_python_cannot_read_is_a_400_with_a_fixed_message(body, match):
+    with _client(_FakeBundle()) as client:
+        resp = client.post("/get_reward", content=body)
+    assert resp.status_code == 400, resp.text
+    detail = resp.json()["detail"]
+    assert match in detail
+    assert "Error" not in detail and "sys.set_int_max_str_digits" not in detail
+
+
+def test_an_internal_error_does_not_echo_the_exception_to_the_client():
+    def broken(prompts, completions):
+        raise RuntimeError("secret /srv/models/rm path and internals")
+
+    with _client(_FakeBundle(score=broken)) as client:
+        resp = client.post("/get_reward", json={"query": ["a"]})
+    assert resp.status_code == 500
+    assert "secret" not in resp.text and "RuntimeError" not in resp.text
+    assert resp.json()["detail"] == "internal server error; the server's log has the details."
+
+
+def test_a_large_body_is_parsed_off_the_event_loop(monkeypatch):
+    """A slow parse of one big body must not hold up another client's request."""
+    import json as real_json
+    import time
+    from concurrent.futures import ThreadPoolExecutor
+    from types import SimpleNamespace
+
+    from skebrm.serving import app as app_module
+
+    def slow_loads(body):
+        if len(body) > app_module.THREADED_PARSE_BYTES:
+            time.sleep(1.5)
+        return real_json.loads(body)
+
+    fake_json = SimpleNamespace(
+        loads=slow_loads, JSONDecodeError=real_json.JSONDecodeError, dumps=real_json.dumps
+    )
+    monkeypatch.setattr(app_module, "json", fake_json)
+    big = {"query": ["x" * 2000] * 256}  # 0.5 MB
+    assert len(real_json.dumps(big)) > app_module.THREADED_PARSE_BYTES
+    with _client(_FakeBundle(), ServerSettings(max_chars_per_text=3000)) as client:
+        with ThreadPoolExecutor(2) as pool:
+            slow = pool.submit(client.post, "/get_reward", json=big)
+            time.sleep(0.3)  # the big request is being parsed
+            t0 = time.perf_counter()
+            small = client.post("/get_reward", json={"query": ["abc"]})
+            waited = time.perf_counter() - t0
+            assert small.status_code == 200 and not slow.done()
+            assert waited < 1.0, f"the small request waited {waited:.2f} s"
+            assert slow.result().status_code == 200
+
+
+def test_the_app_strips_the_rm_tokenizers_special_tokens_by_default(extraction_tokenizer):
+    seen = []
+
+    def score(prompts, completions):
+        seen.append((list(prompts), list(completions)))
+        return _score(prompts, completions)
+
+    bundle = _FakeBundle(extraction_tokenizer, score)
+    with _client(bundle) as client:
+        resp = client.post("/get_reward", json={"query": ["<s>P R</s><pad>"], "prompts": ["P"]})
+        health = client.get("/health").json()
+    assert resp.status_code == 200, resp.text
+    assert seen == [(["P"], [" R"])]
+    assert health["limits"]["strip_tokens"] == ["<pad>", "</s>", "<s>"]
+    with _client(bundle, ServerSettings(strip_tokens=())) as client:
+        resp = client.post("/get_reward", json={"query": ["<s>P R</s><pad>"], "prompts": ["P"]})
+    assert resp.status_code == 422
