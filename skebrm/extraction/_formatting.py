@@ -15,6 +15,16 @@ alone (with the template and an empty prompt) still does not fit, ``long_respons
 decides: ``"truncate"`` keeps the start of the response and cuts its end,
 ``"error"`` raises. Both counts are reported.
 
+Conversations
+-------------
+:func:`conversation_prompt` turns a list of ``{"role", "content"}`` messages into the
+prompt string of a row whose rendering is exactly the chat template's rendering of the
+messages followed by the response as the assistant turn. Usually that prompt is the text
+between the template's ``pre`` and ``mid``. When the conversation opens differently from
+the template's two-message rendering (its own system message where the template inserts
+a default one), the prompt carries the whole rendered opening instead, and ``pre`` is not
+added for that row; truncation then cuts that opening first, like any other prompt text.
+
 Empty texts (documented behaviour)
 ----------------------------------
 An empty prompt or an empty response is allowed (real preference data contains empty
@@ -30,12 +40,21 @@ from dataclasses import dataclass
 
 import numpy as np
 
-__all__ = ["DEFAULT_TEMPLATE", "EncodedRows", "RowTemplate", "encode_rows", "resolve_template"]
+__all__ = [
+    "DEFAULT_TEMPLATE",
+    "EncodedRows",
+    "RowTemplate",
+    "conversation_prompt",
+    "encode_rows",
+    "resolve_template",
+]
 
 DEFAULT_TEMPLATE = "{prompt}\n\n{response}"
 """Template for tokenizers without a chat template (special tokens are added by the tokenizer)."""
 
 _P, _R = "\x00skebrm_prompt\x00", "\x00skebrm_response\x00"
+# A prompt that starts with this carries its own rendered opening (see conversation_prompt).
+_OPENED = "\x00skebrm_opened\x00"
 
 
 @dataclass(frozen=True)
@@ -53,7 +72,17 @@ class RowTemplate:
     name: str
 
     def render(self, prompt: str, response: str) -> str:
-        return f"{self.pre}{prompt}{self.mid}{response}{self.post}"
+        tpl, prompt = self.for_prompt(prompt)
+        return f"{tpl.pre}{prompt}{tpl.mid}{response}{tpl.post}"
+
+    def for_prompt(self, prompt: str) -> tuple[RowTemplate, str]:
+        """The template and prompt text of one row: a prompt made by
+        :func:`conversation_prompt` with its own opening gets a template without ``pre``."""
+        if isinstance(prompt, str) and prompt.startswith(_OPENED):
+            return RowTemplate("", self.mid, self.post, self.add_special_tokens, self.name), prompt[
+                len(_OPENED) :
+            ]
+        return self, prompt
 
 
 def _split_sentinels(text: str, source: str) -> tuple[str, str, str]:
@@ -117,6 +146,54 @@ def resolve_template(tokenizer, template: str | None = "auto") -> RowTemplate:
         ) from exc
     pre, mid, post = _split_sentinels(text, f"template {fmt!r}")
     return RowTemplate(pre, mid, post, add_special_tokens=True, name=f"format:{fmt}")
+
+
+def conversation_prompt(tokenizer, template: RowTemplate, messages) -> str:
+    """The prompt of a row that renders ``messages`` + the response through the chat template.
+
+    ``template.render(conversation_prompt(tokenizer, template, messages), response)`` is
+    ``tokenizer.apply_chat_template(messages + [{"role": "assistant", "content":
+    response}], tokenize=False)`` (see the module docstring).
+
+    Parameters
+    ----------
+    tokenizer : PreTrainedTokenizerBase
+        With a chat template; ``template`` was resolved from it.
+    template : RowTemplate
+        A chat template's pieces (:func:`resolve_template`).
+    messages : list of dict
+        ``{"role": str, "content": str}`` messages, the conversation before the response.
+
+    Returns
+    -------
+    str
+    """
+    if template.add_special_tokens or not getattr(tokenizer, "chat_template", None):
+        raise ValueError(
+            "conversation_prompt needs a chat template: the tokenizer has none, or the row "
+            f"template is a format string ({template.name!r}); flatten the conversation to "
+            "text instead."
+        )
+    full = [*messages, {"role": "assistant", "content": _R}]
+    text = tokenizer.apply_chat_template(full, tokenize=False)
+    if text.count(_R) != 1 or not text.endswith(_R + template.post):
+        raise ValueError(
+            "conversation_prompt: the tokenizer's chat template renders this conversation's "
+            "last assistant turn differently from a two-message conversation's, so its "
+            "rendering does not split into prompt + response; flatten the conversation to "
+            "text instead."
+        )
+    head = text[: -len(_R + template.post)]
+    if not head.endswith(template.mid):
+        raise ValueError(
+            "conversation_prompt: the tokenizer's chat template renders this conversation "
+            "without the text that opens the assistant turn of a two-message conversation "
+            f"({template.mid!r}); flatten the conversation to text instead."
+        )
+    head = head[: len(head) - len(template.mid)]
+    if head.startswith(template.pre):
+        return head[len(template.pre) :]
+    return _OPENED + head
 
 
 @dataclass
@@ -265,7 +342,8 @@ def encode_rows(
 ) -> EncodedRows:
     """Tokenize rows with ``template``, cutting over-long ones (see module docstring)."""
     check_texts(prompts, responses)
-    texts = [template.render(p, r) for p, r in zip(prompts, responses)]
+    rows = [template.for_prompt(p) for p in prompts]
+    texts = [tpl.render(p, r) for (tpl, p), r in zip(rows, responses)]
     fast = bool(getattr(tokenizer, "is_fast", False))
     enc = (
         tokenizer(
@@ -286,8 +364,8 @@ def encode_rows(
         if len(row_ids) > max_length:
             ids[i], prompt_cut[i], response_cut[i] = _fit_row(
                 tokenizer,
-                template,
-                prompts[i],
+                rows[i][0],
+                rows[i][1],
                 responses[i],
                 max_length,
                 long_response,

@@ -15,10 +15,17 @@ for the RM's template as follows:
 
 * the completion is the content of its messages, joined by a blank line (usually one
   assistant message);
-* a prompt of one user message is its content;
-* any other prompt (several turns, or a system message) is flattened to a transcript,
-  ``"Human: ...\\n\\nAssistant: ...\\n\\nHuman: ..."`` (``System: `` for system messages),
-  the convention of the HH-RLHF prompts the project's data uses.
+* when the RM's row template is its tokenizer's chat template (``template="auto"`` on a
+  tokenizer that has one, or ``"chat"``), the prompt's messages go through that template,
+  with the completion as the assistant turn: the RM sees exactly
+  ``apply_chat_template(messages + [{"role": "assistant", "content": completion}])``
+  (:func:`~skebrm.extraction._formatting.conversation_prompt`); a prompt of one user
+  message is then its content, as below;
+* otherwise (an RM without a chat template, or a format-string template), a prompt of one
+  user message is its content, and any other prompt (several turns, or a system message)
+  is flattened to a transcript, ``"Human: ...\\n\\nAssistant: ...\\n\\nHuman: ..."``
+  (``System: `` for system messages), the convention of the HH-RLHF prompts that RMs
+  trained on such text (and the project's data) use.
 
 Content given as a list of parts (``[{"type": "text", "text": ...}]``) is the concatenation
 of its text parts; a non-text part raises ``ValueError``.
@@ -86,6 +93,23 @@ def prompt_text(prompt, where: str = "prompt") -> str:
     return "\n\n".join(turns)
 
 
+def _chat_prompt(prompt, tokenizer, template, where: str) -> str:
+    """A conversation prompt through the RM's chat template; a str prompt as it is."""
+    from skebrm.extraction._formatting import conversation_prompt
+
+    if isinstance(prompt, str):
+        return prompt
+    if not isinstance(prompt, (list, tuple)):
+        return prompt_text(prompt, where)  # raises the usual error
+    messages = [
+        {"role": m["role"], "content": _content(m, f"{where}[{i}]")} for i, m in enumerate(prompt)
+    ]
+    try:
+        return conversation_prompt(tokenizer, template, messages)
+    except ValueError as exc:
+        raise ValueError(f"{where}: {exc}") from exc
+
+
 def completion_text(completion, where: str = "completion") -> str:
     """A TRL completion (str or list of messages) as the response string."""
     if isinstance(completion, str):
@@ -98,8 +122,32 @@ def completion_text(completion, where: str = "completion") -> str:
     return "\n\n".join(_content(m, f"{where}[{i}]") for i, m in enumerate(completion))
 
 
-def to_rows(prompts, completions, caller: str = "RefinedRewardModel") -> tuple[list, list]:
-    """Prompt and completion strings of TRL's ``prompts`` / ``completions`` arguments."""
+def _is_chat(template) -> bool:
+    return template is not None and not template.add_special_tokens
+
+
+def to_rows(
+    prompts,
+    completions,
+    caller: str = "RefinedRewardModel",
+    *,
+    tokenizer=None,
+    template=None,
+) -> tuple[list, list]:
+    """Prompt and completion strings of TRL's ``prompts`` / ``completions`` arguments.
+
+    Parameters
+    ----------
+    prompts, completions : list
+        Strings or conversations (lists of messages), one per completion.
+    caller : str
+        Named in error messages.
+    tokenizer : PreTrainedTokenizerBase, optional
+    template : RowTemplate, optional
+        The RM's tokenizer and row template. When the template is the tokenizer's chat
+        template, conversation prompts go through it; otherwise they are flattened (see
+        the module docstring).
+    """
     for name, value in (("prompts", prompts), ("completions", completions)):
         if value is None:
             raise TypeError(f"{caller}: {name} is required (TRL passes prompts= and completions=).")
@@ -113,7 +161,13 @@ def to_rows(prompts, completions, caller: str = "RefinedRewardModel") -> tuple[l
             f"{caller}: prompts and completions must have the same length, got "
             f"{len(prompts)} and {len(completions)}."
         )
-    p = [prompt_text(x, f"{caller}: prompts[{i}]") for i, x in enumerate(prompts)]
+    if _is_chat(template) and tokenizer is not None:
+        p = [
+            _chat_prompt(x, tokenizer, template, f"{caller}: prompts[{i}]")
+            for i, x in enumerate(prompts)
+        ]
+    else:
+        p = [prompt_text(x, f"{caller}: prompts[{i}]") for i, x in enumerate(prompts)]
     c = [completion_text(x, f"{caller}: completions[{i}]") for i, x in enumerate(completions)]
     return p, c
 
@@ -122,8 +176,16 @@ def trl_reward(bundle, prompts, completions, **kwargs) -> list[float | None]:
     """``refined − penalty · std`` for TRL; logs the mean std when ``log_metric`` is passed.
 
     Rows whose prompt and completion are both empty (nothing to score) get ``None``.
+    Conversations go through the RM's chat template when its row template is one, else
+    they are flattened (see the module docstring).
     """
-    p, c = to_rows(prompts, completions)
+    extractor = getattr(bundle, "extractor", None)
+    p, c = to_rows(
+        prompts,
+        completions,
+        tokenizer=getattr(extractor, "tokenizer_", None),
+        template=getattr(extractor, "template_", None),
+    )
     keep = [i for i, (a, b) in enumerate(zip(p, c)) if a.strip() or b.strip()]
     out: list[float | None] = [None] * len(p)
     if not keep:

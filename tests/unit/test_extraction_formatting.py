@@ -146,3 +146,96 @@ def test_truncation_invariants(prompt, response, max_length):
         text = _decode(tok, ids).removeprefix("<s>").removesuffix("</s>")
         assert text.endswith("\n\n" + response)
         assert prompt.endswith(text[: -len("\n\n" + response)])
+
+
+# ------------------------------------------------------------- conversations
+CONVERSATION = [
+    {"role": "user", "content": "Hi, who are you?"},
+    {"role": "assistant", "content": "A helpful assistant."},
+    {"role": "user", "content": "Then boil me an egg."},
+]
+SYSTEM_CONVERSATION = [{"role": "system", "content": "Be brief."}, *CONVERSATION]
+#: a template with a default system turn, as Qwen's and SmolLM2's have
+DEFAULT_SYSTEM_TEMPLATE = (
+    "{% if messages[0]['role'] != 'system' %}<|system|>\nYou are a bot.</s>\n{% endif %}"
+    "{% for m in messages %}<|{{ m['role'] }}|>\n{{ m['content'] }}</s>\n{% endfor %}"
+)
+
+
+def _chat_ids(tok, messages, response):
+    full = [*messages, {"role": "assistant", "content": response}]
+    text = tok.apply_chat_template(full, tokenize=False)
+    return tok(text, add_special_tokens=False)["input_ids"]
+
+
+@pytest.mark.parametrize("template", ["plain", "default-system"])
+@pytest.mark.parametrize("messages", [CONVERSATION, SYSTEM_CONVERSATION], ids=["turns", "system"])
+def test_a_conversation_renders_exactly_as_the_chat_template(template, messages):
+    from skebrm.extraction._formatting import conversation_prompt
+
+    chat = {"plain": None, "default-system": DEFAULT_SYSTEM_TEMPLATE}[template]
+    tok = extraction_make_tokenizer(chat or _CHAT_TEMPLATE)
+    tpl = resolve_template(tok)
+    prompt = conversation_prompt(tok, tpl, messages)
+    enc = encode_rows(tok, [prompt], ["Simmer it."], template=tpl, max_length=512)
+    assert enc.input_ids[0] == _chat_ids(tok, messages, "Simmer it.")
+    assert tpl.render(prompt, "Simmer it.") == _decode(tok, enc.input_ids[0])
+
+
+def test_one_user_message_is_its_content_through_the_template(extraction_chat_tokenizer):
+    from skebrm.extraction._formatting import conversation_prompt
+
+    tok = extraction_chat_tokenizer
+    tpl = resolve_template(tok)
+    assert conversation_prompt(tok, tpl, [{"role": "user", "content": "Q?"}]) == "Q?"
+
+
+def test_a_long_conversation_with_its_own_opening_is_cut_from_the_left():
+    from skebrm.extraction._formatting import conversation_prompt
+
+    tok = extraction_make_tokenizer(DEFAULT_SYSTEM_TEMPLATE)
+    tpl = resolve_template(tok)
+    messages = [{"role": "system", "content": "Be brief."}] + [
+        {"role": "user" if i % 2 == 0 else "assistant", "content": f"turn {i} has some words"}
+        for i in range(9)
+    ]
+    prompt = conversation_prompt(tok, tpl, messages)
+    enc = encode_rows(tok, [prompt], ["the final answer"], template=tpl, max_length=120)
+    text = _decode(tok, enc.input_ids[0])
+    assert len(enc.input_ids[0]) <= 120 and enc.prompt_cut[0] and not enc.response_cut[0]
+    assert text.endswith("turn 8 has some words</s>\n<|assistant|>\nthe final answer</s>\n")
+    assert "Be brief." not in text
+
+
+def test_a_template_that_rewrites_the_assistant_turn_is_refused():
+    from skebrm.extraction._formatting import conversation_prompt
+
+    # numbers the turns of conversations longer than two messages
+    chat = (
+        "{% for m in messages %}<|{{ m['role'] }}|>{{ m['content'] }}"
+        "{% if messages|length > 2 %}<{{ loop.index }}>{% endif %}</s>{% endfor %}"
+    )
+    tok = extraction_make_tokenizer(chat)
+    tpl = resolve_template(tok)
+    with pytest.raises(ValueError, match="renders this conversation's last assistant turn"):
+        conversation_prompt(tok, tpl, CONVERSATION)
+    # opens the assistant turn of a two-message conversation differently
+    chat = (
+        "{% for m in messages %}{% if m['role'] == 'assistant' and messages|length == 2 %}"
+        "<|a|>{% else %}<|{{ m['role'] }}|>{% endif %}{{ m['content'] }}</s>{% endfor %}"
+    )
+    tok = extraction_make_tokenizer(chat)
+    tpl = resolve_template(tok)
+    with pytest.raises(ValueError, match="without the text that opens the assistant turn"):
+        conversation_prompt(tok, tpl, CONVERSATION)
+
+
+def test_conversation_prompt_needs_a_chat_template(extraction_tokenizer):
+    from skebrm.extraction._formatting import conversation_prompt
+
+    tpl = resolve_template(extraction_tokenizer)
+    with pytest.raises(ValueError, match="needs a chat template"):
+        conversation_prompt(extraction_tokenizer, tpl, CONVERSATION)
+
+
+_CHAT_TEMPLATE = "{% for m in messages %}<|{{ m['role'] }}|>\n{{ m['content'] }}</s>\n{% endfor %}"

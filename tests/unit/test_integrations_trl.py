@@ -107,3 +107,47 @@ def test_bundle_call_on_conversations_equals_score_on_their_text(tiny_bundle_par
     got = bundle(prompts=prompts, completions=completions, completion_ids=[[1], [2]])
     s = bundle.score(["Is the sky blue?"] * 2, ["Yes, on a clear day.", "No."])
     np.testing.assert_allclose(got, s.refined_reward - s.std, atol=1e-12)
+
+
+class _ChatBundle(_FakeBundle):
+    """A fake bundle with a real tokenizer and row template, as RefinedRewardModel has."""
+
+    def __init__(self, tokenizer):
+        from skebrm.extraction._formatting import resolve_template
+
+        super().__init__()
+        self.tokenizer = tokenizer
+        self.extractor = SimpleNamespace(
+            template_=resolve_template(tokenizer), tokenizer_=tokenizer
+        )
+
+
+def test_conversations_go_through_the_rms_chat_template(extraction_chat_tokenizer):
+    from skebrm.extraction._formatting import encode_rows
+
+    tok = extraction_chat_tokenizer
+    bundle = _ChatBundle(tok)
+    prompt = [
+        {"role": "system", "content": "Be brief."},
+        {"role": "user", "content": "Hi"},
+        {"role": "assistant", "content": "Hello!"},
+        {"role": "user", "content": "Bye"},
+    ]
+    completion = [{"role": "assistant", "content": "Goodbye."}]
+    trl_reward(bundle, [prompt, "plain text"], [completion, "ok"])
+    prompts, completions = bundle.seen
+    assert completions == ["Goodbye.", "ok"]
+    assert prompts[1] == "plain text"  # a string prompt is used as it is
+    enc = encode_rows(
+        tok, prompts, completions, template=bundle.extractor.template_, max_length=512
+    )
+    expected = tok.apply_chat_template([*prompt, *completion], tokenize=False)
+    assert tok.decode(enc.input_ids[0], skip_special_tokens=False) == expected
+    assert enc.input_ids[0] == tok(expected, add_special_tokens=False)["input_ids"]
+
+
+def test_without_a_chat_template_conversations_are_flattened(extraction_tokenizer):
+    bundle = _ChatBundle(extraction_tokenizer)
+    prompt = [{"role": "user", "content": "Hi"}, {"role": "assistant", "content": "Hello!"}]
+    trl_reward(bundle, [prompt], ["x"])
+    assert bundle.seen == (["Human: Hi\n\nAssistant: Hello!"], ["x"])
