@@ -38,6 +38,7 @@ _LAZY = {
     "RefinedRewardModel": "skebrm.bundle",
     "RewardScores": "skebrm.bundle",
     "BundleMismatchError": "skebrm.bundle",
+    "LengthDebiaser": "skebrm.debias",
 }
 
 __all__ = [
