@@ -39,6 +39,7 @@ _LAZY = {
     "RewardScores": "skebrm.bundle",
     "BundleMismatchError": "skebrm.bundle",
     "LengthDebiaser": "skebrm.debias",
+    "MahalanobisScorer": "skebrm.ood",
 }
 
 __all__ = [
