@@ -10,13 +10,14 @@ On disk (:meth:`RefinedRewardModel.save_pretrained`) a bundle is a folder::
     reward_model/               the RM and its tokenizer (save_pretrained, safetensors)
     calibrator/                 the calibrator (EnergyRewardCalibrator.save_pretrained)
 
-Nothing in it is a pickle, and loading never unpickles: the RM loads with
-``use_safetensors=True``, the calibrator through its own pickle-free format.
+Nothing in it is a pickle, and loading never unpickles: the RM is built from its
+safetensors weights, the calibrator through its own pickle-free format. Saving and
+loading live in :mod:`skebrm._bundle_io`.
 """
 
 from __future__ import annotations
 
-import json
+import copy
 import math
 import os
 from collections.abc import Sequence
@@ -27,8 +28,9 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from skebrm._io import sha256_bytes, sha256_file, staged_directory, write_json_atomic
+from skebrm import _bundle_io
 from skebrm.calibrator import EnergyRewardCalibrator
+from skebrm.exceptions import BundleMismatchError, ModelIntegrityError
 
 __all__ = [
     "BUNDLE_FORMAT_VERSION",
@@ -37,10 +39,7 @@ __all__ = [
     "RewardScores",
 ]
 
-BUNDLE_FORMAT_VERSION = 1
-_CONFIG = "refined_reward_model.json"
-_RM_DIR = "reward_model"
-_CAL_DIR = "calibrator"
+BUNDLE_FORMAT_VERSION = _bundle_io.FORMAT_VERSION
 # The extractor's record of what determines an embedding; a calibrator fitted on one
 # setting is only valid for the same one.
 _EMBEDDING_KEYS = (
@@ -53,10 +52,6 @@ _EMBEDDING_KEYS = (
     "pooling",
     "dtype",
 )
-
-
-class BundleMismatchError(ValueError):
-    """The reward model, its settings and the calibrator of a bundle do not belong together."""
 
 
 @dataclass(frozen=True)
@@ -159,13 +154,15 @@ class RefinedRewardModel:
     ----------
     reward_model : transformers.PreTrainedModel or nn.Module
         A one-label ``*ForSequenceClassification`` RM (an instance; use
-        :meth:`from_pretrained` for a saved bundle). It is put in eval mode and moved to
-        ``device``.
+        :meth:`from_pretrained` for a saved bundle). Once every check has passed, it is
+        put in eval mode and moved to ``device`` (in place); a refused bundle leaves it
+        as it was.
     tokenizer : PreTrainedTokenizerBase
         The RM's tokenizer.
     calibrator : EnergyRewardCalibrator
-        Fitted on embeddings of this RM with these extraction settings. Its ``device``
-        parameter is set to ``device``.
+        Fitted on embeddings of this RM with these extraction settings. Used as it is
+        when its ``device`` parameter is ``device``; otherwise the bundle uses a copy set
+        to ``device`` (the caller's calibrator is never changed).
     max_length : int, default=512
         Token budget of a formatted row (see ``EmbeddingExtractor``).
     template : {"auto", "chat"} or str, default="auto"
@@ -175,7 +172,7 @@ class RefinedRewardModel:
     long_response : {"truncate", "error"}, default="truncate"
     dtype : None or {"float32", "bfloat16", "float16", "float64"}, default=None
         None keeps the model's dtype; otherwise the model instance is converted in place
-        (as ``nn.Module.to`` does).
+        (as ``nn.Module.to`` does), after every check.
     penalty : float, default=0.0
         λ ≥ 0 of the reward ``refined − λ · std`` returned by ``__call__``.
     batch_size : int, default=16
@@ -193,7 +190,7 @@ class RefinedRewardModel:
         (``EmbeddingExtractor.identity()``, or ``ExtractionResult.info["key"]`` of a loaded
         cache). When given, every setting that determines an embedding (weights and
         tokenizer fingerprints, head, template, max_length, pooling, dtype) must match
-        this bundle's, else :class:`BundleMismatchError`.
+        this bundle's, else :class:`~skebrm.exceptions.ModelIntegrityError`.
 
     Attributes
     ----------
@@ -249,7 +246,8 @@ class RefinedRewardModel:
         check_is_fitted(calibrator)
         self.device = _device(device)
         self.template = template
-        self.extractor = EmbeddingExtractor(
+        # every check runs before the caller's model or calibrator is changed
+        extractor = EmbeddingExtractor(
             reward_model,
             tokenizer,
             max_length=max_length,
@@ -259,22 +257,24 @@ class RefinedRewardModel:
             long_response=long_response,
             device=str(self.device),
             dtype=dtype,
-        ).fit()
-        self.reward_model = self.extractor.model_
-        self.tokenizer = self.extractor.tokenizer_
-        self.extraction_settings = self.extractor.identity()
-        width = int(self.extractor.n_features_out_)
+        )._inspect()
+        width = int(extractor.n_features_out_)
         if calibrator.n_features_in_ != width:
-            raise BundleMismatchError(
+            raise ModelIntegrityError(
                 f"{caller}: the calibrator was fitted on {calibrator.n_features_in_}-dimensional "
-                f"embeddings, but the scoring layer {self.extractor.head_name_!r} of "
-                f"{type(self.reward_model).__name__} takes {width}: it was fitted on another "
+                f"embeddings, but the scoring layer {extractor.head_name_!r} of "
+                f"{type(extractor.model_).__name__} takes {width}: it was fitted on another "
                 "reward model."
             )
+        self.extractor = extractor
+        self.extraction_settings = extractor.identity()
         if fitted_on is not None:
             self._check_fitted_on(fitted_on)
+        extractor._place()
+        self.reward_model = extractor.model_
+        self.tokenizer = extractor.tokenizer_
         if calibrator.device != str(self.device):
-            calibrator.set_params(device=str(self.device))
+            calibrator = copy.deepcopy(calibrator).set_params(device=str(self.device))
         self.calibrator = calibrator
         self.__name__ = name
 
@@ -291,7 +291,7 @@ class RefinedRewardModel:
             if key in fitted_on and fitted_on[key] != self.extraction_settings.get(key)
         ]
         if diff:
-            raise BundleMismatchError(
+            raise ModelIntegrityError(
                 "RefinedRewardModel: the calibrator was fitted on embeddings made with other "
                 "settings or another reward model than this bundle's (" + "; ".join(diff) + ")."
             )
@@ -408,53 +408,33 @@ class RefinedRewardModel:
         return trl_reward(self, prompts, completions, **kwargs)
 
     # ------------------------------------------------------------ persistence
-    def save_pretrained(self, save_directory: str | os.PathLike) -> Path:
-        """Write the bundle to a folder (replaced whole and atomically if it exists).
+    def save_pretrained(
+        self, save_directory: str | os.PathLike, *, overwrite: bool = False
+    ) -> Path:
+        """Write the bundle into a folder, as Hugging Face's ``save_pretrained`` does.
 
         The RM and its tokenizer go to ``reward_model/`` (safetensors), the calibrator to
         ``calibrator/`` (its own ``save_pretrained``), and ``refined_reward_model.json``
         records the format version, the settings, the RM's weights and tokenizer
-        fingerprints and the SHA-256 of every file.
+        fingerprints and the SHA-256 of every file. Each file is written under a
+        temporary name and renamed into place, the manifest last.
+
+        Parameters
+        ----------
+        save_directory : str or path-like
+            A new or empty folder, or one that holds a bundle: that bundle is replaced
+            (its files that the new one does not write are deleted). Files that are not
+            a bundle's are never deleted.
+        overwrite : bool, default=False
+            Write into a non-empty folder that holds no bundle (its files are kept);
+            without it such a folder is refused with ``FileExistsError``.
 
         Returns
         -------
         Path
             The folder.
         """
-        from skebrm import __version__
-
-        target = Path(save_directory)
-        with staged_directory(target) as tmp:
-            # safetensors is save_pretrained's only format in transformers 5 and its
-            # default since 4.35; checked below
-            self.reward_model.save_pretrained(tmp / _RM_DIR)
-            self.tokenizer.save_pretrained(tmp / _RM_DIR)
-            if not any((tmp / _RM_DIR).glob("*.safetensors")):
-                raise RuntimeError(
-                    "RefinedRewardModel.save_pretrained: the reward model was not saved as "
-                    "safetensors; upgrade transformers (>= 4.35)."
-                )
-            self.calibrator.save_pretrained(tmp / _CAL_DIR)
-            files = {
-                p.relative_to(tmp).as_posix(): sha256_file(p)
-                for p in sorted(tmp.rglob("*"))
-                if p.is_file()
-            }
-            config = {
-                "format": "skebrm.RefinedRewardModel",
-                "format_version": BUNDLE_FORMAT_VERSION,
-                "skebrm_version": __version__,
-                "penalty": self.penalty,
-                "batch_size": self.batch_size,
-                "name": self.__name__,
-                "template": self.template,
-                "extraction": dict(self.extraction_settings),
-                "embedding_dim": int(self.extractor.n_features_out_),
-                "files": files,
-            }
-            config["config_sha256"] = _config_digest(config)
-            write_json_atomic(tmp / _CONFIG, config)
-        return target
+        return _bundle_io.save_bundle(self, save_directory, overwrite=overwrite)
 
     @classmethod
     def from_pretrained(
@@ -467,11 +447,13 @@ class RefinedRewardModel:
     ) -> RefinedRewardModel:
         """Load a bundle written by :meth:`save_pretrained`; nothing is unpickled.
 
-        The config must match its own SHA-256, every file the SHA-256 recorded at save
-        time, and the loaded RM's weights and tokenizer the recorded fingerprints; any
-        difference (a file edited or swapped after saving) raises
-        :class:`BundleMismatchError`, and so does a calibrator whose embedding width is
-        not the RM's.
+        Each file is read once and checked against the SHA-256 recorded at save time as
+        it is read; the RM is built from those verified bytes. A config that does not
+        match its own checksum, a file edited, swapped or added after saving, a loaded
+        RM or tokenizer that is not the recorded one, a calibrator whose embedding width
+        is not the RM's, or saved settings that do not build a bundle raise
+        :class:`~skebrm.exceptions.ModelIntegrityError`. Files beside the bundle's
+        folders (``reward_model/``, ``calibrator/``) are ignored.
 
         Parameters
         ----------
@@ -480,120 +462,6 @@ class RefinedRewardModel:
         penalty, batch_size : optional
             Override the saved values.
         """
-        from transformers import AutoModelForSequenceClassification, AutoTokenizer
-
-        from skebrm.extraction import HeadAdapter
-
-        caller = "RefinedRewardModel.from_pretrained"
-        folder = Path(pretrained_directory)
-        config = _read_config(folder, caller)
-        _verify_files(folder, config["files"], caller)
-        settings = config["extraction"]
-        dtype = settings["dtype"]
-        from transformers.utils import logging as hf_logging
-
-        bars = hf_logging.is_progress_bar_enabled()
-        hf_logging.disable_progress_bar()
-        try:
-            model = AutoModelForSequenceClassification.from_pretrained(
-                folder / _RM_DIR,
-                dtype=getattr(torch, dtype),
-                use_safetensors=True,
-                trust_remote_code=False,
-            )
-        finally:
-            if bars:
-                hf_logging.enable_progress_bar()
-        tokenizer = AutoTokenizer.from_pretrained(folder / _RM_DIR, trust_remote_code=False)
-        calibrator = EnergyRewardCalibrator.from_pretrained(folder / _CAL_DIR, device=str(device))
-        bundle = cls(
-            model,
-            tokenizer,
-            calibrator,
-            max_length=settings["max_length"],
-            template=config["template"],
-            head=HeadAdapter(settings["head"], pooling=settings["pooling"]),
-            long_response=settings["long_response"],
-            dtype=dtype,
-            penalty=config["penalty"] if penalty is None else penalty,
-            batch_size=config["batch_size"] if batch_size is None else batch_size,
-            device=device,
-            name=config["name"],
+        return _bundle_io.load_bundle(
+            cls, pretrained_directory, device=device, penalty=penalty, batch_size=batch_size
         )
-        diff = [
-            f"{key}: saved {settings.get(key)!r}, loaded {bundle.extraction_settings.get(key)!r}"
-            for key in _EMBEDDING_KEYS
-            if settings.get(key) != bundle.extraction_settings.get(key)
-        ]
-        if diff:
-            raise BundleMismatchError(
-                f"{caller}: the reward model in {str(folder / _RM_DIR)!r} is not the one the "
-                "bundle was saved with (" + "; ".join(diff) + "); its calibrator does not "
-                "apply to it."
-            )
-        return bundle
-
-
-def _read_config(folder: Path, caller: str) -> dict:
-    path = folder / _CONFIG
-    if not path.is_file():
-        raise FileNotFoundError(
-            f"{caller}: {str(folder)!r} is not a saved RefinedRewardModel (no {_CONFIG}); "
-            "write one with RefinedRewardModel.save_pretrained."
-        )
-    try:
-        config = json.loads(path.read_text(encoding="utf-8"))
-    except (UnicodeDecodeError, json.JSONDecodeError) as exc:
-        raise BundleMismatchError(f"{caller}: {str(path)!r} is not valid JSON ({exc}).") from exc
-    if not isinstance(config, dict) or config.get("format") != "skebrm.RefinedRewardModel":
-        raise BundleMismatchError(f"{caller}: {str(path)!r} is not a RefinedRewardModel config.")
-    version = config.get("format_version")
-    if version != BUNDLE_FORMAT_VERSION:
-        raise BundleMismatchError(
-            f"{caller}: {str(path)!r} has format_version {version!r}; this skebrm reads "
-            f"format_version {BUNDLE_FORMAT_VERSION} (saved by skebrm "
-            f"{config.get('skebrm_version')!r})."
-        )
-    missing = [
-        k
-        for k in ("penalty", "batch_size", "name", "template", "extraction", "files")
-        if k not in config
-    ]
-    if missing:
-        raise BundleMismatchError(f"{caller}: {str(path)!r} lacks the field(s) {missing}.")
-    if config.get("config_sha256") != _config_digest(config):
-        raise BundleMismatchError(
-            f"{caller}: {str(path)!r} was edited after saving (its content does not match "
-            "its config_sha256); pass penalty= or batch_size= to from_pretrained to change "
-            "those, or save the bundle again."
-        )
-    return config
-
-
-def _config_digest(config: dict) -> str:
-    """SHA-256 of the config's canonical JSON, without its own digest."""
-    body = {k: v for k, v in config.items() if k != "config_sha256"}
-    return sha256_bytes(json.dumps(body, sort_keys=True, allow_nan=False).encode("utf-8"))
-
-
-def _verify_files(folder: Path, files: dict, caller: str) -> None:
-    on_disk = {
-        p.relative_to(folder).as_posix()
-        for p in folder.rglob("*")
-        if p.is_file() and p.name != _CONFIG
-    }
-    extra = sorted(on_disk - set(files))
-    if extra:
-        raise BundleMismatchError(
-            f"{caller}: {str(folder)!r} holds files that were not saved with the bundle: "
-            f"{extra}. Remove them or save the bundle again."
-        )
-    for rel, digest in files.items():
-        path = folder / rel
-        if not path.is_file():
-            raise BundleMismatchError(f"{caller}: the bundle file {rel!r} is missing.")
-        if sha256_file(path) != digest:
-            raise BundleMismatchError(
-                f"{caller}: the bundle file {rel!r} does not match the SHA-256 recorded in "
-                f"{_CONFIG}: it was changed after saving."
-            )

@@ -7,6 +7,7 @@ import hashlib
 import inspect
 import json
 import os
+import weakref
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 
@@ -21,7 +22,7 @@ from skebrm.datasets import _validate_record, pairs_to_rows
 from skebrm.extraction._formatting import encode_rows, resolve_template
 from skebrm.extraction._heads import find_scoring_head, pooled_index
 
-__all__ = ["EmbeddingExtractor", "ExtractionResult", "SelfCheckError", "as_rows"]
+__all__ = ["EmbeddingExtractor", "ExtractionResult", "SelfCheckError", "as_rows", "prompt_groups"]
 
 _DTYPES = {
     "float32": torch.float32,
@@ -55,6 +56,9 @@ class ExtractionResult:
     pair_id, chosen : ndarray of shape (n,) or None
         Pair metadata (two rows per pair, chosen first) when the input was pairs.
     subset, section : object ndarray of shape (n,) or None
+    groups : int ndarray of shape (n,) or None
+        The prompt of each row, as an integer (rows with the same prompt share one, in
+        order of first appearance; :func:`prompt_groups`).
     n_truncated : int
         Rows whose prompt was cut (from the left) to fit ``max_length``.
     n_response_truncated : int
@@ -73,13 +77,39 @@ class ExtractionResult:
     n_truncated: int = 0
     n_response_truncated: int = 0
     info: dict = field(default_factory=dict)
+    groups: np.ndarray | None = None
 
     def __len__(self) -> int:
         return int(self.embeddings.shape[0])
 
-    def fit_params(self) -> dict:
-        """``{"pair_id": ..., "chosen": ...}`` for ``EnergyRewardCalibrator.fit(**...)``."""
-        return {"pair_id": self.pair_id, "chosen": self.chosen}
+    def fit_params(self, *, groups: bool = True) -> dict:
+        """The pair metadata for ``EnergyRewardCalibrator.fit(X, y, **res.fit_params())``.
+
+        Parameters
+        ----------
+        groups : bool, default=True
+            Include ``groups`` (the prompt of each row), so that the calibrator's
+            validation split holds out whole prompts rather than single pairs (a prompt's
+            pairs share its text, so a split by pair would score pairs whose prompt was
+            trained on). Pass False for estimators whose ``fit`` takes no ``groups``
+            (``BradleyTerryHead``).
+
+        Returns
+        -------
+        dict
+            ``pair_id`` and ``chosen``, and ``groups`` when asked for and the rows are
+            pairs with known prompts.
+        """
+        out = {"pair_id": self.pair_id, "chosen": self.chosen}
+        if groups and self.groups is not None and self.pair_id is not None:
+            out["groups"] = self.groups
+        return out
+
+
+def prompt_groups(prompts) -> np.ndarray:
+    """One integer per distinct prompt, numbered in order of first appearance."""
+    ids: dict[str, int] = {}
+    return np.fromiter((ids.setdefault(p, len(ids)) for p in prompts), np.int64, len(prompts))
 
 
 @dataclass
@@ -168,11 +198,45 @@ def _resolve_dtype(dtype):
     )
 
 
-def weights_fingerprint(model: nn.Module) -> str:
-    """SHA-256 over the names, dtypes, shapes and bytes of the model's state dict."""
+# Fingerprints known without hashing: a model loaded from files whose checksums were
+# verified as they were read (RefinedRewardModel.from_pretrained) has the fingerprint its
+# manifest records. Each entry holds the state it is valid for (every tensor's storage,
+# dtype, device and in-place version counter), so a model changed since is hashed again.
+_KNOWN_FINGERPRINTS: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()
+
+
+def _state_signature(model: nn.Module) -> tuple:
+    return tuple(
+        (name, t.data_ptr(), t._version, t.dtype, t.device, tuple(t.shape))
+        for name, t in model.state_dict().items()
+    )
+
+
+def remember_weights_fingerprint(model: nn.Module, sha256: str) -> None:
+    """Record ``sha256`` as the fingerprint of ``model`` as it is now (no hashing)."""
+    _KNOWN_FINGERPRINTS[model] = (sha256, _state_signature(model))
+
+
+def weights_fingerprint(model: nn.Module, dtype: torch.dtype | None = None) -> str:
+    """SHA-256 over the names, dtypes, shapes and bytes of the model's state dict.
+
+    With ``dtype``, of the state dict the model would have after ``model.to(dtype)``
+    (floating-point tensors converted), without converting the model. A fingerprint
+    recorded by :func:`remember_weights_fingerprint` for the model's current state is
+    returned without hashing.
+    """
+    tensors = model.state_dict()
+    if dtype is None or all(t.dtype == dtype for t in tensors.values() if t.is_floating_point()):
+        known = _KNOWN_FINGERPRINTS.get(model)
+        if known is not None and known[1] == _state_signature(model):
+            return known[0]
+        dtype = None
     h = hashlib.sha256()
-    for name, tensor in sorted(model.state_dict().items()):
-        t = tensor.detach().to("cpu").contiguous()
+    for name, tensor in sorted(tensors.items()):
+        t = tensor.detach()
+        if dtype is not None and t.is_floating_point():
+            t = t.to(dtype)
+        t = t.to("cpu").contiguous()
         h.update(f"{name}|{t.dtype}|{tuple(t.shape)}".encode())
         h.update(t.reshape(-1).view(torch.uint8).numpy().tobytes())
     return h.hexdigest()
@@ -345,9 +409,7 @@ class EmbeddingExtractor(TransformerMixin, BaseEstimator):
             )
             name = path
         elif isinstance(self.model, nn.Module):
-            model = self.model
-            if dtype is not None:
-                model = model.to(dtype)
+            model = self.model  # converted and moved by _place, after every check
             if self.tokenizer is None:
                 raise ValueError(
                     "EmbeddingExtractor: tokenizer is required when model is an nn.Module "
@@ -367,17 +429,37 @@ class EmbeddingExtractor(TransformerMixin, BaseEstimator):
                 "EmbeddingExtractor: model must be an nn.Module or a local path, got "
                 f"{type(self.model).__name__}."
             )
-        return model.to(self.device).eval(), tokenizer, name
+        return model, tokenizer, name
 
     def fit(self, X=None, y=None):
         """Load the model and tokenizer, find the scoring layer and pooling; ``X`` is ignored.
+
+        Every check runs before a model instance is changed: only then is it converted
+        to ``dtype`` and moved to ``device`` (in place, as ``nn.Module.to`` does) and put
+        in eval mode.
 
         Returns
         -------
         self
         """
+        return self._inspect()._place()
+
+    def _place(self):
+        """Convert the model to ``dtype``, move it to ``device``, eval mode (in place)."""
+        model = self.model_
+        if any(p.dtype != self.dtype_ for p in model.parameters() if p.is_floating_point()):
+            model = model.to(self.dtype_)
+        self.model_ = model.to(self.device).eval()
+        self._input_device = torch.device(self.device)
+        return self
+
+    def _inspect(self):
+        """:meth:`fit` up to, not including, changing the model (see :meth:`_place`)."""
         self._check_params()
         self.model_, self.tokenizer_, self.model_name_ = self._load()
+        torch.device(self.device)  # refuse a bad device name before anything else
+        first = next(self.model_.parameters(), None)
+        self._input_device = torch.device("cpu") if first is None else first.device
         self.head_name_, self.head_layer_, pooling = find_scoring_head(self.model_, self.head)
         self.template_ = resolve_template(self.tokenizer_, self.template)
         config = getattr(self.model_, "config", None)
@@ -410,7 +492,8 @@ class EmbeddingExtractor(TransformerMixin, BaseEstimator):
             _, _, rank = self._forward(ids, probe=True)
             self.pooling_ = "last_token" if rank == 3 else "model"
         self.n_features_out_ = int(self.head_layer_.in_features)
-        self.dtype_ = next(self.model_.parameters()).dtype
+        target = _resolve_dtype(self.dtype)
+        self.dtype_ = target if target is not None else next(self.model_.parameters()).dtype
         return self
 
     # ------------------------------------------------------------ identity
@@ -418,7 +501,7 @@ class EmbeddingExtractor(TransformerMixin, BaseEstimator):
         """SHA-256 of the fitted model's weights (computed once, for cache keys)."""
         check_is_fitted(self, "model_")
         if self._fingerprint is None:
-            self._fingerprint = weights_fingerprint(self.model_)
+            self._fingerprint = weights_fingerprint(self.model_, self.dtype_)
         return self._fingerprint
 
     def identity(self) -> dict:
@@ -473,9 +556,10 @@ class EmbeddingExtractor(TransformerMixin, BaseEstimator):
             else:
                 input_ids[i, : len(row)] = torch.tensor(row)
                 mask[i, : len(row)] = 1
-        kwargs = {"input_ids": input_ids.to(self.device), "attention_mask": mask.to(self.device)}
+        device = self._input_device
+        kwargs = {"input_ids": input_ids.to(device), "attention_mask": mask.to(device)}
         if self._pass_position_ids:
-            kwargs["position_ids"] = (mask.cumsum(-1) - 1).clamp(min=0).to(self.device)
+            kwargs["position_ids"] = (mask.cumsum(-1) - 1).clamp(min=0).to(device)
         return kwargs
 
     def _forward(self, ids: list[list[int]], *, probe: bool = False):
@@ -603,6 +687,7 @@ class EmbeddingExtractor(TransformerMixin, BaseEstimator):
             chosen=rows.chosen,
             subset=rows.subset,
             section=rows.section,
+            groups=prompt_groups(rows.prompts),
             n_truncated=int(enc.prompt_cut.sum()),
             n_response_truncated=int(enc.response_cut.sum()),
             info={

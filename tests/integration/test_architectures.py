@@ -81,7 +81,8 @@ def test_chat_template_and_pairs():
     assert res.chosen.tolist() == [True, False, True, False]
     assert res.subset.tolist() == ["a", "a", "b", "b"]
     assert res.section.tolist() == [None, None, "S", "S"]
-    assert set(res.fit_params()) == {"pair_id", "chosen"}
+    assert set(res.fit_params()) == {"pair_id", "chosen", "groups"}
+    assert res.groups.tolist() == [0, 0, 1, 1]  # the prompt of each row
     rows = [(p["prompt"], p[k]) for p in pairs for k in ("chosen", "rejected")]
     np.testing.assert_allclose(res.rewards, _alone(model, tok, ext, rows), atol=2e-6)
     np.testing.assert_array_equal(ext.transform(pairs), res.embeddings)

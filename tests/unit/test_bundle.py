@@ -8,7 +8,7 @@ import torch
 
 from skebrm import EnergyRewardCalibrator, RefinedRewardModel, RewardScores
 from skebrm.bundle import BundleMismatchError
-from skebrm.exceptions import NotFittedError
+from skebrm.exceptions import ModelIntegrityError, NotFittedError
 
 
 @pytest.fixture
@@ -208,13 +208,12 @@ def _resign(folder, edit):
     """Edit the saved config and recompute its digest (a deliberate, consistent forgery)."""
     import json
 
-    from skebrm.bundle import _config_digest
+    from skebrm._manifest import seal
 
     path = folder / "refined_reward_model.json"
     config = json.loads(path.read_text())
     edit(config)
-    config["config_sha256"] = _config_digest(config)
-    path.write_text(json.dumps(config))
+    path.write_text(json.dumps(seal(config)))
 
 
 @pytest.fixture
@@ -254,11 +253,58 @@ def test_loading_and_scoring_never_unpickle(parts, saved, monkeypatch):
     assert len(loaded.score(*_rows(parts, 3))) == 3
 
 
-def test_saving_again_replaces_the_folder_whole(parts, bundle, saved, monkeypatch):
-    (saved / "stray.txt").write_text("left over")
+def _tree(folder):
+    return {
+        p.relative_to(folder).as_posix(): p.read_bytes() for p in folder.rglob("*") if p.is_file()
+    }
+
+
+def test_saving_writes_into_the_folder_and_never_deletes_foreign_files(parts, bundle, tmp_path):
+    """As Hugging Face's save_pretrained: the folder's other files stay."""
+    folder = tmp_path / "models"
+    folder.mkdir()
+    (folder / "other_model.bin").write_bytes(b"weights of another model")
+    (folder / "notes.txt").write_text("my notes")
+    with pytest.raises(FileExistsError, match="not empty and holds no saved RefinedRewardModel"):
+        bundle.save_pretrained(folder)
+    assert _tree(folder) == {
+        "other_model.bin": b"weights of another model",
+        "notes.txt": b"my notes",
+    }
+    assert bundle.save_pretrained(folder, overwrite=True) == folder
+    assert (folder / "other_model.bin").read_bytes() == b"weights of another model"
+    assert (folder / "notes.txt").read_text() == "my notes"
+    assert not [p for p in folder.iterdir() if p.name.startswith(".")]  # no staging left
+    prompts, completions = _rows(parts, 4)
+    loaded = RefinedRewardModel.from_pretrained(folder)  # files beside the bundle: ignored
+    np.testing.assert_array_equal(
+        loaded.score(prompts, completions).refined_reward,
+        bundle.score(prompts, completions).refined_reward,
+    )
+    bundle.save_pretrained(folder)  # a folder holding a bundle is written again as it is
+    assert (folder / "notes.txt").read_text() == "my notes"
+
+
+def test_saving_over_a_bundle_removes_its_stale_files_only(parts, bundle, saved, monkeypatch):
+    from skebrm._io import sha256_file
+
+    # a previous bundle wrote a file that this one does not (another shard layout)
+    stale = saved / "reward_model" / "model-00002-of-00002.safetensors"
+    stale.write_bytes(b"an old shard")
+    rel = "reward_model/model-00002-of-00002.safetensors"
+    _resign(saved, lambda c: c["files"].update({rel: sha256_file(stale)}))
+    (saved / "README.md").write_text("about this bundle")
     bundle.save_pretrained(saved)
-    assert not (saved / "stray.txt").exists()
-    before = sorted(p.read_bytes() for p in saved.rglob("*") if p.is_file())
+    assert not stale.exists() and (saved / "README.md").exists()
+    RefinedRewardModel.from_pretrained(saved)
+    # a file inside the bundle's folders that no bundle wrote is refused, never deleted
+    (saved / "calibrator" / "mine.txt").write_text("mine")
+    with pytest.raises(FileExistsError, match=r"calibrator/mine.txt.*never deleted"):
+        bundle.save_pretrained(saved, overwrite=True)
+    assert (saved / "calibrator" / "mine.txt").read_text() == "mine"
+    (saved / "calibrator" / "mine.txt").unlink()
+    # a save that fails half-way leaves the previous bundle as it was
+    before = _tree(saved)
 
     def boom(directory):
         raise OSError("disk full")
@@ -266,7 +312,53 @@ def test_saving_again_replaces_the_folder_whole(parts, bundle, saved, monkeypatc
     monkeypatch.setattr(parts.calibrator, "save_pretrained", boom)
     with pytest.raises(OSError, match="disk full"):
         bundle.save_pretrained(saved)
-    assert sorted(p.read_bytes() for p in saved.rglob("*") if p.is_file()) == before
+    assert _tree(saved) == before
+
+
+def test_a_refused_bundle_leaves_the_callers_objects_as_they_were(parts):
+    """The width and fitted_on checks run before the model is converted or moved."""
+    import copy
+
+    model = copy.deepcopy(parts.model).train()
+    rng = np.random.default_rng(0)
+    X = rng.normal(size=(40, 8)).astype(np.float32)
+    other = EnergyRewardCalibrator(
+        hidden=(8,), reward_hidden=(4,), n_negatives=8, max_epochs=1, grid_size=16, device="cpu"
+    ).fit(X, X[:, 0])
+    with pytest.raises(ModelIntegrityError, match="fitted on 8-dimensional embeddings"):
+        RefinedRewardModel(model, parts.tokenizer, other, dtype="float64")
+    assert next(model.parameters()).dtype == torch.float32 and model.training
+    with pytest.raises(ModelIntegrityError, match="max_length: calibrator fitted on 128"):
+        RefinedRewardModel(
+            model,
+            parts.tokenizer,
+            parts.calibrator,
+            max_length=parts.max_length,
+            dtype="float64",
+            fitted_on=dict(parts.identity, max_length=128),
+        )
+    assert next(model.parameters()).dtype == torch.float32 and model.training
+    # fitted_on compares the fingerprint of the weights in the bundle's dtype
+    bundle = RefinedRewardModel(
+        model, parts.tokenizer, parts.calibrator, max_length=parts.max_length, dtype="float64"
+    )
+    assert bundle.reward_model is model and next(model.parameters()).dtype == torch.float64
+    from skebrm.extraction.extractor import weights_fingerprint
+
+    assert bundle.extraction_settings["weights_sha256"] == weights_fingerprint(model)
+
+
+def test_the_callers_calibrator_is_not_changed(parts):
+    import copy
+
+    cal = copy.deepcopy(parts.calibrator).set_params(device="auto")
+    bundle = RefinedRewardModel(parts.model, parts.tokenizer, cal, max_length=parts.max_length)
+    assert cal.device == "auto"
+    assert bundle.calibrator.device == "cpu" and bundle.calibrator is not cal
+    same = RefinedRewardModel(
+        parts.model, parts.tokenizer, parts.calibrator, max_length=parts.max_length
+    )
+    assert same.calibrator is parts.calibrator  # already on the bundle's device
 
 
 def test_an_edited_file_is_refused(saved):
@@ -274,7 +366,7 @@ def test_an_edited_file_is_refused(saved):
     data = bytearray(weights.read_bytes())
     data[-1] ^= 1
     weights.write_bytes(bytes(data))
-    with pytest.raises(BundleMismatchError, match=r"reward_model/.*changed after saving"):
+    with pytest.raises(BundleMismatchError, match=r"reward_model/.*modified after saving"):
         RefinedRewardModel.from_pretrained(saved)
 
 
@@ -291,10 +383,77 @@ def test_an_extra_file_is_refused(saved):
         RefinedRewardModel.from_pretrained(saved)
 
 
-def test_another_reward_model_is_refused(saved):
-    _resign(saved, lambda c: c["extraction"].update(weights_sha256="0" * 64))
+def test_another_tokenizer_is_refused(saved):
+    _resign(saved, lambda c: c["extraction"].update(tokenizer_sha256="0" * 64))
     with pytest.raises(BundleMismatchError, match=r"not the one the bundle was saved with"):
         RefinedRewardModel.from_pretrained(saved)
+
+
+@pytest.mark.parametrize(
+    "edit",
+    [
+        lambda c: c["extraction"].update(max_length="long"),  # ValueError
+        lambda c: c["extraction"].update(dtype="complex_float"),  # AttributeError
+        lambda c: c["extraction"].pop("head"),  # KeyError
+        lambda c: c.update(penalty=-1.0),  # ValueError
+        lambda c: c.update(template=["not", "a", "template"]),
+    ],
+)
+def test_a_consistent_forgery_that_does_not_build_is_an_integrity_error(saved, edit):
+    _resign(saved, edit)
+    with pytest.raises(ModelIntegrityError, match="do not make a RefinedRewardModel"):
+        RefinedRewardModel.from_pretrained(saved)
+
+
+def test_the_callers_own_bad_arguments_are_not_integrity_errors(saved):
+    with pytest.raises(ValueError, match="penalty must be a finite float") as info:
+        RefinedRewardModel.from_pretrained(saved, penalty=-1.0)
+    assert not isinstance(info.value, ModelIntegrityError)
+
+
+def test_loading_hashes_each_file_once(saved, monkeypatch):
+    """Start-up reads and hashes each file once; the RM's weights are not hashed again."""
+    import hashlib
+
+    sizes = [p.stat().st_size for p in saved.rglob("*") if p.is_file()]
+    hashed = []
+    real = hashlib.sha256
+
+    class Counting:
+        def __init__(self, data=b""):
+            self._h = real(data)
+            hashed.append(len(data))
+
+        def update(self, data):
+            hashed.append(memoryview(data).nbytes)
+            self._h.update(data)
+
+        def hexdigest(self):
+            return self._h.hexdigest()
+
+    monkeypatch.setattr(hashlib, "sha256", Counting)
+    RefinedRewardModel.from_pretrained(saved)
+    monkeypatch.undo()
+    weights = sum(p.stat().st_size for p in (saved / "reward_model").glob("*.safetensors"))
+    # every file once, plus the tokenizer's fingerprint and the calibrator's own check of
+    # its (small) files: far less than the weights twice
+    assert sum(hashed) < sum(sizes) + 0.5 * weights
+
+
+def test_the_transformers_floor_has_the_dtype_keyword():
+    """from_pretrained(dtype=...) selects the dtype from transformers 4.56 on."""
+    tomllib = pytest.importorskip("tomllib")
+    from pathlib import Path
+
+    from packaging.requirements import Requirement
+    from packaging.version import Version
+
+    root = Path(__file__).resolve().parents[2]
+    extras = tomllib.loads((root / "pyproject.toml").read_text())["project"]
+    hf = extras["optional-dependencies"]["hf"]
+    req = next(Requirement(d) for d in hf if Requirement(d).name == "transformers")
+    floor = [Version(s.version) for s in req.specifier if s.operator in (">=", "==", "~=")]
+    assert floor and min(floor) >= Version("4.56")
 
 
 def test_a_calibrator_of_another_width_is_refused(saved, tmp_path):

@@ -1,0 +1,318 @@
+"""Saving and loading a :class:`~skebrm.RefinedRewardModel` (a folder; never a pickle).
+
+Layout::
+
+    refined_reward_model.json   the manifest (:mod:`skebrm._manifest`): settings, the
+                                extractor's record and the SHA-256 of every file below
+    reward_model/               the RM and its tokenizer (save_pretrained, safetensors)
+    calibrator/                 the calibrator (EnergyRewardCalibrator.save_pretrained)
+
+Saving writes *into* the folder, as Hugging Face's ``save_pretrained`` does: the parts are
+first written to a hidden staging folder inside it, then each file is renamed into place
+(atomically), then the manifest; files of a previous bundle that the new one does not
+write are deleted last. Other files in the folder are never deleted. A non-empty folder
+that is not a bundle is refused unless ``overwrite=True`` (its files are then kept beside
+the bundle's); files that are not the bundle's inside ``reward_model/`` or
+``calibrator/`` are always refused, since they would change what loads.
+
+Loading reads every file once: the RM's weights into memory, hashed as they are read and
+then parsed from the same bytes, and the small files (configs, tokenizer, calibrator) into
+a private temporary folder that the loaders then read. The RM is built from the verified
+weights, so the bytes that were checked are the bytes that run, and the weights are not
+hashed again (the extractor's fingerprint is the verified one of the manifest).
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import shutil
+import tempfile
+from pathlib import Path
+
+import torch
+
+from skebrm._io import sha256_file
+from skebrm._manifest import read_manifest, read_payload, write_manifest
+from skebrm.exceptions import ModelIntegrityError
+
+__all__ = ["CONFIG_NAME", "FORMAT", "FORMAT_VERSION", "load_bundle", "save_bundle"]
+
+FORMAT = "skebrm.RefinedRewardModel"
+FORMAT_VERSION = 2
+CONFIG_NAME = "refined_reward_model.json"
+RM_DIR = "reward_model"
+CAL_DIR = "calibrator"
+_PARTS = (RM_DIR, CAL_DIR)
+_STAGING = ".skebrm-staging-"
+_REQUIRED = ("penalty", "batch_size", "name", "template", "extraction", "files")
+
+
+# ------------------------------------------------------------------------------- save
+def _previous_files(target: Path, overwrite: bool, caller: str) -> set[str]:
+    """Files of the bundle already in ``target`` (its manifest's), or refuse the folder."""
+    if not target.exists():
+        return set()
+    if not target.is_dir():
+        raise NotADirectoryError(f"{caller}: {str(target)!r} exists and is not a folder.")
+    for stale in target.glob(f"{_STAGING}*"):  # left by a save that was killed
+        shutil.rmtree(stale, ignore_errors=True)
+    manifest = target / CONFIG_NAME
+    if manifest.is_file():
+        try:
+            doc = json.loads(manifest.read_text(encoding="utf-8"))
+        except (UnicodeDecodeError, ValueError):
+            doc = None
+        if isinstance(doc, dict) and doc.get("format") == FORMAT:
+            files = doc.get("files")
+            return {f for f in files if isinstance(f, str)} if isinstance(files, dict) else set()
+    if any(target.iterdir()) and not overwrite:
+        raise FileExistsError(
+            f"{caller}: {str(target)!r} is not empty and holds no saved RefinedRewardModel; "
+            "pass an empty or new folder, or overwrite=True to write the bundle into it "
+            "(its other files are kept)."
+        )
+    return set()
+
+
+def _inside_parts(rel: str) -> bool:
+    return rel.split("/", 1)[0] in _PARTS
+
+
+def _files_under(folder: Path) -> set[str]:
+    return {
+        p.relative_to(folder).as_posix()
+        for part in _PARTS
+        if (folder / part).is_dir()
+        for p in (folder / part).rglob("*")
+        if p.is_file() or p.is_symlink()
+    }
+
+
+def save_bundle(bundle, save_directory, *, overwrite: bool = False) -> Path:
+    """Write ``bundle`` into ``save_directory`` (see the module docstring)."""
+    from skebrm import __version__
+
+    caller = "RefinedRewardModel.save_pretrained"
+    target = Path(save_directory)
+    previous = {f for f in _previous_files(target, overwrite, caller) if _inside_parts(f)}
+    target.mkdir(parents=True, exist_ok=True)
+    staging = Path(tempfile.mkdtemp(dir=target, prefix=_STAGING))
+    try:
+        bundle.reward_model.save_pretrained(staging / RM_DIR)
+        bundle.tokenizer.save_pretrained(staging / RM_DIR)
+        # safetensors is save_pretrained's only format in transformers 5 and its default
+        # since 4.35; checked here
+        if not any((staging / RM_DIR).glob("*.safetensors")):
+            raise RuntimeError(
+                f"{caller}: the reward model was not saved as safetensors; upgrade transformers."
+            )
+        bundle.calibrator.save_pretrained(staging / CAL_DIR)
+        files = {rel: sha256_file(staging / rel) for rel in sorted(_files_under(staging))}
+        foreign = sorted(_files_under(target) - previous - set(files))
+        if foreign:
+            raise FileExistsError(
+                f"{caller}: {str(target)!r} holds files that are not the bundle's inside "
+                f"its {RM_DIR}/ or {CAL_DIR}/ folder: {foreign[:10]}. They would change what "
+                "loads and are never deleted; move them away or save to another folder."
+            )
+        for rel in files:
+            dest = target / rel
+            dest.parent.mkdir(parents=True, exist_ok=True)
+            with open(staging / rel, "rb") as fh:
+                os.fsync(fh.fileno())
+            os.replace(staging / rel, dest)
+        config = {
+            "format": FORMAT,
+            "format_version": FORMAT_VERSION,
+            "skebrm_version": __version__,
+            "penalty": bundle.penalty,
+            "batch_size": bundle.batch_size,
+            "name": bundle.__name__,
+            "template": bundle.template,
+            "extraction": dict(bundle.extraction_settings),
+            "embedding_dim": int(bundle.extractor.n_features_out_),
+            "files": files,
+        }
+        write_manifest(target / CONFIG_NAME, config)
+    finally:
+        shutil.rmtree(staging, ignore_errors=True)
+    for rel in sorted(previous - set(files)):  # the previous bundle's, no longer named
+        (target / rel).unlink(missing_ok=True)
+    for part in _PARTS:  # folders the stale files leave empty
+        for d in sorted((target / part).rglob("*"), key=lambda p: -len(p.parts)):
+            if d.is_dir() and not any(d.iterdir()):
+                d.rmdir()
+    return target
+
+
+# ------------------------------------------------------------------------------- load
+_ST_DTYPES = {
+    "F64": torch.float64,
+    "F32": torch.float32,
+    "F16": torch.float16,
+    "BF16": torch.bfloat16,
+    "I64": torch.int64,
+    "I32": torch.int32,
+    "I16": torch.int16,
+    "I8": torch.int8,
+    "U8": torch.uint8,
+    "BOOL": torch.bool,
+}
+
+
+def _safetensors_from_buffer(buf: bytearray, where: str) -> dict[str, torch.Tensor]:
+    """The tensors of a safetensors file held in ``buf``, as views of it (no copy)."""
+    try:
+        n = int.from_bytes(buf[:8], "little")
+        header = json.loads(bytes(buf[8 : 8 + n]))
+        base, out = 8 + n, {}
+        for name, spec in header.items():
+            if name == "__metadata__":
+                continue
+            dtype = _ST_DTYPES[spec["dtype"]]
+            start, stop = (int(v) for v in spec["data_offsets"])
+            shape = [int(v) for v in spec["shape"]]
+            count = math.prod(shape)
+            itemsize = torch.empty((), dtype=dtype).element_size()
+            if stop - start != count * itemsize or not 0 <= start <= stop <= len(buf) - base:
+                raise ValueError(f"tensor {name!r} does not fit the file")
+            if count == 0:
+                out[name] = torch.empty(shape, dtype=dtype)
+            else:
+                flat = torch.frombuffer(buf, dtype=dtype, count=count, offset=base + start)
+                out[name] = flat.reshape(shape)
+    except (KeyError, TypeError, ValueError) as exc:
+        raise ModelIntegrityError(
+            f"{where}: a weights file is not a safetensors file ({exc})."
+        ) from exc
+    return out
+
+
+def _check_folder(folder: Path, files: dict, caller: str) -> None:
+    """Every file inside the bundle's parts is in the manifest, and the manifest names
+    only files inside them."""
+    outside = sorted(rel for rel in files if not _inside_parts(rel))
+    if outside:
+        raise ModelIntegrityError(
+            f"{caller}: the manifest names files outside the bundle: {outside}."
+        )
+    extra = sorted(_files_under(folder) - set(files))
+    if extra:
+        raise ModelIntegrityError(
+            f"{caller}: {str(folder)!r} holds files that were not saved with the bundle: "
+            f"{extra}. Remove them or save the bundle again."
+        )
+
+
+def _load_parts(folder: Path, config: dict, device, caller: str):
+    """The RM, its tokenizer and the calibrator, from files read once and verified."""
+    from transformers import AutoConfig, AutoTokenizer
+    from transformers.models.auto.modeling_auto import (
+        MODEL_FOR_SEQUENCE_CLASSIFICATION_MAPPING,
+    )
+    from transformers.utils import logging as hf_logging
+
+    from skebrm.calibrator import EnergyRewardCalibrator
+
+    dtype = getattr(torch, config["extraction"]["dtype"])
+    state: dict[str, torch.Tensor] = {}
+    with tempfile.TemporaryDirectory(prefix="skebrm-bundle-") as private:
+        private = Path(private)
+        for rel, digest in sorted(config["files"].items()):
+            data = read_payload(folder / rel, digest, where=caller, hint=" Save the bundle again.")
+            if rel.startswith(f"{RM_DIR}/") and rel.endswith(".safetensors"):
+                state.update(_safetensors_from_buffer(data, caller))
+            else:
+                (private / rel).parent.mkdir(parents=True, exist_ok=True)
+                (private / rel).write_bytes(data)
+        rm_config = AutoConfig.from_pretrained(private / RM_DIR, trust_remote_code=False)
+        model_cls = MODEL_FOR_SEQUENCE_CLASSIFICATION_MAPPING[type(rm_config)]
+        bars = hf_logging.is_progress_bar_enabled()
+        hf_logging.disable_progress_bar()
+        try:
+            model = model_cls.from_pretrained(None, config=rm_config, state_dict=state, dtype=dtype)
+        finally:
+            if bars:
+                hf_logging.enable_progress_bar()
+        tokenizer = AutoTokenizer.from_pretrained(private / RM_DIR, trust_remote_code=False)
+        calibrator = EnergyRewardCalibrator.from_pretrained(private / CAL_DIR, device=str(device))
+    return model.eval(), tokenizer, calibrator
+
+
+def load_bundle(cls, pretrained_directory, *, device="cpu", penalty=None, batch_size=None):
+    """Load a bundle written by :func:`save_bundle` (see the module docstring)."""
+    from skebrm.bundle import _EMBEDDING_KEYS, _check_batch_size, _check_penalty, _device
+    from skebrm.extraction import HeadAdapter
+    from skebrm.extraction.extractor import remember_weights_fingerprint
+
+    caller = "RefinedRewardModel.from_pretrained"
+    folder = Path(pretrained_directory)
+    # the caller's own arguments first: any later error is the files'
+    device = _device(device)
+    if penalty is not None:
+        penalty = _check_penalty(penalty, caller)
+    if batch_size is not None:
+        batch_size = _check_batch_size(batch_size, caller)
+    config = read_manifest(
+        folder / CONFIG_NAME,
+        format=FORMAT,
+        versions=(FORMAT_VERSION,),
+        where=caller,
+        missing=(
+            f"{caller}: {str(folder)!r} is not a saved RefinedRewardModel (no {CONFIG_NAME}); "
+            "write one with RefinedRewardModel.save_pretrained."
+        ),
+        hint=(
+            " Pass penalty= or batch_size= to from_pretrained to change those, or save "
+            "the bundle again."
+        ),
+    )
+    missing = [k for k in _REQUIRED if k not in config]
+    if missing:
+        raise ModelIntegrityError(
+            f"{caller}: {str(folder / CONFIG_NAME)!r} lacks the field(s) {missing}."
+        )
+    _check_folder(folder, config["files"], caller)
+    settings = config["extraction"]
+    try:
+        model, tokenizer, calibrator = _load_parts(folder, config, device, caller)
+        # the weights are the verified bytes the manifest vouches for: their fingerprint
+        # is the recorded one (a loaded model that differs is caught below all the same
+        # for every other setting)
+        remember_weights_fingerprint(model, settings["weights_sha256"])
+        bundle = cls(
+            model,
+            tokenizer,
+            calibrator,
+            max_length=settings["max_length"],
+            template=config["template"],
+            head=HeadAdapter(settings["head"], pooling=settings["pooling"]),
+            long_response=settings["long_response"],
+            dtype=settings["dtype"],
+            penalty=config["penalty"] if penalty is None else penalty,
+            batch_size=config["batch_size"] if batch_size is None else batch_size,
+            device=device,
+            name=config["name"],
+        )
+    except (ModelIntegrityError, torch.OutOfMemoryError):
+        raise
+    except (KeyError, TypeError, ValueError, RuntimeError, AttributeError, OSError) as exc:
+        raise ModelIntegrityError(
+            f"{caller}: the saved files in {str(folder)!r} do not make a RefinedRewardModel "
+            f"({type(exc).__name__}: {exc}); they were not written by save_pretrained or "
+            "were edited."
+        ) from exc
+    diff = [
+        f"{key}: saved {settings.get(key)!r}, loaded {bundle.extraction_settings.get(key)!r}"
+        for key in _EMBEDDING_KEYS
+        if settings.get(key) != bundle.extraction_settings.get(key)
+    ]
+    if diff:
+        raise ModelIntegrityError(
+            f"{caller}: the reward model in {str(folder / RM_DIR)!r} is not the one the "
+            "bundle was saved with (" + "; ".join(diff) + "); its calibrator does not "
+            "apply to it."
+        )
+    return bundle
