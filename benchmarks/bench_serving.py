@@ -1,6 +1,6 @@
 """Refined rewards at training time: the cost over the RM's forward pass, and the server.
 
-Two sections (``--sections overhead,load``):
+Three sections (``--sections overhead,load,throughput``):
 
 * ``overhead``: per-batch time of 64 completions with MiniLM at 256 tokens (every row is
   long enough to be cut to exactly 256 tokens). The baseline is the reward a trainer gets
@@ -18,6 +18,16 @@ Two sections (``--sections overhead,load``):
   p99 and throughput come from the clients' clocks. Run for the MiniLM bundle and for a
   tiny random RM (the server's own overhead). The server is stopped with SIGTERM and must
   exit with status 0.
+* ``throughput``: the server's texts/s against the bare RM forward pass, in the same run.
+  A MiniLM bundle with the basis energy (the cheap calibrator), served by a real
+  ``skebrm-serve`` process, answers ``--throughput-requests`` (100) requests of
+  ``--texts-per-request`` texts, once from each number of concurrent clients in
+  ``--throughput-clients`` (8 and 32), after a warm-up of 8 requests; the bare
+  forward (``tokenizer(texts, truncation, padding)`` + ``model(**batch).logits``, the
+  texts rendered with the same template) runs in this process on the same texts, in
+  batches of the bundle's RM batch size and of the server's ``--max-batch-size``, before
+  and after the server runs; the baseline is the faster of those (the mean of its two
+  runs). Prints server / bare ratios; the goal is 0.9x or more.
 
 Writes ``benchmarks/results/serving-<UTC stamp>.json`` (atomically) and prints the
 Markdown tables for ``benchmarks/README.md``. Run:
@@ -27,6 +37,7 @@ Markdown tables for ``benchmarks/README.md``. Run:
 from __future__ import annotations
 
 import argparse
+import copy
 import datetime as dt
 import os
 import platform
@@ -320,6 +331,98 @@ def bench_load(which: str, n_requests: int, per_request: int, clients: int, max_
     return out
 
 
+def _bare_forward_rate(model, tok, texts: list[str], batch_size: int, max_length: int) -> float:
+    """Texts/s of the RM's plain forward (tokenize + model) over ``texts`` in order."""
+    t0 = time.perf_counter()
+    with torch.inference_mode():
+        for start in range(0, len(texts), batch_size):
+            enc = tok(
+                texts[start : start + batch_size],
+                truncation=True,
+                max_length=max_length,
+                padding=True,
+                return_tensors="pt",
+            )
+            model(**enc).logits[:, 0]
+    return len(texts) / (time.perf_counter() - t0)
+
+
+def bench_throughput(
+    n_requests: int,
+    per_request: int,
+    clients_list: list[int],
+    max_length: int,
+    max_batch_size: int,
+    rm_batch_size: int,
+) -> dict:
+    model, tok = load_minilm()
+    rows = _requests_rows(n_requests, per_request)
+    fit_rows = [(p, r) for ps, rs in rows[:32] for p, r in zip(ps, rs)]
+    ext = EmbeddingExtractor(model, tok, max_length=max_length).fit()
+    res = ext.extract(fit_rows)
+    cal = EnergyRewardCalibrator(energy="basis", max_epochs=1, random_state=0, device="cpu")
+    cal.fit(res.embeddings, res.rewards)
+    bundle = RefinedRewardModel(
+        model, tok, cal, max_length=max_length, batch_size=rm_batch_size, penalty=0.5
+    )
+    texts = [ext.template_.render(p, r) for ps, rs in rows for p, r in zip(ps, rs)]
+    # a call with truncation/padding changes a fast tokenizer's backend state, which the
+    # bundle's tokenizer fingerprint covers: the bare forward gets its own copy
+    tok = copy.deepcopy(tok)
+    batch_sizes = sorted({rm_batch_size, max_batch_size})
+    _bare_forward_rate(model, tok, texts[:max_batch_size], max_batch_size, max_length)  # warm-up
+    bare = {b: [_bare_forward_rate(model, tok, texts, b, max_length)] for b in batch_sizes}
+    runs = []
+    with tempfile.TemporaryDirectory() as tmp:
+        folder = bundle.save_pretrained(Path(tmp) / "bundle")
+        loaded = RefinedRewardModel.from_pretrained(folder)
+        reference = [loaded.score(p, r) for p, r in rows]
+        proc, url, log = start_server(
+            folder, Path(tmp) / "server.log", "--max-batch-size", str(max_batch_size)
+        )
+        try:
+            import httpx
+
+            # warm-up: the server's first batches
+            load_test(url, rows[:8], reference[:8], 8, tol=float("inf"))
+            for clients in clients_list:
+                before = httpx.get(f"{url}/health", timeout=5).json()
+                out = load_test(url, rows, reference, clients, tol=1e-4)
+                after = httpx.get(f"{url}/health", timeout=5).json()
+                batches = after["batches"] - before["batches"]
+                out["mean_texts_per_batch"] = (after["texts"] - before["texts"]) / max(1, batches)
+                runs.append(out)
+                print(
+                    f"server, {clients} clients: {out['texts_per_second']:.1f} texts/s, p50 "
+                    f"{out['latency_p50_ms']:.0f} ms, p99 {out['latency_p99_ms']:.0f} ms",
+                    flush=True,
+                )
+        finally:
+            code = stop_server(proc, log)
+    for b in batch_sizes:
+        bare[b].append(_bare_forward_rate(model, tok, texts, b, max_length))
+    bare_mean = {b: float(np.mean(v)) for b, v in bare.items()}
+    best = max(bare_mean, key=bare_mean.get)
+    for b, v in bare_mean.items():
+        print(f"bare RM forward, batch {b}: {v:.1f} texts/s ({bare[b]})", flush=True)
+    for r in runs:
+        r["ratio_vs_bare"] = r["texts_per_second"] / bare_mean[best]
+        print(f"{r['clients']} clients: {r['ratio_vs_bare']:.2f}x the bare forward", flush=True)
+    return {
+        "model": "minilm",
+        "calibrator": "basis",
+        "max_length": max_length,
+        "texts_per_request": per_request,
+        "max_batch_size": max_batch_size,
+        "rm_batch_size": rm_batch_size,
+        "bare_texts_per_second": {str(b): v for b, v in bare.items()},
+        "bare_baseline_batch": best,
+        "bare_baseline_texts_per_second": bare_mean[best],
+        "runs": runs,
+        "exit_code": code,
+    }
+
+
 # ---------------------------------------------------------------------- report
 def _tables(result: dict) -> str:
     lines = []
@@ -355,12 +458,33 @@ def _tables(result: dict) -> str:
                 f"{r['std_max_abs_diff']:.1e} / {r['refined_max_abs_diff']:.1e} | "
                 f"{r['refined_texts_off_by_more_than_tol']} of {r['texts']} | {r['exit_code']} |"
             )
+    tp = result.get("throughput")
+    if tp:
+        bare = ", ".join(
+            f"batch {b}: {np.mean(v):.1f}" for b, v in tp["bare_texts_per_second"].items()
+        )
+        lines += [
+            "",
+            f"Bare RM forward (texts/s, mean of a run before and after the server): {bare}; "
+            f"baseline batch {tp['bare_baseline_batch']}.",
+            "",
+            "| clients | requests × texts | texts/s | vs bare forward | p50 latency | "
+            "p99 latency | texts per server batch | failed |",
+            "|---|---|---|---|---|---|---|---|",
+        ]
+        for r in tp["runs"]:
+            lines.append(
+                f"| {r['clients']} | {r['requests']} × {tp['texts_per_request']} | "
+                f"{r['texts_per_second']:.1f} | {r['ratio_vs_bare']:.2f}× | "
+                f"{r['latency_p50_ms']:.0f} ms | {r['latency_p99_ms']:.0f} ms | "
+                f"{r['mean_texts_per_batch']:.1f} | {r['failed_requests']} |"
+            )
     return "\n".join(lines)
 
 
 def main(argv=None) -> Path:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--sections", default="overhead,load")
+    parser.add_argument("--sections", default="overhead,load,throughput")
     parser.add_argument("--n-texts", type=int, default=64)
     parser.add_argument("--max-length", type=int, default=256)
     parser.add_argument("--repeats", type=int, default=5)
@@ -369,6 +493,10 @@ def main(argv=None) -> Path:
     parser.add_argument("--texts-per-request", type=int, default=2)
     parser.add_argument("--load-max-length", type=int, default=128)
     parser.add_argument("--load-models", default="minilm,tiny")
+    parser.add_argument("--throughput-clients", default="8,32")
+    parser.add_argument("--throughput-requests", type=int, default=100)
+    parser.add_argument("--max-batch-size", type=int, default=64, help="the server's")
+    parser.add_argument("--rm-batch-size", type=int, default=16, help="the bundle's")
     parser.add_argument("--out", type=Path, default=HERE / "results")
     args = parser.parse_args(argv)
     sections = set(args.sections.split(","))
@@ -398,6 +526,15 @@ def main(argv=None) -> Path:
             bench_load(m, args.requests, args.texts_per_request, args.clients, args.load_max_length)
             for m in args.load_models.split(",")
         ]
+    if "throughput" in sections:
+        result["throughput"] = bench_throughput(
+            args.throughput_requests,
+            args.texts_per_request,
+            [int(c) for c in args.throughput_clients.split(",")],
+            args.load_max_length,
+            args.max_batch_size,
+            args.rm_batch_size,
+        )
     result["machine"]["loadavg_end"] = os.getloadavg()
     result["seconds_total"] = time.perf_counter() - start
     path = args.out / f"serving-{stamp.strftime('%Y%m%dT%H%M%SZ')}.json"
