@@ -3,11 +3,15 @@
 Layout of ``cache_dir``::
 
     manifest.json            identity key + layout (rows, shard size, number of shards)
-    metadata.json            pair metadata of every row (pair_id, chosen, subset, section)
+    metadata.json            pair metadata of every row (pair_id, chosen, groups, subset,
+                             section)
     shards/00000.safetensors embeddings (rows, d) float32 and rewards (rows,) float32
     shards/00000.json        the shard's record: its rows, SHA-256, truncation counts
     merged.safetensors       all shards end to end, written once by ``load_cache`` for mmap
     merged.json              SHA-256 of the merged file and of the shards it was built from
+
+Every JSON file is a checksummed manifest (:mod:`skebrm._manifest`); the shards are
+managed by the framework both caches share (:mod:`skebrm._shards`).
 
 The key in ``manifest.json`` records the model (path/name, class, SHA-256 of its weights),
 tokenizer, scoring layer, template, ``max_length``, pooling, dtype, package version and the
@@ -27,21 +31,33 @@ See ``docs/cluster.md`` for Hydra launchers.
 
 from __future__ import annotations
 
-import hashlib
 import json
 import os
-import shutil
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
-from safetensors.numpy import load_file, save_file
+from safetensors.numpy import load, save
 from tqdm.auto import tqdm
 
-from skebrm._io import sha256_file, tmp_name, write_json_atomic
+from skebrm._io import sha256_file, tmp_name
+from skebrm._manifest import read_manifest, write_manifest
+from skebrm._shards import (
+    CacheCorruptError,
+    CacheIncompleteError,
+    CacheMismatchError,
+    ShardStore,
+    check_shard_args,
+)
 from skebrm.extraction._formatting import check_texts
-from skebrm.extraction.extractor import EmbeddingExtractor, ExtractionResult, Rows, as_rows
+from skebrm.extraction.extractor import (
+    EmbeddingExtractor,
+    ExtractionResult,
+    Rows,
+    as_rows,
+    prompt_groups,
+)
 
 __all__ = [
     "CacheCorruptError",
@@ -53,19 +69,12 @@ __all__ = [
     "merge_caches",
 ]
 
-_FORMAT = 1
+_FORMAT = "skebrm.EmbeddingCache"
+_MERGED_FORMAT = "skebrm.EmbeddingCacheMerged"
 
 
-class CacheMismatchError(ValueError):
-    """The cache was written for another model, dataset or setting."""
-
-
-class CacheCorruptError(OSError):
-    """A cache file does not match its recorded checksum or layout."""
-
-
-class CacheIncompleteError(RuntimeError):
-    """Some shards of the cache have not been computed yet."""
+def _store(cache_dir) -> ShardStore:
+    return ShardStore(cache_dir, _FORMAT, ".safetensors", "cache", "extract_to_cache")
 
 
 @dataclass
@@ -85,78 +94,18 @@ class CacheReport:
         return self.rows_computed / self.seconds if self.seconds > 0 else float("nan")
 
 
-# --------------------------------------------------------------------- file helpers
-def _read_json(path: Path) -> dict:
-    try:
-        with open(path, encoding="utf-8") as fh:
-            return json.load(fh)
-    except json.JSONDecodeError as exc:
-        raise CacheCorruptError(f"cache file {str(path)!r} is not valid JSON ({exc}).") from exc
-
-
-def _key_sha(key: dict) -> str:
-    return hashlib.sha256(json.dumps(key, sort_keys=True).encode()).hexdigest()
-
-
-def _shard_paths(cache_dir: Path, k: int) -> tuple[Path, Path]:
-    return cache_dir / "shards" / f"{k:05d}.safetensors", cache_dir / "shards" / f"{k:05d}.json"
-
-
-def _metadata(rows: Rows) -> dict:
+def _metadata(rows: Rows) -> bytes:
     def lst(a):
         return None if a is None else [None if v is None else str(v) for v in a]
 
-    return {
+    meta = {
         "pair_id": None if rows.pair_id is None else np.asarray(rows.pair_id).tolist(),
         "chosen": None if rows.chosen is None else np.asarray(rows.chosen, bool).tolist(),
+        "groups": prompt_groups(rows.prompts).tolist(),
         "subset": lst(rows.subset),
         "section": lst(rows.section),
     }
-
-
-def _check_shard_args(shard_index, num_shards, shard_size) -> None:
-    for name, value, low in (("num_shards", num_shards, 1), ("shard_size", shard_size, 1)):
-        if not isinstance(value, (int, np.integer)) or isinstance(value, bool) or value < low:
-            raise ValueError(f"extract_to_cache: {name} must be a positive int, got {value!r}.")
-    if (
-        not isinstance(shard_index, (int, np.integer))
-        or isinstance(shard_index, bool)
-        or not 0 <= shard_index < num_shards
-    ):
-        raise ValueError(
-            f"extract_to_cache: shard_index must be an int in [0, num_shards={num_shards}), "
-            f"got {shard_index!r}."
-        )
-
-
-def _diff_keys(old: dict, new: dict) -> list[str]:
-    return sorted(k for k in set(old) | set(new) if old.get(k) != new.get(k))
-
-
-def _verify_shard(cache_dir: Path, k: int, key_sha: str) -> dict | None:
-    """The shard's record if the shard is complete and intact, None if not computed."""
-    data, record_path = _shard_paths(cache_dir, k)
-    if not record_path.exists():
-        return None
-    record = _read_json(record_path)
-    if record.get("key_sha256") != key_sha:
-        raise CacheMismatchError(
-            f"cache shard {str(record_path)!r} was written for another key than "
-            f"{str(cache_dir / 'manifest.json')!r}; delete the directory or use another one."
-        )
-    if not data.exists():
-        raise CacheCorruptError(
-            f"cache shard {str(data)!r} is missing but its record exists; delete "
-            f"{str(record_path)!r} and rerun extract_to_cache to recompute it."
-        )
-    digest = sha256_file(data)
-    if digest != record["sha256"]:
-        raise CacheCorruptError(
-            f"cache shard {str(data)!r} is corrupted: SHA-256 {digest[:12]}… differs from "
-            f"the recorded {record['sha256'][:12]}…; delete {str(data)!r} and "
-            f"{str(record_path)!r} and rerun extract_to_cache to recompute it."
-        )
-    return record
+    return (json.dumps(meta, sort_keys=True, allow_nan=False) + "\n").encode()
 
 
 # ------------------------------------------------------------------------- extract
@@ -195,7 +144,9 @@ def extract_to_cache(
     -------
     CacheReport
     """
-    _check_shard_args(shard_index, num_shards, shard_size)
+    shard_index, num_shards, shard_size = check_shard_args(
+        "extract_to_cache", shard_index, num_shards, shard_size
+    )
     if not isinstance(extractor, EmbeddingExtractor):
         raise TypeError(
             "extract_to_cache: extractor must be an EmbeddingExtractor, got "
@@ -205,47 +156,22 @@ def extract_to_cache(
     check_texts(rows.prompts, rows.responses)  # refuse bad input before writing anything
     if not hasattr(extractor, "model_"):
         extractor.fit()
-    cache_dir = Path(cache_dir)
+    store = _store(cache_dir)
     n = len(rows)
-    n_shards = -(-n // int(shard_size))
+    n_shards = -(-n // shard_size)
     key = dict(extractor.identity(), dataset_sha256=rows.fingerprint(), n_rows=n)
-    layout = {"format": _FORMAT, "shard_size": int(shard_size), "n_shards": n_shards}
-    manifest = {"key": key, "key_sha256": _key_sha(key), "layout": layout}
-    manifest_path = cache_dir / "manifest.json"
-    if manifest_path.exists():
-        old = _read_json(manifest_path)
-        if old.get("key") != key or old.get("layout") != layout:
-            diff = _diff_keys(old.get("key", {}), key) + _diff_keys(old.get("layout", {}), layout)
-            if not overwrite:
-                raise CacheMismatchError(
-                    f"extract_to_cache: {str(cache_dir)!r} holds a cache for another setting "
-                    f"(differs in {diff}); use another cache_dir or pass overwrite=True to "
-                    "replace it."
-                )
-            for name in ("shards", "merged.safetensors", "merged.json", "metadata.json"):
-                target = cache_dir / name
-                if target.is_dir():
-                    shutil.rmtree(target)
-                elif target.exists():
-                    target.unlink()
-            manifest_path.unlink()
-    (cache_dir / "shards").mkdir(parents=True, exist_ok=True)
-    if not manifest_path.exists():
-        write_json_atomic(cache_dir / "metadata.json", _metadata(rows))
-        write_json_atomic(manifest_path, manifest)
+    layout = {"shard_size": shard_size, "n_shards": n_shards}
+    manifest = store.open(
+        key,
+        layout,
+        {"metadata.json": _metadata(rows)},
+        overwrite=overwrite,
+        caller="extract_to_cache",
+    )
     key_sha = manifest["key_sha256"]
 
-    mine = list(range(int(shard_index), n_shards, int(num_shards)))
-    report = CacheReport(cache_dir=cache_dir, n_rows=n, n_shards=n_shards)
-    todo = []
-    for k in mine:
-        data, _ = _shard_paths(cache_dir, k)
-        for stale in data.parent.glob(f".{k:05d}.*.tmp-*"):
-            stale.unlink(missing_ok=True)  # left by a killed run of this shard
-        if _verify_shard(cache_dir, k, key_sha) is None:
-            todo.append(k)
-        else:
-            report.skipped.append(k)
+    report = CacheReport(cache_dir=store.cache_dir, n_rows=n, n_shards=n_shards)
+    todo, report.skipped = store.plan(range(shard_index, n_shards, num_shards), key_sha)
     show = extractor.verbose if verbose is None else verbose
     total = sum(min(n, (k + 1) * shard_size) - k * shard_size for k in todo)
     start_time = time.perf_counter()
@@ -253,24 +179,18 @@ def extract_to_cache(
         for k in todo:
             a, b = k * shard_size, min(n, (k + 1) * shard_size)
             res = extractor.extract(rows.take(a, b))
-            data, record_path = _shard_paths(cache_dir, k)
-            tmp = tmp_name(data)
-            save_file(
+            blob = save(
                 {
                     "embeddings": np.ascontiguousarray(res.embeddings, dtype=np.float32),
                     "rewards": np.ascontiguousarray(res.rewards, dtype=np.float32),
-                },
-                str(tmp),
+                }
             )
-            digest = sha256_file(tmp)
-            os.replace(tmp, data)
-            write_json_atomic(
-                record_path,
+            store.write(
+                k,
+                key_sha,
+                blob,
                 {
-                    "key_sha256": key_sha,
-                    "index": k,
                     "rows": [a, b],
-                    "sha256": digest,
                     "n_truncated": res.n_truncated,
                     "n_response_truncated": res.n_response_truncated,
                 },
@@ -283,7 +203,7 @@ def extract_to_cache(
 
 
 # ---------------------------------------------------------------------------- load
-def _write_merged(cache_dir: Path, records: list[dict], n: int, d: int) -> None:
+def _write_merged(store: ShardStore, found: list, n: int, d: int) -> None:
     """Concatenate shards into one safetensors file, streaming (never all in RAM)."""
     emb_bytes, rew_bytes = n * d * 4, n * 4
     header = {
@@ -296,22 +216,29 @@ def _write_merged(cache_dir: Path, records: list[dict], n: int, d: int) -> None:
     }
     raw = json.dumps(header, separators=(",", ":")).encode()
     raw += b" " * (-len(raw) % 8)
-    path = cache_dir / "merged.safetensors"
+    path = store.cache_dir / "merged.safetensors"
     tmp = tmp_name(path)
     with open(tmp, "wb") as fh:
         fh.write(len(raw).to_bytes(8, "little"))
         fh.write(raw)
         for name in ("embeddings", "rewards"):
-            for rec in records:
-                arr = load_file(str(_shard_paths(cache_dir, rec["index"])[0]))[name]
+            for _, blob in found:
+                arr = load(bytes(blob))[name]
                 fh.write(np.ascontiguousarray(arr, dtype="<f4").tobytes())
         fh.flush()
         os.fsync(fh.fileno())
     digest = sha256_file(tmp)
     os.replace(tmp, path)
-    write_json_atomic(
-        cache_dir / "merged.json",
-        {"sha256": digest, "shards": [r["sha256"] for r in records], "n_rows": n, "dim": d},
+    write_manifest(
+        store.cache_dir / "merged.json",
+        {
+            "format": _MERGED_FORMAT,
+            "format_version": 2,
+            "files": {path.name: digest},
+            "shards": [rec["content_sha256"] for rec, _ in found],
+            "n_rows": n,
+            "dim": d,
+        },
     )
 
 
@@ -352,72 +279,81 @@ def load_cache(
         when the cache was built from pairs: ``res.fit_params()`` goes straight to
         ``EnergyRewardCalibrator.fit``.
     """
-    cache_dir = Path(cache_dir)
-    manifest_path = cache_dir / "manifest.json"
-    if not manifest_path.exists():
-        raise FileNotFoundError(f"load_cache: no cache manifest at {str(manifest_path)!r}.")
-    manifest = _read_json(manifest_path)
+    caller = "load_cache"
+    store = _store(cache_dir)
+    manifest = store.read_manifest(caller)
     key_sha, layout = manifest["key_sha256"], manifest["layout"]
-    n = manifest["key"]["n_rows"]
-    records, missing = [], []
-    for k in range(layout["n_shards"]):
-        if verify:
-            rec = _verify_shard(cache_dir, k, key_sha)
-        else:
-            rec_path = _shard_paths(cache_dir, k)[1]
-            rec = _read_json(rec_path) if rec_path.exists() else None
-        if rec is None:
-            missing.append(k)
-        else:
-            records.append(rec)
-    if missing:
-        raise CacheIncompleteError(
-            f"load_cache: {len(missing)} of {layout['n_shards']} shards of {str(cache_dir)!r} "
-            f"are not computed yet (first: {missing[:10]}); run extract_to_cache on the "
-            "missing shard_index values first."
-        )
-    if [r["rows"][0] for r in records] != list(range(0, n, layout["shard_size"])) or (
+    n, size = manifest["key"]["n_rows"], layout["shard_size"]
+    merged, merged_json = store.cache_dir / "merged.safetensors", store.cache_dir / "merged.json"
+    # with a fresh merged file the shards are checked (each read once) but not parsed
+    parsed = not mmap or not (merged.exists() and merged_json.exists())
+    found = store.records(
+        layout["n_shards"], key_sha, verify=verify, caller=caller, with_data=parsed
+    )
+    records = [f[0] for f in found] if parsed else found
+    if [r.get("rows", [None])[0] for r in records] != list(range(0, n, size)) or (
         records and records[-1]["rows"][1] != n
     ):
         raise CacheCorruptError(
-            f"load_cache: the shard records of {str(cache_dir)!r} do not tile the rows."
+            f"{caller}: the shard records of {str(store.cache_dir)!r} do not tile the rows."
         )
     if mmap:
-        merged_json = cache_dir / "merged.json"
-        merged = cache_dir / "merged.safetensors"
         fresh = False
         if merged_json.exists() and merged.exists():
-            info = _read_json(merged_json)
-            fresh = info.get("shards") == [r["sha256"] for r in records]
-            if fresh and verify and sha256_file(merged) != info["sha256"]:
+            try:
+                info = read_manifest(
+                    merged_json,
+                    format=_MERGED_FORMAT,
+                    versions=(2,),
+                    where=caller,
+                    missing="",
+                    error=CacheCorruptError,
+                )
+                fresh = info.get("shards") == [r["content_sha256"] for r in records]
+            except CacheCorruptError:
+                fresh = False  # rebuilt from the shards below
+            if fresh and verify and sha256_file(merged) != info["files"].get(merged.name):
                 raise CacheCorruptError(
-                    f"load_cache: {str(merged)!r} is corrupted (SHA-256 mismatch); delete it "
+                    f"{caller}: {str(merged)!r} is corrupted (SHA-256 mismatch); delete it "
                     "and it will be rebuilt from the shards."
                 )
         if not fresh:
-            first = load_file(str(_shard_paths(cache_dir, 0)[0]))["embeddings"]
-            _write_merged(cache_dir, records, n, first.shape[1])
+            if not parsed:  # the shards' bytes, each read once
+                found = store.records(
+                    layout["n_shards"], key_sha, verify=verify, caller=caller, with_data=True
+                )
+            first = load(bytes(found[0][1]))["embeddings"]
+            _write_merged(store, found, n, first.shape[1])
         arrays = _mmap_merged(merged)
         emb, rew = arrays["embeddings"], arrays["rewards"]
     else:
-        parts = [load_file(str(_shard_paths(cache_dir, r["index"])[0])) for r in records]
+        parts = [load(bytes(blob)) for _, blob in found]
         emb = np.concatenate([p["embeddings"] for p in parts])
         rew = np.concatenate([p["rewards"] for p in parts])
-    meta = _read_json(cache_dir / "metadata.json")
+    try:
+        meta = json.loads(bytes(store.read_side_file(manifest, "metadata.json", caller)))
+    except ValueError as exc:
+        raise CacheCorruptError(
+            f"{caller}: the cache's metadata.json is not JSON ({exc})."
+        ) from exc
 
     def obj(values):
         return None if values is None else np.array(values, dtype=object)
 
+    def ints(values, dtype=None):
+        return None if values is None else np.asarray(values, dtype=dtype)
+
     return ExtractionResult(
         embeddings=emb,
         rewards=rew,
-        pair_id=None if meta["pair_id"] is None else np.asarray(meta["pair_id"]),
-        chosen=None if meta["chosen"] is None else np.asarray(meta["chosen"], dtype=bool),
+        pair_id=ints(meta["pair_id"]),
+        chosen=ints(meta["chosen"], bool),
         subset=obj(meta["subset"]),
         section=obj(meta["section"]),
+        groups=ints(meta.get("groups"), np.int64),
         n_truncated=sum(r["n_truncated"] for r in records),
         n_response_truncated=sum(r["n_response_truncated"] for r in records),
-        info={"cache_dir": str(cache_dir), "key": manifest["key"]},
+        info={"cache_dir": str(store.cache_dir), "key": manifest["key"]},
     )
 
 
@@ -428,44 +364,54 @@ def merge_caches(sources, dest: str | os.PathLike) -> Path:
     shard order, so the result does not depend on the order of ``sources``; a shard that
     two sources hold with different checksums is refused.
     """
-    sources = [Path(s) for s in sources]
+    caller = "merge_caches"
+    sources = [_store(s) for s in sources]
     if not sources:
         raise ValueError("merge_caches: sources is empty; pass at least one cache directory.")
-    dest = Path(dest)
-    manifests = [_read_json(s / "manifest.json") for s in sources]
+    dest = _store(dest)
+    manifests = [s.read_manifest(caller) for s in sources]
     ref = manifests[0]
     for s, m in zip(sources, manifests):
         if m["key_sha256"] != ref["key_sha256"] or m["layout"] != ref["layout"]:
-            diff = _diff_keys(ref["key"], m["key"]) + _diff_keys(ref["layout"], m["layout"])
-            raise CacheMismatchError(
-                f"merge_caches: {str(s)!r} holds another cache than {str(sources[0])!r} "
-                f"(differs in {diff})."
+            diff = sorted(
+                k
+                for part in ("key", "layout")
+                for k in set(ref[part]) | set(m[part])
+                if ref[part].get(k) != m[part].get(k)
             )
-    (dest / "shards").mkdir(parents=True, exist_ok=True)
-    if (dest / "manifest.json").exists():
-        if _read_json(dest / "manifest.json")["key_sha256"] != ref["key_sha256"]:
-            raise CacheMismatchError(f"merge_caches: {str(dest)!r} holds another cache.")
+            raise CacheMismatchError(
+                f"merge_caches: {str(s.cache_dir)!r} holds another cache than "
+                f"{str(sources[0].cache_dir)!r} (differs in {diff})."
+            )
+    if dest.manifest_path.exists():
+        if dest.read_manifest(caller)["key_sha256"] != ref["key_sha256"]:
+            raise CacheMismatchError(f"merge_caches: {str(dest.cache_dir)!r} holds another cache.")
     else:
-        shutil.copyfile(sources[0] / "metadata.json", tmp_name(dest / "metadata.json"))
-        os.replace(tmp_name(dest / "metadata.json"), dest / "metadata.json")
-        write_json_atomic(dest / "manifest.json", ref)
+        meta = bytes(sources[0].read_side_file(ref, "metadata.json", caller))
+        dest.open(
+            ref["key"], ref["layout"], {"metadata.json": meta}, overwrite=False, caller=caller
+        )
+    key_sha = ref["key_sha256"]
     for k in range(ref["layout"]["n_shards"]):
-        have = _verify_shard(dest, k, ref["key_sha256"])
+        have = dest.record(k, key_sha, verify=True)
         for s in sources:
-            rec = _verify_shard(s, k, ref["key_sha256"])
-            if rec is None:
+            found = s.record(k, key_sha, verify=True, with_data=True)
+            if found is None:
                 continue
+            rec, blob = found
             if have is not None:
-                if have["sha256"] != rec["sha256"]:
+                if have["files"] != rec["files"]:
                     raise CacheCorruptError(
                         f"merge_caches: shard {k} differs between sources (SHA-256 "
-                        f"{have['sha256'][:12]}… vs {rec['sha256'][:12]}… in {str(s)!r})."
+                        f"{next(iter(have['files'].values()))[:12]}… vs "
+                        f"{next(iter(rec['files'].values()))[:12]}… in {str(s.cache_dir)!r})."
                     )
                 continue
-            src_data = _shard_paths(s, k)[0]
-            dst_data, dst_rec = _shard_paths(dest, k)
-            shutil.copyfile(src_data, tmp_name(dst_data))
-            os.replace(tmp_name(dst_data), dst_data)
-            write_json_atomic(dst_rec, rec)
-            have = rec
-    return dest
+            fields = {
+                key: v
+                for key, v in rec.items()
+                if key not in ("format", "format_version", "key_sha256", "index", "files")
+                and key != "content_sha256"
+            }
+            have = dest.write(k, key_sha, bytes(blob), fields)
+    return dest.cache_dir

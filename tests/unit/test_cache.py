@@ -72,7 +72,7 @@ def test_round_trip_matches_direct_extraction(tmp_path):
         assert res.n_truncated == direct.n_truncated
     # memory-mapped arrays and pair metadata go straight into the calibrator's fit
     res = load_cache(tmp_path)
-    BradleyTerryHead().fit(res.embeddings, res.rewards, **res.fit_params())
+    BradleyTerryHead().fit(res.embeddings, res.rewards, **res.fit_params(groups=False))
     fast = {"hidden": (8,), "reward_hidden": (4,), "n_negatives": 8, "max_epochs": 1}
     cal = EnergyRewardCalibrator(**fast, grid_size=32, random_state=0)
     cal.fit(res.embeddings, res.rewards, **res.fit_params())
@@ -89,6 +89,49 @@ def test_round_trip_matches_direct_extraction(tmp_path):
         "skebrm_version",
     ):
         assert field in manifest["key"]
+
+
+def test_fit_params_hold_the_prompt_groups(tmp_path):
+    """The calibrator's default validation split then holds out whole prompts."""
+    pairs = _pairs(10)
+    for i, p in enumerate(pairs):
+        p["prompt"] = f"Human: question {i % 3}"  # 3 prompts, several pairs each
+    ext = _extractor()
+    direct = ext.extract(pairs)
+    # reference: a plain loop numbering prompts in order of first appearance
+    seen, ref = {}, []
+    for p in pairs:
+        for _ in ("chosen", "rejected"):
+            ref.append(seen.setdefault(p["prompt"], len(seen)))
+    params = direct.fit_params()
+    assert set(params) == {"pair_id", "chosen", "groups"}
+    np.testing.assert_array_equal(params["groups"], ref)
+    extract_to_cache(ext, pairs, tmp_path, shard_size=3)
+    np.testing.assert_array_equal(load_cache(tmp_path).fit_params()["groups"], ref)
+    np.testing.assert_array_equal(load_cache(tmp_path, mmap=False).groups, ref)
+    assert "groups" not in direct.fit_params(groups=False)
+    fast = {"hidden": (8,), "reward_hidden": (4,), "n_negatives": 8, "max_epochs": 1}
+    cal = EnergyRewardCalibrator(
+        **fast, grid_size=32, random_state=0, validation_fraction=0.5, guard="off"
+    )
+    cal.fit(direct.embeddings, direct.rewards, **params)  # groups are routed to the split
+    rows = ext.extract([("p", "r"), ("p", "s")])
+    assert "groups" not in rows.fit_params()  # no pairs: nothing to split
+
+
+def test_an_edited_key_is_refused_even_with_its_old_hash_kept(tmp_path):
+    from skebrm._manifest import seal
+
+    extract_to_cache(_extractor(), _pairs(3), tmp_path, shard_size=2)
+    path = tmp_path / "manifest.json"
+    doc = json.loads(path.read_text())
+    doc["key"]["max_length"] = 999
+    path.write_text(json.dumps(doc))
+    with pytest.raises(CacheCorruptError, match="was edited after saving"):
+        load_cache(tmp_path)
+    path.write_text(json.dumps(seal(doc)))  # resealed, but key_sha256 is the old key's
+    with pytest.raises(CacheCorruptError, match="does not match its key_sha256"):
+        load_cache(tmp_path)
 
 
 def test_tuples_without_pair_metadata(tmp_path):
