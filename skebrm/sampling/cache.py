@@ -1,6 +1,6 @@
 """A sharded, resumable, checksummed on-disk cache of policy samples.
 
-Same discipline as the embedding cache (:mod:`skebrm.extraction.cache`). Layout of
+The same shard framework as the embedding cache (:mod:`skebrm._shards`). Layout of
 ``cache_dir``::
 
     manifest.json           identity key + layout (prompts, samples, shard size, shards)
@@ -29,7 +29,6 @@ from __future__ import annotations
 import hashlib
 import json
 import os
-import shutil
 import time
 from collections.abc import Sequence
 from dataclasses import dataclass, field
@@ -38,8 +37,7 @@ from pathlib import Path
 import numpy as np
 from tqdm.auto import tqdm
 
-from skebrm._io import sha256_bytes, sha256_file, write_bytes_atomic, write_json_atomic
-from skebrm.extraction.cache import CacheCorruptError, CacheIncompleteError, CacheMismatchError
+from skebrm._shards import CacheCorruptError, ShardStore, check_shard_args
 from skebrm.sampling.base import FINISH_REASONS, PolicySampler
 
 __all__ = [
@@ -51,7 +49,11 @@ __all__ = [
     "shard_seed",
 ]
 
-_FORMAT = 1
+_FORMAT = 1  # the key's "format" (what a sample record holds)
+
+
+def _store(cache_dir) -> ShardStore:
+    return ShardStore(cache_dir, "skebrm.SampleCache", ".jsonl", "sample cache", "sample_to_cache")
 
 
 @dataclass
@@ -113,56 +115,10 @@ def prompts_fingerprint(prompts: Sequence[str]) -> str:
     return h.hexdigest()
 
 
-def _read_json(path: Path) -> dict:
-    try:
-        with open(path, encoding="utf-8") as fh:
-            return json.load(fh)
-    except json.JSONDecodeError as exc:
-        raise CacheCorruptError(f"cache file {str(path)!r} is not valid JSON ({exc}).") from exc
-
-
-def _key_sha(key: dict) -> str:
-    return hashlib.sha256(json.dumps(key, sort_keys=True).encode()).hexdigest()
-
-
-def _shard_paths(cache_dir: Path, k: int) -> tuple[Path, Path]:
-    return cache_dir / "shards" / f"{k:05d}.jsonl", cache_dir / "shards" / f"{k:05d}.json"
-
-
-def _diff_keys(old: dict, new: dict) -> list[str]:
-    return sorted(k for k in set(old) | set(new) if old.get(k) != new.get(k))
-
-
 def _positive_int(caller: str, name: str, value, low: int = 1) -> int:
     if not isinstance(value, (int, np.integer)) or isinstance(value, bool) or value < low:
         raise ValueError(f"{caller}: {name} must be an int >= {low}, got {value!r}.")
     return int(value)
-
-
-def _verify_shard(cache_dir: Path, k: int, key_sha: str) -> dict | None:
-    """The shard's record if the shard is complete and intact, None if not computed."""
-    data, record_path = _shard_paths(cache_dir, k)
-    if not record_path.exists():
-        return None
-    record = _read_json(record_path)
-    if record.get("key_sha256") != key_sha:
-        raise CacheMismatchError(
-            f"sample cache shard {str(record_path)!r} was written for another key than "
-            f"{str(cache_dir / 'manifest.json')!r}; delete the directory or use another one."
-        )
-    if not data.exists():
-        raise CacheCorruptError(
-            f"sample cache shard {str(data)!r} is missing but its record exists; delete "
-            f"{str(record_path)!r} and rerun sample_to_cache to recompute it."
-        )
-    digest = sha256_file(data)
-    if digest != record["sha256"]:
-        raise CacheCorruptError(
-            f"sample cache shard {str(data)!r} is corrupted: SHA-256 {digest[:12]}… differs "
-            f"from the recorded {record['sha256'][:12]}…; delete {str(data)!r} and "
-            f"{str(record_path)!r} and rerun sample_to_cache to recompute it."
-        )
-    return record
 
 
 def shard_seed(seed: int, k: int) -> int:
@@ -217,16 +173,10 @@ def sample_to_cache(
     seed = _positive_int(caller, "seed", seed, low=0)
     shard_size = _positive_int(caller, "shard_size", shard_size)
     num_shards = _positive_int(caller, "num_shards", num_shards)
-    if (
-        not isinstance(shard_index, (int, np.integer))
-        or isinstance(shard_index, bool)
-        or not 0 <= shard_index < num_shards
-    ):
-        raise ValueError(
-            f"{caller}: shard_index must be an int in [0, num_shards={num_shards}), got "
-            f"{shard_index!r}."
-        )
-    cache_dir = Path(cache_dir)
+    shard_index, num_shards, shard_size = check_shard_args(
+        caller, shard_index, num_shards, shard_size
+    )
+    store = _store(cache_dir)
     n = len(prompts)
     n_shards = -(-n // shard_size)
     key = {
@@ -238,37 +188,14 @@ def sample_to_cache(
         "format": _FORMAT,
     }
     layout = {"shard_size": shard_size, "n_shards": n_shards}
-    manifest = {"key": key, "key_sha256": _key_sha(key), "layout": layout}
-    manifest_path = cache_dir / "manifest.json"
-    if manifest_path.exists():
-        old = _read_json(manifest_path)
-        if old.get("key") != key or old.get("layout") != layout:
-            diff = _diff_keys(old.get("key", {}), key) + _diff_keys(old.get("layout", {}), layout)
-            if not overwrite:
-                raise CacheMismatchError(
-                    f"{caller}: {str(cache_dir)!r} holds samples for another setting "
-                    f"(differs in {diff}); use another cache_dir or pass overwrite=True to "
-                    "replace it."
-                )
-            shutil.rmtree(cache_dir / "shards", ignore_errors=True)
-            (cache_dir / "prompts.json").unlink(missing_ok=True)
-            manifest_path.unlink()
-    (cache_dir / "shards").mkdir(parents=True, exist_ok=True)
-    if not manifest_path.exists():
-        write_json_atomic(cache_dir / "prompts.json", {"prompts": prompts})
-        write_json_atomic(manifest_path, manifest)
+    prompts_blob = (json.dumps({"prompts": prompts}, indent=1) + "\n").encode("utf-8")
+    manifest = store.open(
+        key, layout, {"prompts.json": prompts_blob}, overwrite=overwrite, caller=caller
+    )
     key_sha = manifest["key_sha256"]
 
-    report = SampleCacheReport(cache_dir=cache_dir, n_prompts=n, n_shards=n_shards)
-    todo = []
-    for k in range(int(shard_index), n_shards, num_shards):
-        data, _ = _shard_paths(cache_dir, k)
-        for stale in data.parent.glob(f".{data.name}.*.tmp"):
-            stale.unlink(missing_ok=True)  # left by a killed run of this shard
-        if _verify_shard(cache_dir, k, key_sha) is None:
-            todo.append(k)
-        else:
-            report.skipped.append(k)
+    report = SampleCacheReport(cache_dir=store.cache_dir, n_prompts=n, n_shards=n_shards)
+    todo, report.skipped = store.plan(range(shard_index, n_shards, num_shards), key_sha)
     total = sum(min(n, (k + 1) * shard_size) - k * shard_size for k in todo)
     start_time = time.perf_counter()
     with tqdm(total=total, unit="prompt", desc="samples", disable=not verbose) as bar:
@@ -292,14 +219,8 @@ def sample_to_cache(
                     }
                     lines.append(json.dumps(record, ensure_ascii=False))
                     report.tokens_computed += int(c.n_tokens)
-            data, record_path = _shard_paths(cache_dir, k)
             blob = ("\n".join(lines) + "\n").encode("utf-8")
-            write_bytes_atomic(data, blob)  # a temporary name, then renamed
-            digest = sha256_bytes(blob)
-            write_json_atomic(
-                record_path,
-                {"key_sha256": key_sha, "index": k, "prompts": [a, b], "sha256": digest},
-            )
+            store.write(k, key_sha, blob, {"prompts": [a, b]})
             report.computed.append(k)
             bar.update(b - a)
     report.seconds = time.perf_counter() - start_time
@@ -319,49 +240,49 @@ def load_samples(cache_dir: str | os.PathLike, *, verify: bool = True) -> Policy
     -------
     PolicySamples
     """
-    cache_dir = Path(cache_dir)
-    manifest_path = cache_dir / "manifest.json"
-    if not manifest_path.exists():
-        raise FileNotFoundError(
-            f"load_samples: no sample cache manifest at {str(manifest_path)!r}."
-        )
-    manifest = _read_json(manifest_path)
+    caller = "load_samples"
+    store = _store(cache_dir)
+    manifest = store.read_manifest(caller)
     key, layout = manifest["key"], manifest["layout"]
     n, n_samples = key["n_prompts"], key["n_samples"]
-    records, missing = [], []
-    for k in range(layout["n_shards"]):
-        if verify:
-            rec = _verify_shard(cache_dir, k, manifest["key_sha256"])
-        else:
-            path = _shard_paths(cache_dir, k)[1]
-            rec = _read_json(path) if path.exists() else None
-        (missing.append(k) if rec is None else records.append(rec))
-    if missing:
-        raise CacheIncompleteError(
-            f"load_samples: {len(missing)} of {layout['n_shards']} shards of {str(cache_dir)!r} "
-            f"are not sampled yet (first: {missing[:10]}); run sample_to_cache first."
-        )
-    prompts = _read_json(cache_dir / "prompts.json")["prompts"]
+    found = store.records(
+        layout["n_shards"], manifest["key_sha256"], verify=verify, caller=caller, with_data=True
+    )
+    try:
+        prompts = json.loads(bytes(store.read_side_file(manifest, "prompts.json", caller)))[
+            "prompts"
+        ]
+    except (ValueError, KeyError, TypeError) as exc:
+        raise CacheCorruptError(f"{caller}: prompts.json is not a prompts file ({exc}).") from exc
     if len(prompts) != n or prompts_fingerprint(prompts) != key["prompts_sha256"]:
         raise CacheCorruptError(
-            f"load_samples: {str(cache_dir / 'prompts.json')!r} does not match the manifest."
+            f"{caller}: {str(store.cache_dir / 'prompts.json')!r} does not match the manifest."
         )
     texts = np.empty((n, n_samples), dtype=object)
     n_tokens = np.full((n, n_samples), -1, dtype=np.int64)
     reason = np.empty((n, n_samples), dtype=object)
-    for rec in records:
-        with open(_shard_paths(cache_dir, rec["index"])[0], encoding="utf-8") as fh:
-            for line in fh:
-                s = json.loads(line)
-                i, j = s["prompt_index"], s["sample_index"]
-                texts[i, j], n_tokens[i, j], reason[i, j] = (
-                    s["text"],
-                    s["n_tokens"],
-                    s["finish_reason"],
+    for rec, blob in found:
+        a, b = rec["prompts"]
+        for line_no, line in enumerate(bytes(blob).decode("utf-8").splitlines(), start=1):
+            where = f"line {line_no} of {str(store.data_path(rec['index']))!r}"
+            try:
+                sample = json.loads(line)
+                i, j = sample["prompt_index"], sample["sample_index"]
+                text, tokens, why = sample["text"], sample["n_tokens"], sample["finish_reason"]
+            except (ValueError, KeyError, TypeError) as exc:
+                raise CacheCorruptError(f"{caller}: {where} is not a sample ({exc}).") from exc
+            ints = all(type(v) is int for v in (i, j, tokens))
+            if not (ints and a <= i < b and 0 <= j < n_samples and tokens >= 0):
+                raise CacheCorruptError(
+                    f"{caller}: {where} holds prompt_index={i!r}, sample_index={j!r}, "
+                    f"n_tokens={tokens!r}; its "
+                    f"shard holds prompts [{a}, {b}) and {n_samples} samples each. Delete "
+                    "the shard and its record and rerun sample_to_cache."
                 )
+            texts[i, j], n_tokens[i, j], reason[i, j] = text, tokens, why
     if np.any(n_tokens < 0):
         raise CacheCorruptError(
-            f"load_samples: the shards of {str(cache_dir)!r} do not hold every sample."
+            f"{caller}: the shards of {str(store.cache_dir)!r} do not hold every sample."
         )
     return PolicySamples(
         prompts=prompts, texts=texts, n_tokens=n_tokens, finish_reason=reason, key=key

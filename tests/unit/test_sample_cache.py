@@ -132,6 +132,44 @@ def test_corrupted_shard_is_refused(tmp_path):
         load_samples(tmp_path)
 
 
+def test_an_edited_key_with_its_old_hash_is_refused(tmp_path):
+    from skebrm._manifest import seal
+
+    sample_to_cache(CountingSampler(), PROMPTS, tmp_path, n_samples=2, shard_size=3)
+    path = tmp_path / "manifest.json"
+    doc = json.loads(path.read_text())
+    doc["key"]["seed"] = 99  # the old key_sha256 is kept, the manifest resealed
+    path.write_text(json.dumps(seal(doc)))
+    with pytest.raises(CacheCorruptError, match="does not match its key_sha256"):
+        load_samples(tmp_path)
+    doc["key"]["seed"] = 98  # not even resealed
+    path.write_text(json.dumps(doc))
+    with pytest.raises(CacheCorruptError, match="was edited after saving"):
+        load_samples(tmp_path)
+
+
+@pytest.mark.parametrize(
+    ("field", "value"), [("prompt_index", 99), ("prompt_index", 0), ("sample_index", 5)]
+)
+def test_an_out_of_range_index_is_a_corrupt_cache(tmp_path, field, value):
+    """A shard that names a sample outside its own range (resealed: a consistent edit)."""
+    from skebrm._io import sha256_file
+    from skebrm._manifest import seal
+
+    sample_to_cache(CountingSampler(), PROMPTS, tmp_path, n_samples=2, shard_size=3)
+    shard = tmp_path / "shards" / "00001.jsonl"
+    lines = shard.read_text().splitlines()
+    first = json.loads(lines[0])
+    first[field] = value
+    shard.write_text("\n".join([json.dumps(first), *lines[1:]]) + "\n")
+    record_path = tmp_path / "shards" / "00001.json"
+    record = json.loads(record_path.read_text())
+    record["files"] = {shard.name: sha256_file(shard)}
+    record_path.write_text(json.dumps(seal(record)))
+    with pytest.raises(CacheCorruptError, match=f"{field}={value}"):
+        load_samples(tmp_path)
+
+
 def test_missing_manifest(tmp_path):
     with pytest.raises(FileNotFoundError, match="no sample cache manifest"):
         load_samples(tmp_path)
