@@ -40,6 +40,8 @@ _LAZY = {
     "BundleMismatchError": "skebrm.bundle",
     "LengthDebiaser": "skebrm.debias",
     "MahalanobisScorer": "skebrm.ood",
+    "PairSelector": "skebrm.selection",
+    "SelectionWarning": "skebrm.selection",
 }
 
 __all__ = [
