@@ -16,7 +16,16 @@ from skebrm.experiments import conf_dir, register_resolvers
 from skebrm.experiments.data import EmbeddedPairs
 
 CONF = conf_dir()
-GROUPS = ("backbone", "data", "calibrator", "baselines", "experiment", "sampler", "bon_data")
+GROUPS = (
+    "backbone",
+    "data",
+    "calibrator",
+    "baselines",
+    "experiment",
+    "sampler",
+    "bon_data",
+    "policy",
+)
 SHARED_DATA = Path(__file__).resolve().parents[2].parent / "shared" / "data"
 # model nodes that download from the hub or convert large files: the target is resolved,
 # and the config's tiny random twin is built instead

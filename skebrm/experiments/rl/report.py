@@ -1,0 +1,214 @@
+"""The report of the GRPO over-optimisation study, built from the runs' JSON lines.
+
+Every run folder holds ``run.json`` (the proxy, β, the policy and the proxies' agreement
+with the gold RM) and ``tracking.jsonl`` (one record per evaluation of
+:class:`~skebrm.experiments.rl.tracking.GoldTracker`). From a set of such folders:
+
+* :func:`summarise_run`: peak gold reward, the step and KL at the peak, gold at the last
+  step, the drop from the peak (with its standard error over the evaluation prompts),
+  length and distinct-2 at the peak and at the end;
+* :func:`format_rl_overoptimization`: that summary as a Markdown table, one row per run;
+* :func:`plot_rl_overoptimization`: gold reward against √KL, the proxy reward on a second
+  panel, one line per run with bands over the evaluation prompts (the layout of Gao et
+  al. 2023, Fig. 1).
+
+Runs still in progress are reported as far as they got.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from collections.abc import Iterable
+from pathlib import Path
+
+import numpy as np
+
+from skebrm.experiments.report import markdown_table
+from skebrm.experiments.rl.tracking import read_jsonl
+
+__all__ = [
+    "format_rl_overoptimization",
+    "load_rl_runs",
+    "plot_rl_overoptimization",
+    "run_label",
+    "summarise_run",
+]
+
+TRACKING_FILE = "tracking.jsonl"
+RUN_FILE = "run.json"
+
+
+def load_rl_runs(roots: Iterable[str | os.PathLike]) -> list[dict]:
+    """Every run folder under ``roots`` (a folder holding ``tracking.jsonl``), sorted.
+
+    Returns
+    -------
+    list of dict
+        ``folder``, ``meta`` (``run.json``, empty if absent) and ``records`` (sorted by step).
+    """
+    folders = set()
+    for root in roots:
+        root = Path(root)
+        if (root / TRACKING_FILE).is_file():
+            folders.add(root)
+        elif root.is_dir():
+            folders |= {p.parent for p in root.rglob(TRACKING_FILE)}
+    runs = []
+    for folder in sorted(folders):
+        meta_path = folder / RUN_FILE
+        meta = json.loads(meta_path.read_text(encoding="utf-8")) if meta_path.is_file() else {}
+        records = sorted(read_jsonl(folder / TRACKING_FILE), key=lambda r: r["step"])
+        if records:
+            runs.append({"folder": folder, "meta": meta, "records": records})
+    return runs
+
+
+def run_label(run: dict) -> str:
+    """``<proxy>, β=<beta>`` of a run (its folder name when ``run.json`` is missing)."""
+    meta = run.get("meta") or {}
+    if "proxy" not in meta:
+        return Path(run["folder"]).name
+    return f"{meta['proxy']}, β={float(meta.get('beta', 0.0)):g}"
+
+
+def summarise_run(records: list[dict]) -> dict:
+    """Peak and end of a run's gold curve (records of ``tracking.jsonl``).
+
+    Returns
+    -------
+    dict
+        ``peak_gold``, ``peak_step``, ``peak_kl``, ``final_step``, ``final_gold``,
+        ``final_kl``, ``drop_from_peak`` (peak − final), ``drop_se`` (its standard error
+        over the evaluation prompts, from the paired per-prompt differences; ``None``
+        without per-prompt values), ``over_optimises`` (the peak is before the last
+        evaluation and the drop exceeds two standard errors), ``length_at_peak``,
+        ``length_at_end``, ``distinct_2_at_peak``, ``distinct_2_at_end``,
+        ``n_evaluations``.
+    """
+    if not records:
+        raise ValueError("summarise_run: records is empty; the run has no evaluation yet.")
+    records = sorted(records, key=lambda r: r["step"])
+    steps = [r["step"] for r in records]
+    if len(set(steps)) != len(steps):
+        raise ValueError(f"summarise_run: a step is recorded twice, steps {steps!r}.")
+    gold = np.array([r["gold"] for r in records], dtype=float)
+    i = int(np.argmax(gold))
+    peak, end = records[i], records[-1]
+    drop = float(gold[i] - gold[-1])
+    se = None
+    if peak.get("gold_per_prompt") and end.get("gold_per_prompt"):
+        diff = np.asarray(peak["gold_per_prompt"], float) - np.asarray(end["gold_per_prompt"])
+        se = float(diff.std(ddof=1) / np.sqrt(len(diff))) if len(diff) > 1 else None
+    over = peak["step"] < end["step"] and drop > 0 and (se is None or drop > 2 * se)
+    return {
+        "peak_gold": float(gold[i]),
+        "peak_step": int(peak["step"]),
+        "peak_kl": float(peak["kl"]),
+        "final_step": int(end["step"]),
+        "final_gold": float(gold[-1]),
+        "final_kl": float(end["kl"]),
+        "drop_from_peak": drop,
+        "drop_se": se,
+        "over_optimises": bool(over),
+        "length_at_peak": float(peak["length"]),
+        "length_at_end": float(end["length"]),
+        "distinct_2_at_peak": peak.get("distinct_2"),
+        "distinct_2_at_end": end.get("distinct_2"),
+        "n_evaluations": len(records),
+    }
+
+
+def _f(x, digits: int = 3) -> str:
+    return "–" if x is None else f"{x:.{digits}f}"
+
+
+def format_rl_overoptimization(runs: list[dict]) -> str:
+    """One row per run (see :func:`summarise_run`), as Markdown."""
+    header = [
+        "proxy",
+        "agreement",
+        "steps",
+        "peak gold",
+        "step at peak",
+        "KL at peak",
+        "gold at end",
+        "drop (± s.e.)",
+        "KL at end",
+        "length peak → end",
+        "distinct-2 peak → end",
+    ]
+    rows = []
+    for run in runs:
+        s = summarise_run(run["records"])
+        meta = run.get("meta") or {}
+        agree = (meta.get("agreement") or {}).get(meta.get("proxy"), {}).get("accuracy")
+        drop = _f(s["drop_from_peak"])
+        if s["drop_se"] is not None:
+            drop += f" ± {s['drop_se']:.3f}"
+        rows.append(
+            [
+                run_label(run),
+                _f(agree),
+                str(s["final_step"]),
+                _f(s["peak_gold"]),
+                str(s["peak_step"]),
+                _f(s["peak_kl"], 2),
+                _f(s["final_gold"]),
+                drop,
+                _f(s["final_kl"], 2),
+                f"{s['length_at_peak']:.1f} → {s['length_at_end']:.1f}",
+                f"{_f(s['distinct_2_at_peak'])} → {_f(s['distinct_2_at_end'])}",
+            ]
+        )
+    return markdown_table(header, rows)
+
+
+def _curve(records: list[dict], key: str):
+    x = np.sqrt(np.maximum([r["kl"] for r in records], 0.0))
+    mean = np.array([r[key] for r in records], dtype=float)
+    half = np.zeros_like(mean)
+    for j, r in enumerate(records):
+        pp = np.asarray(r.get(f"{key}_per_prompt") or [], dtype=float)
+        pp = pp[np.isfinite(pp)]
+        if len(pp) > 1:
+            half[j] = 1.96 * pp.std(ddof=1) / np.sqrt(len(pp))
+    order = np.argsort(x, kind="stable")
+    return x[order], mean[order], half[order]
+
+
+def plot_rl_overoptimization(runs: list[dict], path: str | os.PathLike, *, title: str = ""):
+    """Gold reward (left) and proxy reward (right) against √KL, one line per run.
+
+    Bands are 95 % normal intervals of the mean over evaluation prompts. Points are in
+    order of √KL (the KL of a run need not grow at every step).
+    """
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    from skebrm._io import write_bytes_atomic
+
+    fig, axes = plt.subplots(1, 2, figsize=(11, 4.2))
+    for run in runs:
+        label = run_label(run)
+        for ax, key in zip(axes, ("gold", "proxy")):
+            x, mean, half = _curve(run["records"], key)
+            (line,) = ax.plot(x, mean, marker=".", label=label)
+            ax.fill_between(x, mean - half, mean + half, color=line.get_color(), alpha=0.2)
+    axes[0].set_ylabel("gold reward")
+    axes[1].set_ylabel("proxy reward (its own units)")
+    for ax in axes:
+        ax.set_xlabel("√KL(π ‖ π_ref)  (nats^½)")
+        ax.grid(alpha=0.3)
+    axes[0].legend(fontsize=8)
+    if title:
+        fig.suptitle(title)
+    fig.tight_layout()
+    import io
+
+    buf = io.BytesIO()
+    fig.savefig(buf, format="png", dpi=120)
+    plt.close(fig)
+    return write_bytes_atomic(path, buf.getvalue())

@@ -1,0 +1,356 @@
+"""The GRPO over-optimisation study: a tiny run end to end with gold tracking, a stopped run
+resumed by the same command, the tracking pieces against plain loops, the report built
+from synthetic JSON lines, and the real and GPU configs composed from conf/."""
+
+from __future__ import annotations
+
+import gzip
+import json
+import math
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+from hydra import compose, initialize_config_dir
+from hydra.core.global_hydra import GlobalHydra
+
+pytest.importorskip("trl")
+pytest.importorskip("datasets")
+
+from skebrm.experiments import conf_dir, register_resolvers
+from skebrm.experiments.rl import (
+    ProxyAgreementWarning,
+    append_jsonl,
+    build_tiny_policy,
+    distinct_n,
+    format_rl_overoptimization,
+    load_rl_runs,
+    plot_rl_overoptimization,
+    read_jsonl,
+    run_rl_overoptimization,
+    sequence_log_probs,
+    summarise_run,
+)
+
+REPO = Path(__file__).resolve().parents[2]
+
+
+def _compose(overrides):
+    register_resolvers()
+    GlobalHydra.instance().clear()
+    try:
+        with initialize_config_dir(config_dir=str(conf_dir()), version_base="1.3"):
+            return compose("config", overrides=overrides, return_hydra_config=True)
+    finally:
+        GlobalHydra.instance().clear()
+
+
+def _write_pairs(path: Path, prompts: list[str]) -> str:
+    with gzip.open(path, "wt", encoding="utf-8") as fh:
+        for i, p in enumerate(prompts):
+            fh.write(json.dumps({"id": str(i), "prompt": p, "chosen": "a", "rejected": "b"}) + "\n")
+    return str(path)
+
+
+def _tiny_overrides(tmp_path: Path, **rl) -> list[str]:
+    files = [
+        _write_pairs(tmp_path / "hh.jsonl.gz", [f"Human: question {i}?" for i in range(12)]),
+        _write_pairs(tmp_path / "uf.jsonl.gz", [f"Write {i} words." for i in range(12)]),
+    ]
+    settings = {
+        "rl.agreement.min": 0.0,
+        "rl.n_eval_prompts": 4,
+        "rl.tracking.every": 1,
+        "rl.tracking.batch_size": 4,
+        "rl.grpo.max_completion_length": 6,
+        "rl.grpo.per_device_train_batch_size": 4,
+        "rl.grpo.num_generations": 2,
+        "rl.grpo.max_steps": 3,
+        "rl.grpo.save_steps": 1,
+        "rl.grpo.learning_rate": 1e-3,
+        **rl,
+    }
+    return [
+        "experiment=rl_overoptimization",
+        "policy=tiny",
+        f"cache_dir={tmp_path / 'cache'}",
+        "progress=false",
+        "torch_threads=1",
+        f"bon_data.source.prompt_files=[{files[0]},{files[1]}]",
+        "bon_data.source.n_train_prompts=6",
+        "bon_data.source.n_eval_prompts=4",
+        "bon_data.source.n_train_samples=4",
+        "bon_data.source.n_eval_samples=4",
+        "bon_data.source.shard_size=2",
+        "sampler.policy.max_new_tokens=6",
+        "sampler.policy.batch_size=8",
+        "~overoptimization.gold.model",
+        "+overoptimization.gold.model={_target_:skebrm.experiments.backbones."
+        "build_tiny_reward_model,_partial_:true,model_type:bert,seed:1}",
+        "overoptimization.gold.max_length=64",
+        "~backbone.model",
+        "+backbone.model={_target_:skebrm.experiments.backbones.build_tiny_reward_model,"
+        "model_type:llama,seed:2}",
+        "backbone.max_length=64",
+        "overoptimization.pairs_per_prompt=3",
+        "overoptimization.eval_pairs_per_prompt=4",
+        "calibrator.estimator.max_epochs=2",
+        "calibrator.estimator.n_negatives=16",
+        "++calibrator.estimator.grid_size=32",
+        *[f"{k}={v}" for k, v in settings.items()],
+    ]
+
+
+class _Stopped(RuntimeError):
+    pass
+
+
+def _stop_at(step):
+    """A TrainerCallback that dies at ``step`` (after the tracker has recorded it, before
+    the trainer saves it), as a killed process would."""
+    from transformers import TrainerCallback
+
+    class StopAt(TrainerCallback):
+        def on_step_end(self, args, state, control, **kwargs):
+            if state.global_step == step:
+                raise _Stopped(f"stopped at step {step}")
+
+    return StopAt()
+
+
+def test_tiny_run_tracks_the_gold_and_resumes_without_duplicates(tmp_path):
+    cfg = _compose(_tiny_overrides(tmp_path, **{"rl.grpo.max_steps": 4, "rl.grpo.save_steps": 2}))
+    run = tmp_path / "run"
+    with pytest.raises(_Stopped, match="stopped at step 3"):
+        run_rl_overoptimization(cfg, run, echo=lambda s: None, callbacks=[_stop_at(3)])
+    first = read_jsonl(run / "tracking.jsonl")
+    assert [r["step"] for r in first] == [0, 1, 2, 3]
+    assert [p.name for p in (run / "checkpoints").glob("checkpoint-*")] == ["checkpoint-2"]
+    meta = json.loads((run / "run.json").read_text())
+    assert meta["proxy"] == "base" and meta["beta"] == 0.0
+    assert {"base", "ebrm", "ebrm_minus_1std", "ebrm_entropic_1", "bt_ensemble_mean"} <= set(
+        meta["agreement"]
+    )
+    assert all(0 <= a["accuracy"] <= 1 for a in meta["agreement"].values())
+
+    lines = []
+    res = run_rl_overoptimization(cfg, run, echo=lines.append)  # the same command
+    assert any("resuming from" in line and "checkpoint-2" in line for line in lines)
+    records = read_jsonl(run / "tracking.jsonl")
+    # step 3 (recorded after the last checkpoint) is cut and recorded again once
+    assert [r["step"] for r in records] == [0, 1, 2, 3, 4]
+    assert records[:3] == first[:3]
+    state = json.loads((run / "checkpoints" / "checkpoint-4" / "trainer_state.json").read_text())
+    assert state["global_step"] == 4
+    logged = [h for h in state["log_history"] if "gold_tracking/gold" in h]
+    # the trainer's log (restored from the checkpoint, then continued) has each step once
+    assert [h["step"] for h in logged] == [0, 1, 2, 3, 4]
+    for r in records:
+        assert r["n_completions"] == 4 and len(r["gold_per_prompt"]) == 4
+        assert math.isfinite(r["gold"]) and math.isfinite(r["proxy"])
+        assert 0 <= r["empty"] <= 1 and 0 <= r["truncated"] <= 1 and 0 <= r["length"] <= 6
+        assert math.isclose(r["kl"], np.mean(r["kl_per_prompt"]), abs_tol=1e-5)
+    assert abs(records[0]["kl"]) < 1e-4  # before any step the policy is the reference
+    assert records[-1]["kl"] != records[0]["kl"]
+    assert res["summary"]["final_step"] == 4 and res["summary"]["n_evaluations"] == 5
+    assert (run / "rl_curves.png").read_bytes()[:4] == b"\x89PNG"
+    assert "| base, β=0 |" in lines[-2]
+
+    # a finished run only rebuilds its report
+    again = run_rl_overoptimization(cfg, run, echo=lambda s: None)
+    assert [r["step"] for r in read_jsonl(run / "tracking.jsonl")] == [0, 1, 2, 3, 4]
+    assert again["summary"] == res["summary"]
+
+
+# TRL 1.16 reads transformers' deprecated model.is_gradient_checkpointing when it scores
+# the reference model (beta > 0)
+@pytest.mark.filterwarnings("ignore:`is_gradient_checkpointing` is deprecated:FutureWarning")
+def test_the_agreement_gate_refuses_or_warns(tmp_path):
+    cfg = _compose(_tiny_overrides(tmp_path, **{"rl.agreement.min": 1.01}))
+    with pytest.raises(ValueError, match=r"proxy 'base' agrees with the gold RM on .* below"):
+        run_rl_overoptimization(cfg, tmp_path / "run", echo=lambda s: None)
+    assert not (tmp_path / "run" / "tracking.jsonl").exists()
+    cfg = _compose(
+        _tiny_overrides(
+            tmp_path,
+            **{
+                "rl.agreement.min": 1.01,
+                "rl.agreement.action": "warn",
+                "rl.grpo.max_steps": 1,
+                "rl.proxy": "ebrm_minus_1std",
+                "rl.beta": 0.02,
+                "evaluation.plots": "false",
+            },
+        )
+    )
+    with pytest.warns(ProxyAgreementWarning, match="rl.agreement.action=warn"):
+        res = run_rl_overoptimization(cfg, tmp_path / "run2", echo=lambda s: None)
+    assert res["beta"] == 0.02 and res["summary"]["final_step"] == 1
+    with pytest.raises(ValueError, match=r"rl.proxy must be one of \["):
+        run_rl_overoptimization(
+            _compose(_tiny_overrides(tmp_path, **{"rl.proxy": "nope"})),
+            tmp_path / "run3",
+            echo=lambda s: None,
+        )
+
+
+def test_distinct_n_against_a_count():
+    seqs = [[1, 2, 1, 2], [1, 2, 3], []]
+    assert distinct_n(seqs, 1) == 3 / 7
+    # bigrams: (1,2) (2,1) (1,2) | (1,2) (2,3): 3 distinct of 5
+    assert distinct_n(seqs, 2) == 3 / 5
+    assert math.isnan(distinct_n([[1]], 2))
+    with pytest.raises(ValueError, match="n must be a positive int"):
+        distinct_n(seqs, 0)
+
+
+def test_jsonl_appends_whole_lines_and_drops_a_torn_tail(tmp_path):
+    path = tmp_path / "t.jsonl"
+    assert read_jsonl(path) == []
+    append_jsonl(path, {"step": 0, "gold": 1.5})
+    append_jsonl(path, {"step": 1, "gold": 2.0})
+    assert read_jsonl(path) == [{"gold": 1.5, "step": 0}, {"gold": 2.0, "step": 1}]
+    with open(path, "ab") as fh:
+        fh.write(b'{"step": 2, "go')  # a write cut short
+    assert [r["step"] for r in read_jsonl(path)] == [0, 1]
+    path.write_text('{"step": 0}\nnot json\n{"step": 1}\n')
+    with pytest.raises(ValueError, match="line 2"):
+        read_jsonl(path)
+    with pytest.raises(ValueError, match="Out of range float values"):
+        append_jsonl(path, {"gold": float("nan")})
+
+
+def test_sequence_log_probs_against_a_token_loop():
+    import torch
+
+    model, tok = build_tiny_policy(seed=3)
+    ids = torch.tensor([[0, 0, 5, 6, 7, 8], [9, 10, 11, 12, 13, 14]])
+    mask = torch.tensor([[0, 0, 1, 1, 1, 1], [1, 1, 1, 1, 1, 1]])
+    cmask = torch.tensor([[0, 0, 0, 0, 1, 1], [0, 0, 0, 1, 1, 0]])
+    got = sequence_log_probs(model, ids, mask, cmask)
+    for row in range(2):
+        keep = mask[row].bool()
+        seq = ids[row][keep][None]
+        c = cmask[row][keep]
+        with torch.no_grad():
+            logp = torch.log_softmax(model(input_ids=seq).logits[0], -1)
+        want = sum(float(logp[t - 1, seq[0, t]]) for t in range(1, seq.shape[1]) if c[t])
+        assert math.isclose(float(got[row]), want, rel_tol=1e-5, abs_tol=1e-5)
+
+
+def _records(gold: list[float], kl: list[float], rng) -> list[dict]:
+    out = []
+    for step, (g, k) in enumerate(zip(gold, kl)):
+        pp = g + rng.normal(scale=0.1, size=8)
+        pp -= pp.mean() - g
+        out.append(
+            {
+                "step": step * 10,
+                "gold": g,
+                "proxy": 2 * k,
+                "kl": k,
+                "sqrt_kl": math.sqrt(k),
+                "gold_per_prompt": pp.tolist(),
+                "proxy_per_prompt": [2 * k] * 8,
+                "kl_per_prompt": [k] * 8,
+                "length": 20.0 + step,
+                "distinct_1": 0.5,
+                "distinct_2": 0.9 - 0.1 * step,
+                "empty": 0.0,
+                "truncated": 0.1,
+            }
+        )
+    return out
+
+
+def test_report_from_synthetic_json_lines(tmp_path):
+    rng = np.random.default_rng(0)
+    gold_base = [0.0, 0.5, 0.8, 0.3, -0.2]
+    gold_ebrm = [0.0, 0.3, 0.6, 0.9, 1.0]
+    kl = [0.0, 1.0, 4.0, 9.0, 16.0]
+    for name, gold in (("base", gold_base), ("ebrm_minus_1std", gold_ebrm)):
+        folder = tmp_path / "multirun" / f"{name}-beta0.0-seed0"
+        folder.mkdir(parents=True)
+        agreement = {name: {"accuracy": 0.62}}
+        meta = {"proxy": name, "beta": 0.0, "agreement": agreement}
+        (folder / "run.json").write_text(json.dumps(meta))
+        for r in _records(gold, kl, rng):
+            append_jsonl(folder / "tracking.jsonl", r)
+    runs = load_rl_runs([tmp_path / "multirun"])
+    assert [r["meta"]["proxy"] for r in runs] == ["base", "ebrm_minus_1std"]
+
+    base = summarise_run(runs[0]["records"])
+    i = int(np.argmax(gold_base))
+    assert base["peak_gold"] == 0.8 and base["peak_step"] == 20 and base["peak_kl"] == 4.0
+    assert base["final_gold"] == -0.2 and base["final_step"] == 40 and base["final_kl"] == 16.0
+    assert math.isclose(base["drop_from_peak"], 1.0)
+    d = np.subtract(
+        runs[0]["records"][i]["gold_per_prompt"], runs[0]["records"][-1]["gold_per_prompt"]
+    )
+    assert math.isclose(base["drop_se"], d.std(ddof=1) / math.sqrt(8))
+    assert base["over_optimises"]
+    assert base["length_at_peak"] == 22.0 and base["length_at_end"] == 24.0
+    assert math.isclose(base["distinct_2_at_peak"], 0.7)
+    assert math.isclose(base["distinct_2_at_end"], 0.5)
+    ebrm = summarise_run(runs[1]["records"])
+    assert ebrm["peak_step"] == 40 and not ebrm["over_optimises"] and ebrm["drop_from_peak"] == 0
+
+    md = format_rl_overoptimization(runs)
+    assert "| base, β=0 | 0.620 | 40 | 0.800 | 20 | 4.00 | -0.200 | 1.000 ± " in md
+    assert "| ebrm_minus_1std, β=0 |" in md and "22.0 → 24.0" in md
+    png = plot_rl_overoptimization(runs, tmp_path / "rl.png", title="t")
+    assert png.read_bytes()[:4] == b"\x89PNG"
+    with pytest.raises(ValueError, match="a step is recorded twice"):
+        summarise_run(runs[0]["records"] + runs[0]["records"][:1])
+
+
+def test_real_and_gpu_configs_compose():
+    cfg = _compose(["experiment=rl_overoptimization"])
+    assert cfg.task == "rl_overoptimization" and cfg.policy.name == "smollm2"
+    assert cfg.sampler.policy.model == "smollm2" and cfg.bon_data.name == "policy"
+    assert cfg.rl.beta == 0.0 and cfg.rl.agreement.min == 0.60
+    assert cfg.rl.n_eval_prompts >= 64 and cfg.rl.grpo.max_completion_length == 64
+    assert 4 <= cfg.rl.grpo.num_generations <= 8 and cfg.rl.grpo.save_steps > 0
+    assert cfg.hydra.run.dir.endswith("smollm2/base-beta0.0-seed0")
+    assert set(cfg.hydra.sweeper.params["rl.proxy"].split(",")) >= {"base", "ebrm_minus_1std"}
+    gpu = _compose(["experiment=rl_overoptimization_gpu"])
+    assert gpu.policy.name == "smollm2_1.7b" and gpu.policy.dtype == "bfloat16"
+    assert gpu.sampler.name == "vllm" and gpu.sampler.policy.model == gpu.policy.name_or_path
+    assert gpu.rl.grpo.use_vllm and gpu.rl.grpo.bf16 and gpu.device == "cuda"
+    assert gpu.rl.n_eval_prompts > cfg.rl.n_eval_prompts
+    assert gpu.bon_data.source.n_train_prompts > cfg.bon_data.source.n_train_prompts
+    assert gpu.rl.grpo.per_device_train_batch_size % gpu.rl.grpo.num_generations == 0
+    from omegaconf import OmegaConf
+    from trl import GRPOConfig
+
+    from skebrm.experiments.rl import grpo_config
+
+    for c in (cfg, gpu):  # TRL accepts every setting
+        grpo = OmegaConf.to_container(c.rl.grpo, resolve=True)
+        grpo.pop("use_vllm")  # building vLLM's config needs vllm installed
+        args = grpo_config(
+            GRPOConfig, {**grpo, "bf16": False}, output_dir="unused", beta=c.rl.beta, use_cpu=True
+        )
+        assert args.gradient_checkpointing == c.rl.grpo.gradient_checkpointing
+
+
+@pytest.mark.slow
+def test_cli_runs_and_resumes_the_tiny_experiment(tmp_path):
+    run = tmp_path / "out"
+    cmd = [
+        sys.executable,
+        "-m",
+        "skebrm.experiments.main",
+        *_tiny_overrides(tmp_path, **{"rl.grpo.max_steps": 2}),
+        f"hydra.run.dir={run}",
+    ]
+    out = subprocess.run(cmd, cwd=REPO, capture_output=True, text=True, timeout=600)
+    assert out.returncode == 0, out.stderr[-3000:]
+    assert "peak gold" in out.stdout
+    cmd[cmd.index("rl.grpo.max_steps=2")] = "rl.grpo.max_steps=3"
+    out = subprocess.run(cmd, cwd=REPO, capture_output=True, text=True, timeout=600)
+    assert out.returncode == 0, out.stderr[-3000:]
+    assert "resuming from" in out.stdout
+    assert [r["step"] for r in read_jsonl(run / "tracking.jsonl")] == [0, 1, 2, 3]
