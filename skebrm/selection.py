@@ -330,7 +330,14 @@ class PairSelector(BaseEstimator):
         return grid[::-1].copy()
 
     def _calibrate_ltt(self, c: np.ndarray, y: np.ndarray, grid: np.ndarray) -> float:
-        from mapie.risk_control import control_fwer
+        try:
+            from mapie.risk_control import control_fwer
+        except ImportError as err:  # pragma: no cover - exercised only without the extra
+            raise ImportError(
+                "PairSelector(method='ltt') needs MAPIE for its multiple-testing step. "
+                'Install it with `pip install "skebrm[selection]"` (or `pip install mapie`), '
+                "or use method='conformal', which does not."
+            ) from err
 
         n_acc, n_wrong = _accepted_counts(c, y, grid)
         p_values = binomial_p_values(n_wrong, n_acc, float(self.alpha))
