@@ -6,6 +6,7 @@ import numpy as np
 import pytest
 from sklearn.covariance import ledoit_wolf_shrinkage
 from sklearn.exceptions import NotFittedError
+from sklearn.utils.estimator_checks import parametrize_with_checks
 
 from skebrm import MahalanobisScorer
 from skebrm.ood import ood_auroc
@@ -145,3 +146,8 @@ def test_errors():
     scorer = MahalanobisScorer().fit(_correlated(10))
     with pytest.raises(ValueError, match="6 features"):
         scorer.score_samples(np.ones((2, 5)))
+
+
+@parametrize_with_checks([MahalanobisScorer()])
+def test_sklearn_compatible_estimator(estimator, check):
+    check(estimator)
