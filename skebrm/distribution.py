@@ -184,6 +184,9 @@ class GridDistribution:
         ``β → ∞`` gives :meth:`mean` (the first correction is ``−var / (2β)``); ``β → 0``
         gives the worst case, the left edge of the lowest cell with positive mass (the
         infimum of the support). It decreases as ``β`` falls, between those two limits.
+        Masses from a softmax are positive in every cell, so for very small ``β`` even a
+        tail of mass ``1e-20`` pulls the value to the grid's left edge: useful values of
+        ``β`` are of the order of the rewards' spread.
 
         Parameters
         ----------
