@@ -26,14 +26,19 @@ from __future__ import annotations
 
 import json
 import math
-import os
-import shutil
 import tempfile
 from pathlib import Path
 
 import torch
 
-from skebrm._io import sha256_file
+from skebrm._io import (
+    _STAGING,
+    install_files,
+    remove_stale,
+    sha256_file,
+    staged_files,
+    staging_folder,
+)
 from skebrm._manifest import read_manifest, read_payload, write_manifest
 from skebrm.exceptions import ModelIntegrityError
 
@@ -45,7 +50,6 @@ CONFIG_NAME = "refined_reward_model.json"
 RM_DIR = "reward_model"
 CAL_DIR = "calibrator"
 _PARTS = (RM_DIR, CAL_DIR)
-_STAGING = ".skebrm-staging-"
 _REQUIRED = ("penalty", "batch_size", "name", "template", "extraction", "files")
 
 
@@ -56,8 +60,6 @@ def _previous_files(target: Path, overwrite: bool, caller: str) -> set[str]:
         return set()
     if not target.is_dir():
         raise NotADirectoryError(f"{caller}: {str(target)!r} exists and is not a folder.")
-    for stale in target.glob(f"{_STAGING}*"):  # left by a save that was killed
-        shutil.rmtree(stale, ignore_errors=True)
     manifest = target / CONFIG_NAME
     if manifest.is_file():
         try:
@@ -67,7 +69,7 @@ def _previous_files(target: Path, overwrite: bool, caller: str) -> set[str]:
         if isinstance(doc, dict) and doc.get("format") == FORMAT:
             files = doc.get("files")
             return {f for f in files if isinstance(f, str)} if isinstance(files, dict) else set()
-    if any(target.iterdir()) and not overwrite:
+    if not overwrite and any(not p.name.startswith(_STAGING) for p in target.iterdir()):
         raise FileExistsError(
             f"{caller}: {str(target)!r} is not empty and holds no saved RefinedRewardModel; "
             "pass an empty or new folder, or overwrite=True to write the bundle into it "
@@ -97,9 +99,7 @@ def save_bundle(bundle, save_directory, *, overwrite: bool = False) -> Path:
     caller = "RefinedRewardModel.save_pretrained"
     target = Path(save_directory)
     previous = {f for f in _previous_files(target, overwrite, caller) if _inside_parts(f)}
-    target.mkdir(parents=True, exist_ok=True)
-    staging = Path(tempfile.mkdtemp(dir=target, prefix=_STAGING))
-    try:
+    with staging_folder(target) as staging:
         bundle.reward_model.save_pretrained(staging / RM_DIR)
         bundle.tokenizer.save_pretrained(staging / RM_DIR)
         # safetensors is save_pretrained's only format in transformers 5 and its default
@@ -109,7 +109,7 @@ def save_bundle(bundle, save_directory, *, overwrite: bool = False) -> Path:
                 f"{caller}: the reward model was not saved as safetensors; upgrade transformers."
             )
         bundle.calibrator.save_pretrained(staging / CAL_DIR)
-        files = {rel: sha256_file(staging / rel) for rel in sorted(_files_under(staging))}
+        files = {rel: sha256_file(staging / rel) for rel in staged_files(staging)}
         foreign = sorted(_files_under(target) - previous - set(files))
         if foreign:
             raise FileExistsError(
@@ -117,12 +117,7 @@ def save_bundle(bundle, save_directory, *, overwrite: bool = False) -> Path:
                 f"its {RM_DIR}/ or {CAL_DIR}/ folder: {foreign[:10]}. They would change what "
                 "loads and are never deleted; move them away or save to another folder."
             )
-        for rel in files:
-            dest = target / rel
-            dest.parent.mkdir(parents=True, exist_ok=True)
-            with open(staging / rel, "rb") as fh:
-                os.fsync(fh.fileno())
-            os.replace(staging / rel, dest)
+        install_files(staging, target, files)
         config = {
             "format": FORMAT,
             "format_version": FORMAT_VERSION,
@@ -136,14 +131,7 @@ def save_bundle(bundle, save_directory, *, overwrite: bool = False) -> Path:
             "files": files,
         }
         write_manifest(target / CONFIG_NAME, config)
-    finally:
-        shutil.rmtree(staging, ignore_errors=True)
-    for rel in sorted(previous - set(files)):  # the previous bundle's, no longer named
-        (target / rel).unlink(missing_ok=True)
-    for part in _PARTS:  # folders the stale files leave empty
-        for d in sorted((target / part).rglob("*"), key=lambda p: -len(p.parts)):
-            if d.is_dir() and not any(d.iterdir()):
-                d.rmdir()
+    remove_stale(target, previous - set(files))  # the previous bundle's, no longer named
     return target
 
 

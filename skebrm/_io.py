@@ -3,8 +3,11 @@
 Every writer of the package goes through these helpers: a file is written to a temporary
 name in its destination folder, flushed to disk, then renamed over the destination
 (``os.replace`` is atomic on POSIX and Windows), so a reader sees the old file or the new
-one, never a part. A folder of several files (a saved model) is built under a temporary
-name beside its destination and swapped in whole (:func:`staged_directory`).
+one, never a part. A saved model of several files is written *into* its folder, as
+Hugging Face's ``save_pretrained`` does: built in a hidden staging folder inside it
+(:func:`staging_folder`), then each file renamed into place (:func:`install_files`), so
+the folder's other files are never touched. :func:`staged_directory` instead swaps a
+whole folder in, for folders that hold nothing else (a training checkpoint).
 """
 
 from __future__ import annotations
@@ -19,9 +22,13 @@ from collections.abc import Iterator
 from pathlib import Path
 
 __all__ = [
+    "install_files",
+    "remove_stale",
     "sha256_bytes",
     "sha256_file",
     "staged_directory",
+    "staged_files",
+    "staging_folder",
     "tmp_name",
     "write_bytes_atomic",
     "write_json_atomic",
@@ -103,3 +110,55 @@ def staged_directory(target: str | os.PathLike) -> Iterator[Path]:
         shutil.rmtree(old, ignore_errors=True)
     else:
         os.replace(tmp, target)
+
+
+_STAGING = ".skebrm-staging-"
+
+
+@contextlib.contextmanager
+def staging_folder(target: str | os.PathLike) -> Iterator[Path]:
+    """A hidden, empty folder inside ``target`` (created if needed), removed afterwards.
+
+    Staging folders left by a killed process are removed first.
+    """
+    target = Path(target)
+    target.mkdir(parents=True, exist_ok=True)
+    for stale in target.glob(f"{_STAGING}*"):
+        shutil.rmtree(stale, ignore_errors=True)
+    tmp = Path(tempfile.mkdtemp(dir=target, prefix=_STAGING))
+    try:
+        yield tmp
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
+
+
+def staged_files(folder: str | os.PathLike) -> list[str]:
+    """Every file below ``folder``, as sorted POSIX paths relative to it."""
+    folder = Path(folder)
+    return sorted(p.relative_to(folder).as_posix() for p in folder.rglob("*") if p.is_file())
+
+
+def install_files(staging: str | os.PathLike, target: str | os.PathLike, files) -> None:
+    """Move each of ``files`` (relative paths) from ``staging`` to the same place in
+    ``target``: flushed to disk, then renamed over the old file (atomically)."""
+    staging, target = Path(staging), Path(target)
+    for rel in files:
+        dest = target / rel
+        dest.parent.mkdir(parents=True, exist_ok=True)
+        with open(staging / rel, "rb") as fh:
+            os.fsync(fh.fileno())
+        os.replace(staging / rel, dest)
+
+
+def remove_stale(target: str | os.PathLike, stale) -> None:
+    """Delete the files ``stale`` (relative paths) in ``target``, then the folders they
+    leave empty (never ``target`` itself)."""
+    target = Path(target).resolve()
+    parents = set()
+    for rel in stale:
+        path = target / rel
+        path.unlink(missing_ok=True)
+        parents.update(p for p in path.parents if p != target and target in p.parents)
+    for d in sorted(parents, key=lambda p: -len(p.parts)):
+        if d.is_dir() and not any(d.iterdir()):
+            d.rmdir()

@@ -21,7 +21,7 @@ from __future__ import annotations
 import hashlib
 import json
 import shutil
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
@@ -34,6 +34,7 @@ __all__ = [
     "CacheCorruptError",
     "CacheIncompleteError",
     "CacheMismatchError",
+    "ShardReport",
     "ShardStore",
     "check_shard_args",
     "key_sha256",
@@ -54,6 +55,20 @@ class CacheCorruptError(ModelIntegrityError, OSError):
 
 class CacheIncompleteError(RuntimeError):
     """Some shards of the cache have not been computed yet."""
+
+
+@dataclass(kw_only=True)
+class ShardReport:
+    """What one call that fills a cache did: which shards it computed and skipped."""
+
+    cache_dir: Path
+    n_shards: int
+    computed: list[int] = field(default_factory=list)
+    skipped: list[int] = field(default_factory=list)
+    seconds: float = 0.0
+
+    def _rate(self, count: int) -> float:
+        return count / self.seconds if self.seconds > 0 else float("nan")
 
 
 def key_sha256(key: dict) -> str:

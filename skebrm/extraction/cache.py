@@ -34,7 +34,7 @@ from __future__ import annotations
 import json
 import os
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
@@ -47,6 +47,7 @@ from skebrm._shards import (
     CacheCorruptError,
     CacheIncompleteError,
     CacheMismatchError,
+    ShardReport,
     ShardStore,
     check_shard_args,
 )
@@ -77,21 +78,16 @@ def _store(cache_dir) -> ShardStore:
     return ShardStore(cache_dir, _FORMAT, ".safetensors", "cache", "extract_to_cache")
 
 
-@dataclass
-class CacheReport:
+@dataclass(kw_only=True)
+class CacheReport(ShardReport):
     """What one :func:`extract_to_cache` call did."""
 
-    cache_dir: Path
     n_rows: int
-    n_shards: int
-    computed: list[int] = field(default_factory=list)
-    skipped: list[int] = field(default_factory=list)
-    seconds: float = 0.0
     rows_computed: int = 0
 
     @property
     def rows_per_second(self) -> float:
-        return self.rows_computed / self.seconds if self.seconds > 0 else float("nan")
+        return self._rate(self.rows_computed)
 
 
 def _metadata(rows: Rows) -> bytes:

@@ -11,13 +11,21 @@ the backbone and ``r = w·e``.
 
 from __future__ import annotations
 
+import json
 import os
 from pathlib import Path
 
 import numpy as np
 import torch
 
-from skebrm._io import staged_directory, write_json_atomic
+from skebrm._io import (
+    install_files,
+    remove_stale,
+    sha256_file,
+    staged_files,
+    staging_folder,
+    write_json_atomic,
+)
 from skebrm._pairs import check_pairs
 from skebrm.bradley_terry import fit_bradley_terry
 from skebrm.extraction._heads import find_scoring_head
@@ -28,6 +36,29 @@ from skebrm.extraction.extractor import EmbeddingExtractor
 __all__ = ["build_reward_model"]
 
 _BACKBONES = {"minilm": load_minilm, "smollm2": load_smollm2}
+_INFO = "skebrm_reward_model.json"
+
+
+def _check_output_dir(output_dir: Path, overwrite: bool) -> set[str]:
+    """Refuse a non-empty ``output_dir`` unless ``overwrite``; the files of a reward model
+    saved there before (to replace), as its record lists them."""
+    if not output_dir.exists():
+        return set()
+    if not output_dir.is_dir():
+        raise NotADirectoryError(
+            f"build_reward_model: output_dir={str(output_dir)!r} exists and is not a folder."
+        )
+    if not overwrite and any(output_dir.iterdir()):
+        raise FileExistsError(
+            f"build_reward_model: output_dir={str(output_dir)!r} exists; pass overwrite=True "
+            "to write the reward model into it (a reward model saved there before is "
+            "replaced; other files are kept)."
+        )
+    try:
+        files = json.loads((output_dir / _INFO).read_text(encoding="utf-8")).get("files", [])
+    except (OSError, ValueError, AttributeError):
+        return set()
+    return {f for f in files if isinstance(f, str) and "/" not in f and not f.startswith(".")}
 
 
 def build_reward_model(
@@ -53,7 +84,8 @@ def build_reward_model(
     pairs : list of dict
         Preference pairs (``prompt``, ``chosen``, ``rejected``).
     output_dir : path-like
-        Where the model is saved (written under a temporary name, then renamed).
+        Where the model is saved, as ``save_pretrained`` does: each file is written under
+        a temporary name, then renamed into place. The folder's other files are kept.
     C : float, default=1.0
         Inverse L2 strength of the logistic regression.
     max_length, batch_size, template
@@ -62,7 +94,8 @@ def build_reward_model(
     embedding_cache : path-like, optional
         Cache the backbone's embeddings there (resumable, see :func:`extract_to_cache`).
     overwrite : bool, default=False
-        Replace an existing ``output_dir``.
+        Write into a non-empty ``output_dir``: the files of a reward model saved there
+        before that this one does not write are deleted; other files are never deleted.
     verbose : bool, default=False
 
     Returns
@@ -71,11 +104,7 @@ def build_reward_model(
         ``output_dir``, holding the model, its tokenizer and ``skebrm_reward_model.json``.
     """
     output_dir = Path(output_dir)
-    if output_dir.exists() and not overwrite:
-        raise FileExistsError(
-            f"build_reward_model: output_dir={str(output_dir)!r} exists; pass overwrite=True "
-            "to replace it."
-        )
+    previous = _check_output_dir(output_dir, overwrite)
     if isinstance(backbone, str):
         if backbone not in _BACKBONES:
             raise ValueError(
@@ -138,8 +167,12 @@ def build_reward_model(
         "n_truncated": res.n_truncated,
         "skebrm_version": __version__,
     }
-    with staged_directory(output_dir) as tmp:
+    with staging_folder(output_dir) as tmp:
         model.save_pretrained(tmp)
         tokenizer.save_pretrained(tmp)
-        write_json_atomic(tmp / "skebrm_reward_model.json", info)
+        files = staged_files(tmp)
+        info["files"] = {name: sha256_file(tmp / name) for name in files}
+        install_files(tmp, output_dir, files)
+        write_json_atomic(output_dir / _INFO, info)
+    remove_stale(output_dir, previous - set(files) - {_INFO})
     return output_dir

@@ -31,13 +31,12 @@ import json
 import os
 import time
 from collections.abc import Sequence
-from dataclasses import dataclass, field
-from pathlib import Path
+from dataclasses import dataclass
 
 import numpy as np
 from tqdm.auto import tqdm
 
-from skebrm._shards import CacheCorruptError, ShardStore, check_shard_args
+from skebrm._shards import CacheCorruptError, ShardReport, ShardStore, check_shard_args
 from skebrm.sampling.base import FINISH_REASONS, PolicySampler
 
 __all__ = [
@@ -56,21 +55,16 @@ def _store(cache_dir) -> ShardStore:
     return ShardStore(cache_dir, "skebrm.SampleCache", ".jsonl", "sample cache", "sample_to_cache")
 
 
-@dataclass
-class SampleCacheReport:
+@dataclass(kw_only=True)
+class SampleCacheReport(ShardReport):
     """What one :func:`sample_to_cache` call did."""
 
-    cache_dir: Path
     n_prompts: int
-    n_shards: int
-    computed: list[int] = field(default_factory=list)
-    skipped: list[int] = field(default_factory=list)
-    seconds: float = 0.0
     tokens_computed: int = 0
 
     @property
     def tokens_per_second(self) -> float:
-        return self.tokens_computed / self.seconds if self.seconds > 0 else float("nan")
+        return self._rate(self.tokens_computed)
 
 
 @dataclass
