@@ -164,6 +164,12 @@ def binomial_p_values(n_wrong, n_accepted, alpha: float) -> np.ndarray:
     their misorderings are independent with the threshold's misorder rate, so this is a
     valid p-value (1 where nothing is accepted). It is MAPIE's Hoeffding–Bentkus p-value
     for a binary loss (its Bentkus term, the smaller one), computed from integer counts.
+
+    Examples
+    --------
+    >>> from skebrm.selection import binomial_p_values
+    >>> binomial_p_values([0, 2], [22, 100], 0.1).round(4)  # 0 of 22 wrong; 2 of 100 wrong
+    array([0.0985, 0.0019])
     """
     n_wrong = np.asarray(n_wrong)
     n_accepted = np.asarray(n_accepted)
@@ -215,6 +221,17 @@ class PairSelector(BaseEstimator):
     fwer_method : {"fixed_sequence", "bonferroni_holm", "bonferroni"}, default="fixed_sequence"
         ``"ltt"`` only: MAPIE's correction for testing many thresholds. Fixed-sequence
         testing goes from the strictest threshold down and stops at the first that fails.
+
+    Notes
+    -----
+    What to pass for the usual confidences, for pairs ``(a, b)`` whose preferred response
+    is known:
+
+    * the margin: ``confidence = |r_a − r_b|``, ``correct = (r_a > r_b) == a_preferred``;
+    * a preference probability ``P = P(a ≻ b)`` (a Laplace head's, EBRM's grid one):
+      ``confidence = max(P, 1 − P)``, ``correct = (P > 0.5) == a_preferred``;
+    * an uncertainty ``s`` of the margin: ``confidence = 1 / s`` (or ``−s``), with the
+      ordering's ``correct`` as for the margin.
 
     Attributes
     ----------
