@@ -336,6 +336,26 @@ def test_real_and_gpu_configs_compose():
         assert args.gradient_checkpointing == c.rl.grpo.gradient_checkpointing
 
 
+@pytest.mark.parametrize("option", ["smollm2", "smollm2_1.7b", "tiny"])
+def test_policy_configs_build(option, tmp_path):
+    from hydra.utils import get_method, instantiate
+
+    cfg = _compose(["experiment=rl_overoptimization", f"policy={option}", f"cache_dir={tmp_path}"])
+    assert cfg.policy.name == option and cfg.sampler.policy.model == cfg.policy.name_or_path
+    load = instantiate(cfg.policy.model, _convert_="all")  # a partial: nothing loads yet
+    assert callable(load) and callable(get_method(cfg.policy.model._target_))
+    if option != "tiny":
+        assert cfg.policy.prepare is None
+        return
+    folder = instantiate(cfg.policy.prepare)(cfg.policy.name_or_path)
+    assert folder == tmp_path / "policies" / "tiny-random-llama"
+    model, tok = load()
+    assert model.config.model_type == "llama" and "token_type_ids" not in tok.model_input_names
+    assert tok.pad_token is not None and tok.apply_chat_template(
+        [{"role": "user", "content": "hi"}], tokenize=False, add_generation_prompt=True
+    ).endswith("assistant: ")
+
+
 @pytest.mark.slow
 def test_cli_runs_and_resumes_the_tiny_experiment(tmp_path):
     run = tmp_path / "out"
