@@ -231,7 +231,8 @@ def _load_parts(folder: Path, config: dict, device, caller: str):
 
 def load_bundle(cls, pretrained_directory, *, device="cpu", penalty=None, batch_size=None):
     """Load a bundle written by :func:`save_bundle` (see the module docstring)."""
-    from skebrm.bundle import _EMBEDDING_KEYS, _check_batch_size, _check_penalty, _device
+    from skebrm._bundle_args import _check_batch_size, _check_penalty, _device
+    from skebrm.bundle import _EMBEDDING_KEYS
     from skebrm.extraction import HeadAdapter
     from skebrm.extraction.extractor import remember_weights_fingerprint
 

@@ -18,17 +18,21 @@ loading live in :mod:`skebrm._bundle_io`.
 from __future__ import annotations
 
 import copy
-import math
 import os
 from collections.abc import Sequence
 from dataclasses import dataclass
-from numbers import Integral, Real
 from pathlib import Path
 
 import numpy as np
 import torch
 
 from skebrm import _bundle_io
+from skebrm._bundle_args import (
+    _check_batch_size,
+    _check_penalty,
+    _check_text_columns,
+    _device,
+)
 from skebrm.calibrator import EnergyRewardCalibrator
 from skebrm.exceptions import BundleMismatchError, ModelIntegrityError
 
@@ -78,64 +82,6 @@ class RewardScores:
     def penalized(self, penalty: float) -> np.ndarray:
         """``refined_reward − penalty · std``."""
         return self.refined_reward - penalty * self.std
-
-
-def _check_penalty(penalty, caller: str) -> float:
-    if (
-        not isinstance(penalty, Real)
-        or isinstance(penalty, bool)
-        or not math.isfinite(penalty)
-        or penalty < 0
-    ):
-        raise ValueError(f"{caller}: penalty must be a finite float >= 0, got {penalty!r}.")
-    return float(penalty)
-
-
-def _check_batch_size(batch_size, caller: str) -> int:
-    if not isinstance(batch_size, Integral) or isinstance(batch_size, bool) or batch_size < 1:
-        raise ValueError(f"{caller}: batch_size must be a positive int, got {batch_size!r}.")
-    return int(batch_size)
-
-
-def _check_texts(values, name: str, caller: str) -> list[str]:
-    if isinstance(values, (str, bytes)) or not isinstance(values, (Sequence, np.ndarray)):
-        raise TypeError(
-            f"{caller}: {name} must be a list of str, got {type(values).__name__}: {values!r:.60}."
-        )
-    out = list(values)
-    for i, v in enumerate(out):
-        if not isinstance(v, str):
-            raise TypeError(
-                f"{caller}: {name}[{i}] must be a str, got {type(v).__name__}: {v!r:.60}."
-            )
-    return out
-
-
-def _check_text_columns(caller: str, **columns) -> list[list[str]]:
-    """:func:`_check_texts` on each column, then one check that they are equally long."""
-
-    def join(items):
-        items = list(items)
-        return items[0] if len(items) == 1 else f"{', '.join(items[:-1])} and {items[-1]}"
-
-    out = [_check_texts(values, name, caller) for name, values in columns.items()]
-    lengths = [len(col) for col in out]
-    if len(set(lengths)) > 1:
-        raise ValueError(
-            f"{caller}: {join(columns)} must have the same length, got "
-            f"{join(str(n) for n in lengths)}."
-        )
-    return out
-
-
-def _device(device) -> torch.device:
-    try:
-        return torch.device(device)
-    except (RuntimeError, TypeError) as exc:
-        raise ValueError(
-            f"RefinedRewardModel: device must be a torch device or its name ('cpu', 'cuda', "
-            f"'cuda:1'), got {device!r}."
-        ) from exc
 
 
 class RefinedRewardModel:
@@ -413,21 +359,13 @@ class RefinedRewardModel:
     ) -> Path:
         """Write the bundle into a folder, as Hugging Face's ``save_pretrained`` does.
 
-        The RM and its tokenizer go to ``reward_model/`` (safetensors), the calibrator to
-        ``calibrator/`` (its own ``save_pretrained``), and ``refined_reward_model.json``
-        records the format version, the settings, the RM's weights and tokenizer
-        fingerprints and the SHA-256 of every file. Each file is written under a
-        temporary name and renamed into place, the manifest last.
-
-        Parameters
-        ----------
-        save_directory : str or path-like
-            A new or empty folder, or one that holds a bundle: that bundle is replaced
-            (its files that the new one does not write are deleted). Files that are not
-            a bundle's are never deleted.
-        overwrite : bool, default=False
-            Write into a non-empty folder that holds no bundle (its files are kept);
-            without it such a folder is refused with ``FileExistsError``.
+        ``reward_model/`` (the RM and its tokenizer, safetensors), ``calibrator/`` and
+        ``refined_reward_model.json`` (format version, settings, fingerprints and the
+        SHA-256 of every file); each file is written under a temporary name, then renamed
+        into place, the manifest last. A folder that holds a bundle is written again
+        (that bundle's files the new one does not write are deleted); other files are
+        never deleted, and a non-empty folder that holds no bundle is refused
+        (``FileExistsError``) unless ``overwrite=True``.
 
         Returns
         -------
@@ -447,20 +385,12 @@ class RefinedRewardModel:
     ) -> RefinedRewardModel:
         """Load a bundle written by :meth:`save_pretrained`; nothing is unpickled.
 
-        Each file is read once and checked against the SHA-256 recorded at save time as
-        it is read; the RM is built from those verified bytes. A config that does not
-        match its own checksum, a file edited, swapped or added after saving, a loaded
-        RM or tokenizer that is not the recorded one, a calibrator whose embedding width
-        is not the RM's, or saved settings that do not build a bundle raise
-        :class:`~skebrm.exceptions.ModelIntegrityError`. Files beside the bundle's
-        folders (``reward_model/``, ``calibrator/``) are ignored.
-
-        Parameters
-        ----------
-        pretrained_directory : str or path-like
-        device : str or torch.device, default="cpu"
-        penalty, batch_size : optional
-            Override the saved values.
+        Each file is read once, checked against its recorded SHA-256 as it is read, and
+        the RM is built from those bytes. An edited, swapped or added file, a loaded RM
+        or tokenizer that is not the recorded one, a calibrator of another width, or
+        saved settings that do not build a bundle raise
+        :class:`~skebrm.exceptions.ModelIntegrityError`. ``penalty`` and ``batch_size``
+        override the saved values.
         """
         return _bundle_io.load_bundle(
             cls, pretrained_directory, device=device, penalty=penalty, batch_size=batch_size
