@@ -151,3 +151,13 @@ def test_errors():
 @parametrize_with_checks([MahalanobisScorer()])
 def test_sklearn_compatible_estimator(estimator, check):
     check(estimator)
+
+
+def test_scores_in_row_blocks_match_one_pass(monkeypatch):
+    import skebrm.ood as ood
+
+    train, test = _correlated(60), _correlated(23, seed=8)
+    scorer = MahalanobisScorer().fit(train)
+    want = scorer.score_samples(test)
+    monkeypatch.setattr(ood, "_BLOCK", 5)
+    np.testing.assert_allclose(scorer.score_samples(test), want, rtol=1e-13)
