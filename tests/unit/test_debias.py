@@ -233,3 +233,18 @@ def test_a_neighbourhood_of_one_tied_value_is_refused_with_the_frac_to_use():
     ):
         LengthDebiaser(frac=0.5).fit(x, np.arange(10.0))
     assert np.all(np.isfinite(LengthDebiaser(frac=0.7).fit(x, np.arange(10.0)).knots_y_))
+
+
+def test_chained_debiasers_remove_a_length_and_a_markdown_bias():
+    rng = np.random.default_rng(1)
+    n = 3000
+    length = rng.lognormal(5, 0.8, size=n)
+    markdown = rng.poisson(3, size=n).astype(float)
+    quality = rng.normal(size=n)
+    reward = quality + np.log(length) + 0.5 * markdown
+    first = LengthDebiaser(feature="chars").fit_transform(length, reward)
+    second = LengthDebiaser(feature="markdown").fit_transform(markdown, first)
+    assert abs(np.corrcoef(markdown, first)[0, 1]) > 0.4  # the length pass leaves it
+    assert abs(np.corrcoef(markdown, second)[0, 1]) < 0.05
+    assert abs(np.corrcoef(np.log(length), second)[0, 1]) < 0.05
+    assert np.corrcoef(quality, second)[0, 1] > 0.95
