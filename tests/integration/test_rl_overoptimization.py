@@ -240,6 +240,104 @@ def test_sequence_log_probs_against_a_token_loop():
         assert math.isclose(float(got[row]), want, rel_tol=1e-5, abs_tol=1e-5)
 
 
+class _FakeExtractor:
+    """Embeddings (len(prompt), len(completion)) and reward len(completion) of each row."""
+
+    def __init__(self):
+        self.rows = []
+
+    def extract(self, rows):
+        from types import SimpleNamespace
+
+        self.rows.append(list(rows))
+        return SimpleNamespace(
+            embeddings=np.array([[len(p), len(c)] for p, c in rows], dtype=float),
+            rewards=np.array([len(c) for _, c in rows], dtype=float),
+        )
+
+
+def test_text_reward_follows_trls_convention():
+    from skebrm.experiments.rl import TextReward
+
+    ext = _FakeExtractor()
+    rm = TextReward(ext, name="gold")
+    assert rm.__name__ == "gold"
+    got = rm(prompts=[[{"role": "user", "content": "hi"}], ""], completions=["abc", ""])
+    assert got == [3.0, None]  # nothing to score in the second row
+    assert ext.rows[-1] == [("hi", "abc")]
+    proxy = TextReward(ext, lambda Z: Z[:, 0] * 10 + Z[:, 1], name="proxy_base")
+    # a prompt_text column (the exact prompt strings) replaces the flattened messages
+    got = proxy(
+        prompts=[[{"role": "user", "content": "x"}]] * 2,
+        completions=["ab", "abcd"],
+        prompt_text=["Human: x\n\nAssistant:", "Write."],
+    )
+    assert got == [10 * len("Human: x\n\nAssistant:") + 2.0, 64.0]
+    with pytest.raises(ValueError, match="same length"):
+        proxy.score(["a"], ["b", "c"])
+
+
+def test_gold_tracker_counts_completions_up_to_their_end_token(tmp_path):
+    """Scripted generations (one stopped, one truncated, one empty): lengths, flags,
+    distinct-n, rewards and the KL of each row against a loop over unpadded tokens."""
+    import torch
+
+    from skebrm.experiments.rl import GoldTracker, TextReward
+
+    policy, tok = build_tiny_policy(seed=0)
+    ref, _ = build_tiny_policy(seed=1)
+    eos, pad = tok.eos_token_id, tok.pad_token_id
+    scripted = torch.tensor(
+        [[5000, 6000, eos, pad, pad], [7000, 7001, 7000, 7001, 7004], [eos, pad, pad, pad, pad]]
+    )
+
+    def generate(input_ids, attention_mask, **kwargs):
+        assert kwargs["do_sample"] and kwargs["max_new_tokens"] == 5 and kwargs["top_k"] == 0
+        return torch.cat([input_ids, scripted[: len(input_ids)]], dim=1)
+
+    policy.generate = generate
+    prompts = ["first prompt", "a longer second prompt here", "third"]
+    messages = [[{"role": "user", "content": p}] for p in prompts]
+    tracker = GoldTracker(
+        prompts,
+        messages,
+        tok,
+        gold=TextReward(_FakeExtractor()),
+        proxy=TextReward(_FakeExtractor(), lambda Z: -Z[:, 1]),
+        ref_model=ref,
+        path=tmp_path / "t.jsonl",
+        max_new_tokens=5,
+        batch_size=8,
+    )
+    out = tracker.evaluate(policy)
+    assert tracker._last_ids == [[5000, 6000], [7000, 7001, 7000, 7001, 7004], []]
+    texts = [tok.decode(ids, skip_special_tokens=True) for ids in tracker._last_ids]
+    assert out["length"] == (2 + 5 + 0) / 3
+    assert out["truncated"] == 1 / 3 and out["empty"] == 1 / 3
+    assert out["distinct_1"] == 5 / 7 and out["distinct_2"] == 4 / 5
+    assert out["gold_per_prompt"] == [float(len(t)) for t in texts]
+    assert out["proxy"] == -np.mean([len(t) for t in texts])
+    kl = []
+    for msg, row, n in zip(messages, scripted.tolist(), [3, 5, 1]):
+        ids = tok.apply_chat_template(msg, tokenize=False, add_generation_prompt=True)
+        ids = tok(ids, add_special_tokens=False)["input_ids"] + row[:n]
+        seq = torch.tensor([ids])
+        diff = 0.0
+        with torch.no_grad():
+            lp = torch.log_softmax(policy(input_ids=seq).logits[0], -1)
+            lq = torch.log_softmax(ref(input_ids=seq).logits[0], -1)
+        for t in range(len(ids) - n, len(ids)):
+            diff += float(lp[t - 1, ids[t]] - lq[t - 1, ids[t]])
+        kl.append(diff)
+    np.testing.assert_allclose(out["kl_per_prompt"], kl, rtol=1e-4, atol=1e-4)
+    assert math.isclose(out["kl"], np.mean(kl), rel_tol=1e-4, abs_tol=1e-4)
+    assert out["sqrt_kl"] == math.sqrt(max(out["kl"], 0.0))
+    with pytest.raises(ValueError, match="every must be a positive int, got 0"):
+        GoldTracker(prompts, messages, tok, gold=None, proxy=None, ref_model=ref, path="x", every=0)
+    with pytest.raises(ValueError, match="same length, got 3 and 1"):
+        GoldTracker(prompts, messages[:1], tok, gold=None, proxy=None, ref_model=ref, path="x")
+
+
 def _records(gold: list[float], kl: list[float], rng) -> list[dict]:
     out = []
     for step, (g, k) in enumerate(zip(gold, kl)):

@@ -351,9 +351,8 @@ def _run(cfg, out: Path, echo, callbacks) -> dict:
         policy, tok = load()
         ref_model = None
         if rl.get("peft") is None:
-            ref_model, _ = load()
-            ref_model.to(policy.device if device == "cpu" else device).eval()
-            ref_model.requires_grad_(False)
+            ref_model, _ = load()  # the frozen initial policy, for the KL estimate
+            ref_model.eval().requires_grad_(False)
         dataset = datasets.Dataset.from_dict(
             {
                 "prompt": [prompt_messages(p) for p in train_prompts],
@@ -393,7 +392,7 @@ def _run(cfg, out: Path, echo, callbacks) -> dict:
             peft_config=_build(rl.peft) if rl.get("peft") is not None else None,
         )
         tracker.trainer = trainer
-        if ref_model is not None and device != "cpu":
+        if ref_model is not None:
             ref_model.to(trainer.accelerator.device)
         trainer.train(resume_from_checkpoint=last)
 
