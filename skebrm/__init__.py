@@ -11,7 +11,7 @@ from skebrm._version import __version__
 from skebrm.bradley_terry import BradleyTerryHead, LaplaceBradleyTerryHead, fit_bradley_terry
 from skebrm.calibrator import EnergyRewardCalibrator
 from skebrm.distribution import GridDistribution
-from skebrm.exceptions import RefinementWarning
+from skebrm.exceptions import GuardPowerWarning, RefinementWarning
 
 _LAZY = {
     "BradleyTerryEnsemble": "skebrm.baselines",
@@ -48,6 +48,7 @@ __all__ = [
     "BradleyTerryHead",
     "EnergyRewardCalibrator",
     "GridDistribution",
+    "GuardPowerWarning",
     "LaplaceBradleyTerryHead",
     "RefinementWarning",
     "__version__",

@@ -36,7 +36,7 @@ import torch
 
 from skebrm._io import sha256_bytes, write_bytes_atomic
 from skebrm._manifest import canonical, read_manifest, read_payload, write_manifest
-from skebrm.energy import BasisEnergyNet, EnergyNet
+from skebrm._posterior import NETWORKS, build_network
 from skebrm.exceptions import ModelIntegrityError
 
 __all__ = [
@@ -53,7 +53,7 @@ FORMAT = "skebrm.EnergyRewardCalibrator"
 FORMAT_VERSION = 2
 CONFIG_NAME = "calibrator.json"
 _WEIGHTS_RE = re.compile(r"^calibrator-[0-9a-f]{16}\.safetensors$")
-_NETS = {"EnergyNet": EnergyNet, "BasisEnergyNet": BasisEnergyNet}
+_NETS = NETWORKS  # the one network factory is skebrm._posterior.build_network
 _canonical = canonical
 _BROKEN = (KeyError, TypeError, ValueError, RuntimeError, AttributeError, IndexError)
 
@@ -94,7 +94,7 @@ def build_module(spec: dict) -> torch.nn.Module:
             f"unknown energy network {name!r}; expected one of {sorted(_NETS)}."
         )
     try:
-        return cls(**spec["config"])
+        return build_network(spec)
     except _BROKEN as exc:
         raise ModelIntegrityError(
             f"the saved {spec['class']} config {spec.get('config')!r:.200} does not build a "

@@ -16,6 +16,7 @@ results do not depend, bit for bit on CPU, on the batch it came in.
 from __future__ import annotations
 
 import copy
+import threading
 from collections.abc import Iterator
 from dataclasses import dataclass
 
@@ -25,8 +26,73 @@ import torch
 from skebrm import _inference as inf
 from skebrm._scaling import RewardScaler
 from skebrm.distribution import GridDistribution
+from skebrm.energy import BasisEnergyNet, EnergyNet
 
-__all__ = ["EnergyPosterior", "InferenceSettings", "resolve_device"]
+__all__ = [
+    "NETWORKS",
+    "EnergyPosterior",
+    "InferenceSettings",
+    "available_device",
+    "build_network",
+    "network_spec",
+    "resolve_device",
+    "reward_grid",
+]
+
+#: the energy networks a posterior can hold, by class name (the saved ``module`` spec)
+NETWORKS = {"EnergyNet": EnergyNet, "BasisEnergyNet": BasisEnergyNet}
+
+
+def network_spec(
+    energy: str,
+    n_features: int,
+    *,
+    hidden,
+    reward_hidden,
+    n_basis: int,
+    dropout: float,
+    basis_range: tuple[float, float],
+) -> dict:
+    """The ``{"class", "config"}`` spec of a new energy network (``energy`` "mlp" or
+    "basis"; ``basis_range``: the span of the basis centres, standardised units)."""
+    if energy == "basis":
+        config = {
+            "n_features": int(n_features),
+            "hidden": list(hidden),
+            "n_basis": int(n_basis),
+            "low": float(basis_range[0]),
+            "high": float(basis_range[1]),
+            "dropout": float(dropout),
+        }
+        return {"class": "BasisEnergyNet", "config": config}
+    config = {
+        "n_features": int(n_features),
+        "reward_hidden": list(reward_hidden),
+        "hidden": list(hidden),
+        "dropout": float(dropout),
+    }
+    return {"class": "EnergyNet", "config": config}
+
+
+def build_network(spec: dict) -> torch.nn.Module:
+    """The one network factory, for fitting and loading: ``NETWORKS[class](**config)``.
+
+    ``KeyError`` names the unknown class; loaders turn it into their integrity error.
+    """
+    cls = NETWORKS.get(spec.get("class"))
+    if cls is None:
+        raise KeyError(
+            f"unknown energy network {spec.get('class')!r}; expected one of {sorted(NETWORKS)}."
+        )
+    return cls(**spec["config"])
+
+
+def reward_grid(ys_train: np.ndarray, *, margin: float, size: int):
+    """The trusted range of the standardised training rewards ``ys_train`` and the grid
+    ``(low, width, centres)`` that widens it by ``margin`` on each side."""
+    trusted = (float(ys_train.min()), float(ys_train.max()))
+    centres, width = inf.make_grid(trusted[0] - margin, trusted[1] + margin, size)
+    return trusted, (float(trusted[0] - margin), width, centres)
 
 
 def resolve_device(device) -> torch.device:
@@ -40,6 +106,26 @@ def resolve_device(device) -> torch.device:
             "device='cpu' or 'auto'."
         )
     return dev
+
+
+def available_device(device, where: str):
+    """``device``, or ``"cpu"`` (with a warning) when it names CUDA and CUDA is not
+    available here: the fallback of loading and unpickling a model saved elsewhere."""
+    from skebrm.exceptions import warn_user
+
+    if isinstance(device, str) and device == "auto":
+        return device
+    try:
+        cuda = torch.device(device).type == "cuda"
+    except (RuntimeError, TypeError, ValueError):
+        return device  # the parameter check reports it
+    if cuda and not torch.cuda.is_available():
+        warn_user(
+            f"{where}: the model was saved with device={str(device)!r}, which is not "
+            "available here; using device='cpu'."
+        )
+        return "cpu"
+    return device
 
 
 @dataclass(frozen=True)
@@ -95,6 +181,17 @@ class EnergyPosterior:
         self.grid_size = int(grid_size)
         self.trusted = (float(trusted[0]), float(trusted[1]))
         self._copies: dict = {}
+        self._lock = threading.RLock()
+
+    def __getstate__(self):
+        state = self.__dict__.copy()
+        state["_copies"] = {}
+        state.pop("_lock", None)
+        return state
+
+    def __setstate__(self, state):
+        self.__dict__.update(state)
+        self._lock = threading.RLock()
 
     # ------------------------------------------------------------------ grid
     @property
@@ -123,12 +220,15 @@ class EnergyPosterior:
     def net(self, settings: InferenceSettings) -> tuple[torch.nn.Module, torch.device]:
         device = resolve_device(settings.device)
         key = (settings.dtype, str(device))
-        if key not in self._copies:
-            # built outside a caller's ``torch.inference_mode``: inference tensors have no
-            # version counter, which the folded-weight cache of the network reads
-            with torch.inference_mode(False):
-                self._copies = {key: inference_copy(self.module, settings.dtype, device)}
-        return self._copies[key], device
+        with self._lock:
+            net = self._copies.get(key)
+            if net is None:
+                # built outside a caller's ``torch.inference_mode``: inference tensors have
+                # no version counter, which the folded-weight cache of the network reads
+                with torch.inference_mode(False):
+                    net = inference_copy(self.module, settings.dtype, device)
+                self._copies = {key: net}
+        return net, device
 
     def chunks(self, X, settings: InferenceSettings) -> Iterator[tuple[slice, torch.Tensor]]:
         """(slice, embedded rows padded to whole row tiles) per ``batch_size`` rows."""
@@ -180,8 +280,15 @@ class EnergyPosterior:
         return np.clip(r_s.double().cpu().numpy(), *self.bounds_s)
 
     def refine(self, X, base_reward, settings: InferenceSettings) -> np.ndarray:
-        """Hybrid-initialised modes from the RM's own rewards (RM units in and out)."""
+        """Hybrid-initialised modes from the RM's own rewards (RM units in and out).
+
+        A row whose ascent never moved (its result equals its base reward in the
+        inference dtype) gets its base reward back exactly, bit for bit: the round trip
+        through standardised units and the inference dtype would otherwise perturb it,
+        which can create or flip near-ties.
+        """
         net, _ = self.net(settings)
+        base_reward = np.asarray(base_reward, dtype=np.float64)
         base_s = self.scaler.transform(base_reward)
         refined_s = refine_s(
             net,
@@ -193,7 +300,9 @@ class EnergyPosterior:
             bounds=self.bounds_s,
             settings=settings,
         )
-        return self.scaler.inverse_transform(np.clip(refined_s, *self.bounds_s))
+        start = base_s.astype(settings.dtype).astype(np.float64)
+        refined = self.scaler.inverse_transform(np.clip(refined_s, *self.bounds_s))
+        return np.where(refined_s == start, base_reward, refined)
 
     def energy(self, X, r, settings: InferenceSettings) -> np.ndarray:
         """``f(e, r)`` for ``r`` (n, k) in RM units."""

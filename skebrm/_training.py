@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import copy
+import math
 from collections.abc import Callable
 from dataclasses import dataclass, field
 
@@ -18,8 +19,9 @@ __all__ = [
     "TrainingData",
     "TrainingResult",
     "accumulate_gradients",
-    "improvement_probability",
     "plan_loss",
+    "run_training",
+    "selection_validator",
     "train_energy_model",
 ]
 
@@ -82,6 +84,18 @@ ACTIVATION_BUDGET = 1 << 23
 # A held-out loss counts as lower (to break ties in validation accuracy) only when it
 # drops by more than this share of the best loss so far.
 LOSS_TOL = 1e-4
+
+# Without validation, a fit whose last epoch still lowered the training loss by more than
+# this share, and by more than FALLING_Z standard errors of the two epochs' mean batch
+# losses (fresh noise draws make the loss fluctuate), warns that it may be undertrained.
+FALLING_TOL = 1e-2
+FALLING_Z = 2.0
+
+
+def _standard_error(values: list[float]) -> float:
+    if len(values) < 2:
+        return math.inf
+    return float(np.std(values, ddof=1) / math.sqrt(len(values)))
 
 
 def _chunk_rows(net, plan: BatchPlan, activation_budget: int) -> int:
@@ -148,6 +162,24 @@ def plan_loss(
     return total
 
 
+def _check_diverged(net, loss: float, epoch: int, history: list, learning_rate) -> None:
+    """Raise ``FloatingPointError`` when an epoch's loss or the weights are not finite."""
+    weights_ok = all(bool(torch.isfinite(p).all()) for p in net.parameters())
+    if math.isfinite(loss) and weights_ok:
+        return
+    losses = ", ".join(f"{h['train_loss']:.4g}" for h in history) + f"{', ' if history else ''}"
+    what = (
+        f"the training loss is {loss!r}"
+        if not math.isfinite(loss)
+        else "the weights hold NaN or inf"
+    )
+    raise FloatingPointError(
+        f"EnergyRewardCalibrator.fit: the fit diverged: {what} after epoch {epoch} "
+        f"(training losses {losses}{loss:.4g}); no model was kept. Lower learning_rate "
+        f"(got {learning_rate!r}) and fit again."
+    )
+
+
 def train_energy_model(
     net: torch.nn.Module,
     data: TrainingData,
@@ -181,9 +213,10 @@ def train_energy_model(
     workspace = Workspace()
     pairs = data.pairs is not None
     best_score, best_loss, best_state, since_best = -np.inf, np.inf, None, 0
+    spread = []  # standard error of each epoch's mean batch loss
     for epoch in range(1, max_epochs + 1):
         net.train()
-        total, count = 0.0, 0
+        total, count, batch_losses = 0.0, 0, []
         for idx, mask in data.batches(batch_size, generator):
             xb = torch.from_numpy(np.asarray(data.X[idx], dtype=np.float32)).to(device)
             likelihood = None if mask is None else torch.from_numpy(mask)
@@ -195,12 +228,17 @@ def train_energy_model(
             opt.step()
             total += loss * len(idx)
             count += len(idx)
-        record = {"epoch": epoch, "train_loss": total / count}
+            batch_losses.append(loss)
+        train_loss = total / count
+        _check_diverged(net, train_loss, epoch, result.history, learning_rate)
+        spread.append(_standard_error(batch_losses))
+        record = {"epoch": epoch, "train_loss": train_loss}
         if validate is not None:
             refined, base, val_loss = validate(net)
             record["val_accuracy"] = refined
             record["val_base_accuracy"] = base
-            record["val_loss"] = val_loss
+            record["val_loss"] = val_loss if math.isfinite(val_loss) else None
+            val_loss = val_loss if math.isfinite(val_loss) else math.inf
             better = refined > best_score + tol or (
                 refined >= best_score - tol and val_loss < best_loss - LOSS_TOL * abs(best_loss)
             )
@@ -213,7 +251,9 @@ def train_energy_model(
         result.history.append(record)
         if progress is not None:
             progress.update(1)
-            progress.set_postfix({k: round(v, 4) for k, v in record.items() if k != "epoch"})
+            progress.set_postfix(
+                {k: round(v, 4) for k, v in record.items() if k != "epoch" and v is not None}
+            )
         if validate is not None and n_iter_no_change is not None and since_best >= n_iter_no_change:
             result.stopped_early = True
             break
@@ -227,24 +267,102 @@ def train_energy_model(
             )
     else:
         result.best_epoch = max_epochs
+        if len(result.history) >= 2:
+            prev, last = (h["train_loss"] for h in result.history[-2:])
+            noise = FALLING_Z * math.hypot(spread[-2], spread[-1])
+            if prev - last > max(FALLING_TOL * abs(last), noise):
+                result.warnings.append(
+                    f"EnergyRewardCalibrator: the training loss was still falling at the "
+                    f"last of max_epochs={max_epochs} epochs ({prev:.4g} -> {last:.4g}); the "
+                    "model may be undertrained. Raise max_epochs or learning_rate, or fit "
+                    "with validation_fraction and n_iter_no_change."
+                )
     net.eval()
     return result
 
 
-def improvement_probability(correct_new, correct_base, rng, *, n_resamples: int = 2000) -> float:
-    """Paired-bootstrap probability that ``correct_new`` has the higher mean.
+def selection_validator(X, y, ys, sel, objective, posterior, settings, *, seed, device, pairs):
+    """The epoch-selection callback on the selection rows ``sel`` (laid out chosen,
+    rejected, ...): the refined and the base pair accuracy there, and the objective's loss
+    on them (fixed noise draws, drawn once from ``seed + 1``)."""
+    from skebrm._guard import pair_credit
 
-    Pairs are resampled with replacement (both methods' scores of a pair together); the
-    result is the share of resamples in which the new method's accuracy is higher, a tie
-    counting one half. 0.5 when the two never differ.
+    X_sel, y_sel = X[sel], y[sel]
+    base_acc = float(pair_credit(y_sel).mean())
+    val_plan = objective.plan(
+        torch.as_tensor(ys[sel], dtype=torch.float32).to(device),
+        pairs=pairs,
+        generator=torch.Generator().manual_seed(seed + 1),
+    )
+    X_sel_t = torch.from_numpy(np.asarray(X_sel, dtype=np.float32)).to(device)
+
+    def validate(net):
+        net.eval()
+        refined = posterior(net).refine(X_sel, y_sel, settings)
+        return float(pair_credit(refined).mean()), base_acc, plan_loss(net, X_sel_t, val_plan)
+
+    return validate
+
+
+def run_training(
+    est, spec: dict, data: TrainingData, objective, *, y, posterior, select, seed, device
+):
+    """Build the network from ``spec`` and train it with ``est``'s parameters.
+
+    The global torch RNG is forked (the caller's stream is left as it was) and seeded with
+    ``seed``, which also seeds the batch order and noise draws; ``select`` (rows laid out
+    chosen, rejected, ... or ``None``) adds epoch selection on those pairs, scored through
+    ``posterior(net)`` with ``est``'s inference settings (``y``: the rewards in RM units,
+    ``data.y`` standardised). BLAS threads are pinned to one
+    for the fit, so that the result does not depend on the machine's thread count.
+    Returns ``(module, TrainingResult)``, the module frozen in evaluation mode.
     """
-    diff = np.asarray(correct_new, dtype=np.float64) - np.asarray(correct_base, dtype=np.float64)
-    n = diff.size
-    if n == 0:
-        return 0.5
-    stats = np.empty(n_resamples)
-    chunk = max(1, 2_000_000 // n)
-    for start in range(0, n_resamples, chunk):
-        stop = min(start + chunk, n_resamples)
-        stats[start:stop] = diff[rng.randint(0, n, size=(stop - start, n))].mean(axis=1)
-    return float(np.mean(stats > 0) + 0.5 * np.mean(stats == 0))
+    from threadpoolctl import threadpool_limits
+
+    from skebrm._posterior import build_network
+
+    with torch.random.fork_rng(devices=[]), threadpool_limits(limits=1, user_api="blas"):
+        torch.manual_seed(seed)
+        generator = torch.Generator().manual_seed(seed)
+        module = build_network(spec).to(device)
+        validate = None
+        if select is not None:
+            validate = selection_validator(
+                data.X,
+                y,
+                data.y,
+                select,
+                objective,
+                posterior,
+                est._settings(),
+                seed=seed,
+                device=device,
+                pairs=est.preference_weight > 0,
+            )
+        progress = None
+        if est.verbose:
+            from tqdm.auto import tqdm
+
+            progress = tqdm(total=est.max_epochs, desc="EBRM fit", unit="epoch")
+        try:
+            result = train_energy_model(
+                module,
+                data,
+                objective,
+                learning_rate=est.learning_rate,
+                weight_decay=est.weight_decay,
+                batch_size=est.batch_size,
+                max_epochs=est.max_epochs,
+                device=device,
+                generator=generator,
+                validate=validate,
+                n_iter_no_change=est.n_iter_no_change,
+                tol=est.tol,
+                progress=progress,
+            )
+        finally:
+            if progress is not None:
+                progress.close()
+    for p in module.parameters():
+        p.requires_grad_(False)
+    return module, result

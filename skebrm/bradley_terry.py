@@ -20,6 +20,7 @@ from scipy.linalg import cho_factor, cho_solve
 from sklearn.base import BaseEstimator
 from sklearn.linear_model import LogisticRegression
 from sklearn.utils.validation import check_is_fitted, validate_data
+from threadpoolctl import threadpool_limits
 
 from skebrm._compat import Interval, StrOptions, _fit_context
 from skebrm._pairs import check_pairs
@@ -44,6 +45,9 @@ def fit_bradley_terry(
     convention the objective is ``½‖w‖² + C Σ_rows loss``; each pair is two rows with the
     same loss ``−log σ(w·z)``, so ``w`` minimises ``Σ_pairs −log σ(w·z) + ‖w‖² / (4C)``.
 
+    BLAS runs on one thread during the fit, so the result does not depend on the
+    machine's thread count.
+
     Returns
     -------
     coef : ndarray of shape (n_features,)
@@ -60,7 +64,10 @@ def fit_bradley_terry(
     yd = np.r_[np.ones(len(diff)), np.zeros(len(diff))]
     sw = None if sample_weight is None else np.r_[sample_weight, sample_weight]
     lr = LogisticRegression(C=C, fit_intercept=False, max_iter=max_iter)
-    lr.fit(Xd, yd, sample_weight=sw)
+    # one BLAS thread: L-BFGS's gradients are matrix products whose rounding depends on
+    # how many threads split them, enough to flip near-tied pairs between machines
+    with threadpool_limits(limits=1, user_api="blas"):
+        lr.fit(Xd, yd, sample_weight=sw)
     return lr.coef_.ravel().copy()
 
 

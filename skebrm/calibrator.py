@@ -1,11 +1,10 @@
 """``EnergyRewardCalibrator``: the EBRM estimator (the scikit-learn shell).
 
-The numerics live in named places: :mod:`skebrm._objectives` (NCE+, the grid likelihood,
-the preference term), :mod:`skebrm._training` (the loop and model selection),
-:mod:`skebrm._posterior` (the fitted posterior: inference copy, chunking, modes),
-:class:`skebrm.GridDistribution` (statistics of a grid-normalised density),
-:mod:`skebrm._scaling` (RM units ↔ standardised units) and :mod:`skebrm._persistence`
-(saving without pickle).
+``fit`` validates, lays out the pairs (:mod:`skebrm._pairs`), builds the reward grid and
+the network (:mod:`skebrm._posterior`), trains (:mod:`skebrm._training`), decides the guard
+(:mod:`skebrm._guard`) and sets the fitted state at once. The numerics live in those
+modules, in :mod:`skebrm._objectives` and in :class:`skebrm.GridDistribution`; saving is
+:mod:`skebrm._persistence`.
 """
 
 from __future__ import annotations
@@ -19,8 +18,7 @@ import torch
 from sklearn.base import BaseEstimator, RegressorMixin, clone
 from sklearn.utils.validation import check_is_fitted, check_random_state, validate_data
 
-from skebrm import _inference as inf
-from skebrm import _persistence
+from skebrm import _guard, _persistence
 from skebrm._compat import Interval, StrOptions, _fit_context
 from skebrm._objectives import make_objective
 from skebrm._pairs import check_pairs, fit_layout
@@ -33,23 +31,36 @@ from skebrm._params import (
     draw_seed,
     warn_ineffective,
 )
-from skebrm._posterior import EnergyPosterior, InferenceSettings, resolve_device
+from skebrm._posterior import (
+    EnergyPosterior,
+    InferenceSettings,
+    available_device,
+    network_spec,
+    resolve_device,
+    reward_grid,
+)
 from skebrm._scaling import RewardScaler
-from skebrm._training import TrainingData, improvement_probability, plan_loss, train_energy_model
+from skebrm._training import TrainingData, run_training
 from skebrm.distribution import GridDistribution
-from skebrm.energy import BasisEnergyNet, EnergyNet
-from skebrm.exceptions import ConvergenceWarning, RefinementWarning, warn_user
+from skebrm.exceptions import (
+    ConvergenceWarning,
+    FallbackWarning,
+    GuardPowerWarning,
+    RefinementWarning,
+    VersionMismatchWarning,
+    warn_user,
+)
 
 __all__ = ["EnergyRewardCalibrator"]
 
 _NAME = "EnergyRewardCalibrator"
+_WARNED: set[str] = set()  # fallbacks already announced in this process
 
 
-def _pair_accuracy(r: np.ndarray) -> tuple[float, np.ndarray]:
-    """Accuracy (ties ½) and per-pair credit of rewards laid out chosen, rejected, ..."""
-    d = r[0::2] - r[1::2]
-    correct = (d > 0) + 0.5 * (d == 0)
-    return float(correct.mean()), correct
+def _warn_once(key: str, message: str) -> None:
+    if key not in _WARNED:
+        _WARNED.add(key)
+        warn_user(message, FallbackWarning)
 
 
 class EnergyRewardCalibrator(RegressorMixin, BaseEstimator):
@@ -61,27 +72,19 @@ class EnergyRewardCalibrator(RegressorMixin, BaseEstimator):
     distribution itself gives uncertainty (:meth:`score_uncertainty`), intervals and
     preference probabilities, all exact on a grid (:class:`~skebrm.GridDistribution`).
 
-    Two objectives fit the density. ``"nce_plus"`` is the paper's label-noise-aware
-    NCE+, after dropping the training pairs the RM already misorders. ``"grid_nll"``
-    (beyond the paper) maximises the exact likelihood of ``y + ν`` under the
-    grid-normalised density — piecewise uniform on the cells, the convention of every
-    grid method here — with one candidate per cell instead of ``M + 1``. Measured on
-    heteroscedastic synthetic data (``tests/integration/test_recovery.py``: noise sd 0.1
-    or 1.0 by region, d = 16, 2,000 rows, widths (128, 64), 60 epochs, lr 3e-3, dropout
-    0): ``grid_nll`` gives Spearman(std, true noise sd) 0.71, R² of the mode 0.956 and
-    80 % intervals covering 78 % of high-noise rows; NCE+ (M = 64) on the same data and
-    settings 0.74, 0.950 and 80 %: with dropout off the two objectives recover the noise
-    about equally. Dropout is what breaks the density: with the paper's 0.5, NCE+'s
-    spread no longer tracks the noise (Spearman 0.02; std 2.20 vs 2.18 in the low- and
-    high-noise halves), hence ``dropout="auto"``.
+    Two objectives fit the density: ``"nce_plus"``, the paper's label-noise-aware NCE+
+    after dropping the training pairs the RM already misorders, and ``"grid_nll"`` (beyond
+    the paper), the exact likelihood of ``y + ν`` under the grid-normalised density. Both
+    fit the RM's *own* reward: the density says where the RM's reward is noisy, not where
+    the RM is wrong. ``preference_weight > 0`` (beyond the paper) adds
+    ``−log P(r_chosen > r_rejected)`` on the training pairs, so the labels move rewards.
 
-    Both fit the RM's *own* reward, a function of ``e``: the density then says where the
-    RM's reward is noisy, not where the RM is wrong. ``preference_weight > 0`` (beyond the
-    paper) adds ``−log P(r_chosen > r_rejected)`` on the training pairs, computed exactly
-    from the two rows' grid distributions, so the labels move rewards and widen
-    distributions where they disagree with the RM. ``filter_conflicts`` filters only the
-    likelihood term: the preference term always sees every training pair, including the
-    ones the RM misorders (which hold the information about where it is wrong).
+    The defaults are the paper's hyperparameters (``conf/calibrator/paper.yaml``). They
+    train little on small data in 5 epochs: without validation, a ``ConvergenceWarning``
+    says when the training loss was still falling at the last epoch (raise ``max_epochs``
+    or ``learning_rate``, or see ``conf/calibrator/basis.yaml``). A fit whose loss or
+    weights become NaN or infinite raises ``FloatingPointError`` and keeps the previous
+    model.
 
     Parameters
     ----------
@@ -90,9 +93,9 @@ class EnergyRewardCalibrator(RegressorMixin, BaseEstimator):
     preference_weight : float, default=0.0
         Weight of the preference term (0: the paper's method). Needs pair metadata.
     sigmas : tuple of float, default=(3.5,)
-        Scales of the noise mixture ``(1/K) Σ_k N(r, σ_k²)``, standardised reward units
-        (see ``target_std``): NCE+'s negatives are drawn from it, and both objectives'
-        label noise ``ν`` from the same mixture scaled by ``beta``.
+        Scales of the noise mixture ``(1/K) Σ_k N(r, σ_k²)``, standardised reward units:
+        NCE+'s negatives are drawn from it, and both objectives' label noise ``ν`` from the
+        same mixture scaled by ``beta``.
     beta : float, default=0.1
         The positive is ``r + ν``, ``ν`` from the mixture with scales ``β·σ_k``.
     n_negatives : int, default=768
@@ -111,9 +114,7 @@ class EnergyRewardCalibrator(RegressorMixin, BaseEstimator):
         Basis size for ``energy="basis"``.
     dropout : float or "auto", default="auto"
         Dropout after every trunk activation. ``"auto"``: the paper's 0.5 with
-        ``"nce_plus"``, 0 with ``"grid_nll"``. Dropout makes the evaluation-mode density a
-        different function from the one trained, so densities fitted with it are wider
-        and flatter than the data's noise (measured: README "Density estimation").
+        ``"nce_plus"``, 0 with ``"grid_nll"`` (dropout widens and flattens the density).
     learning_rate : float, default=9e-5
     weight_decay : float, default=1e-2
         AdamW settings.
@@ -135,14 +136,14 @@ class EnergyRewardCalibrator(RegressorMixin, BaseEstimator):
     tol : float, default=0.0
         Minimum improvement of validation accuracy that counts.
     guard : {"warn", "base", "off"}, default="warn"
-        What to do when refinement does not help on the guard pairs (see
-        ``guard_confidence``): ``"warn"`` raises a
+        What to do when refinement does not help on the guard pairs: ``"warn"`` raises a
         :class:`~skebrm.exceptions.RefinementWarning`; ``"base"`` also makes
         ``predict(X, base_reward=...)`` return the base reward; ``"off"`` does nothing.
         Needs ``validation_fraction`` or a call of :meth:`fit_guard` after ``fit``.
     guard_confidence : float, default=0.8
-        Refinement helps when the paired bootstrap over the guard pairs puts at least this
-        probability on the refined rewards ranking them better than the base rewards.
+        Refinement helps when the exact one-sided sign test on the guard pairs (null:
+        refinement does not rank better) gives ``p ≤ 1 − guard_confidence``; see
+        :meth:`fit_guard`.
     target_std : float, default=4.0
         Rewards are standardised to this standard deviation before training (the paper
         brought Skywork rewards to 4). All outputs are in the RM's own units.
@@ -152,26 +153,21 @@ class EnergyRewardCalibrator(RegressorMixin, BaseEstimator):
         The grid covers the training rewards' range widened by
         ``grid_margin · max(sigmas)`` on each side (standardised units). Modes, quantiles
         and densities live on it (densities are 0 outside).
-    ascent_steps : int, default=50
-        Maximum steps of the accept/reject gradient ascent.
-    ascent_step_size : float, default=0.5
-        Initial step (standardised units) of the ascent from the base reward.
-    ascent_shrink : float, default=0.2
-        Step multiplier after a rejected step.
+    ascent_steps, ascent_step_size, ascent_shrink : int, float, float, default=50, 0.5, 0.2
+        Inference: maximum steps, initial step (standardised units) and the multiplier
+        after a rejected step of the accept/reject gradient ascent of :meth:`predict`.
     inference_batch_size : int, default=1024
-        Rows per chunk at inference.
+        Inference: rows per chunk.
     inference_dtype : {"float32", "float64"}, default="float32"
-        Precision of inference. Either way results do not depend on batch size or row
-        order, bit for bit on CPU (every product is padded to whole row tiles); float64 is
-        about half as fast; the two differ where an accept/reject decision of the ascent
-        falls the other way.
+        Inference: precision. Results do not depend on batch size or row order, bit for
+        bit on CPU; float64 is about half as fast.
     random_state : int, RandomState instance or None, default=None
-        Seeds weights, noise draws, shuffling, the validation split and the guard's
-        bootstrap. With an int, CPU fits are bit-for-bit repeatable; CUDA kernels are not
-        deterministic, so CUDA fits are repeatable only to round-off.
+        Seeds weights, noise draws, shuffling and the validation split. With an int, CPU
+        fits are bit-for-bit repeatable (BLAS threads are pinned to one during the fit);
+        CUDA kernels are not deterministic, so CUDA fits are repeatable only to round-off.
     device : "auto", str or torch.device, default="auto"
-        ``"auto"``: CUDA when available, else CPU; or any ``torch.device`` spec
-        (``"cpu"``, ``"cuda"``, ``"cuda:1"``). Used for fitting and inference.
+        ``"auto"``: CUDA when available, else CPU; or any ``torch.device`` spec. Used for
+        fitting and inference. Pass ``"cpu"`` for fits repeatable on every machine.
     verbose : int, default=0
         ``> 0`` shows a progress bar with epoch, loss and validation accuracy.
 
@@ -199,15 +195,22 @@ class EnergyRewardCalibrator(RegressorMixin, BaseEstimator):
         The dropout used (``dropout="auto"`` resolved).
     history_ : list of dict
         Per epoch ``train_loss`` and, with validation, ``val_accuracy``,
-        ``val_base_accuracy`` and ``val_loss`` (on the selection half).
+        ``val_base_accuracy`` and ``val_loss`` (on the selection half; ``None`` where not
+        finite).
     best_epoch_ : int
     refinement_helps_ : bool or None
         Whether refinement helps on the guard pairs (``None`` without validation, until
         :meth:`fit_guard` decides it).
     guard_scores_ : dict or None
-        ``refined_accuracy``, ``base_accuracy``, ``probability_better`` and ``n_pairs``
-        on the guard pairs, and their ``source``: ``"validation"`` (the guard half) or
-        ``"fit_guard"`` (pairs given to :meth:`fit_guard`).
+        The guard's decision (see :meth:`fit_guard`): ``refined_accuracy`` (of the served
+        reward), ``base_accuracy``, ``p_value``, ``n_pairs``, ``n_discordant``,
+        ``n_better``, ``n_worse``, ``min_detectable_gain``, ``penalty`` and ``source``
+        (``"validation"`` or ``"fit_guard"``).
+
+    Notes
+    -----
+    Inference methods are safe to call from several threads: they share one inference
+    copy of the network, built under a lock, and only read it.
 
     Examples
     --------
@@ -217,7 +220,7 @@ class EnergyRewardCalibrator(RegressorMixin, BaseEstimator):
     >>> X = rng.normal(size=(400, 8)).astype(np.float32)
     >>> y = X[:, 0] + 0.1 * rng.normal(size=400)
     >>> cal = EnergyRewardCalibrator(hidden=(32, 16), n_negatives=64, max_epochs=2,
-    ...                              random_state=0).fit(X, y)
+    ...                              learning_rate=1e-2, random_state=0).fit(X, y)
     >>> refined, std = cal.predict(X[:3], base_reward=y[:3], return_std=True)
     >>> refined.shape, bool((std > 0).all())
     ((3,), True)
@@ -225,6 +228,11 @@ class EnergyRewardCalibrator(RegressorMixin, BaseEstimator):
     >>> dist.interval(0.1).shape
     (3, 2)
     """
+
+    # groups, pair_id and chosen are requested by default: GridSearchCV(est,
+    # cv=GroupKFold(...)).fit(X, y, groups=..., pair_id=..., chosen=...) routes them
+    __metadata_request__fit = {"groups": True, "pair_id": True, "chosen": True}
+    __metadata_request__score = {"pair_id": True, "chosen": True}
 
     _parameter_constraints: dict = {
         "objective": [StrOptions({"nce_plus", "grid_nll"})],
@@ -375,20 +383,24 @@ class EnergyRewardCalibrator(RegressorMixin, BaseEstimator):
         check_finite(X, "X", caller)
         return X if y is None else (X, y)
 
-    def _build_module(self, n_features, hidden, reward_hidden, dropout, sig_max, trusted_s):
-        if self.energy == "basis":
-            pad = (self.grid_margin + 1.0) * sig_max
-            return BasisEnergyNet(
-                n_features,
-                hidden=hidden,
-                n_basis=self.n_basis,
-                low=trusted_s[0] - pad,
-                high=trusted_s[1] + pad,
-                dropout=dropout,
-            )
-        return EnergyNet(n_features, reward_hidden=reward_hidden, hidden=hidden, dropout=dropout)
+    def _validate_X(self, est, X, y=None, *, reset: bool, caller: str):
+        kwargs = dict(
+            dtype=[np.float32, np.float64, np.float16],
+            ensure_all_finite=False,
+            ensure_min_samples=2 if reset else 1,
+            copy=False,
+        )
+        if y is None:
+            X = validate_data(est, X, reset=reset, **kwargs)
+        else:
+            X, y = validate_data(est, X, y, reset=reset, y_numeric=True, **kwargs)
+            y = np.asarray(y, dtype=np.float64)
+            check_finite(y, "y", caller)
+        check_finite(X, "X", caller)
+        return X if y is None else (X, y)
 
     def _settings(self) -> InferenceSettings:
+        """The inference parameters (``ascent_*``, ``inference_*``, ``device``) as one object."""
         return InferenceSettings(
             dtype=self.inference_dtype,
             device=self.device,
@@ -414,12 +426,13 @@ class EnergyRewardCalibrator(RegressorMixin, BaseEstimator):
             The frozen reward model's reward for each row.
         pair_id : array-like of shape (n_samples,), optional
             The preference pair of each row (every pair has two rows). Routed as
-            metadata inside ``Pipeline`` / ``GridSearchCV`` (``set_fit_request``).
+            metadata inside ``Pipeline`` / ``GridSearchCV`` (requested by default).
         chosen : array-like of bool of shape (n_samples,), optional
             True for the preferred response of its pair.
         groups : array-like of shape (n_samples,), optional
             Group of each row (e.g. its prompt; both rows of a pair in one group). The
-            validation split holds out whole groups. Routed as metadata.
+            validation split holds out whole groups. Routed as metadata (requested by
+            default, so a ``GroupKFold`` search and the validation split share groups).
 
         Returns
         -------
@@ -449,68 +462,69 @@ class EnergyRewardCalibrator(RegressorMixin, BaseEstimator):
             caller=caller,
         )
         rows = layout["rows"]
-        scaler, ys, trusted_s, grid, objective = self._reward_grid(y, rows, sigmas, caller)
+        y_train = y[rows]
+        if not np.std(y_train) > 1e-12 * max(1.0, float(np.abs(y_train).max())):
+            raise ValueError(
+                f"{caller}: y is constant (every training reward equals {y_train[0]!r}); "
+                "an energy model over rewards needs rewards that vary."
+            )
+        scaler = RewardScaler.fit(y_train, self.target_std)
+        ys = scaler.transform(y)
+        sig_max = float(sigmas.max())
+        trusted_s, (grid_low, grid_width, centres) = reward_grid(
+            ys[rows], margin=self.grid_margin * sig_max, size=self.grid_size
+        )
+        objective = make_objective(
+            self.objective,
+            grid=(torch.as_tensor(centres, dtype=torch.float32), grid_low, float(grid_width)),
+            sigmas=torch.as_tensor(sigmas, dtype=torch.float32),
+            beta=self.beta,
+            n_negatives=self.n_negatives,
+            penalty=self.penalty,
+            preference_weight=self.preference_weight,
+        )
         dropout = self.dropout
         if dropout == "auto":
             dropout = 0.5 if self.objective == "nce_plus" else 0.0
         dropout = float(dropout)
-        settings = self._settings()
+        pad = (self.grid_margin + 1.0) * sig_max
+        spec = network_spec(
+            self.energy,
+            X.shape[1],
+            hidden=hidden,
+            reward_hidden=reward_hidden,
+            n_basis=self.n_basis,
+            dropout=dropout,
+            basis_range=(trusted_s[0] - pad, trusted_s[1] + pad),
+        )
 
         def posterior(net):
             return EnergyPosterior(
                 net,
                 scaler,
-                grid_low=grid[0],
-                grid_width=grid[1],
+                grid_low=grid_low,
+                grid_width=grid_width,
                 grid_size=self.grid_size,
                 trusted=trusted_s,
             )
 
-        with torch.random.fork_rng(devices=[]):
-            torch.manual_seed(seed)
-            generator = torch.Generator().manual_seed(seed)
-            module = self._build_module(
-                X.shape[1], hidden, reward_hidden, dropout, float(sigmas.max()), trusted_s
-            ).to(device)
-            validate = None
-            if layout["select"] is not None:
-                validate = self._selection_validator(
-                    X, y, ys, layout["select"], objective, posterior, settings, seed, device
-                )
-            progress = None
-            if self.verbose:
-                from tqdm.auto import tqdm
-
-                progress = tqdm(total=self.max_epochs, desc="EBRM fit", unit="epoch")
-            try:
-                result = train_energy_model(
-                    module,
-                    TrainingData(X, ys, rows, layout["pref"]),
-                    objective,
-                    learning_rate=self.learning_rate,
-                    weight_decay=self.weight_decay,
-                    batch_size=self.batch_size,
-                    max_epochs=self.max_epochs,
-                    device=device,
-                    generator=generator,
-                    validate=validate,
-                    n_iter_no_change=self.n_iter_no_change,
-                    tol=self.tol,
-                    progress=progress,
-                )
-            finally:
-                if progress is not None:
-                    progress.close()
+        module, result = run_training(
+            self,
+            spec,
+            TrainingData(X, ys, rows, layout["pref"]),
+            objective,
+            y=y,
+            posterior=posterior,
+            select=layout["select"],
+            seed=seed,
+            device=device,
+        )
         for message in result.warnings:
             warn_user(message, ConvergenceWarning)
-        for p in module.parameters():
-            p.requires_grad_(False)
         post = posterior(module)
-        guard_scores = None
+        scores = None
         if layout["guard"] is not None:
-            guard_scores = self._guard_scores(post, X, y, layout["guard"], settings, seed)
-        helps = None if guard_scores is None else guard_scores["helps"]
-        y_train = y[rows]
+            scores = self._guard_scores(post, X, y, layout["guard"], 0.0, "validation")
         self._set_fitted(
             shell,
             module_=module,
@@ -525,93 +539,50 @@ class EnergyRewardCalibrator(RegressorMixin, BaseEstimator):
             device_=str(device),
             history_=result.history,
             best_epoch_=result.best_epoch,
-            refinement_helps_=helps,
-            guard_scores_=None
-            if guard_scores is None
-            else {k: v for k, v in guard_scores.items() if k != "helps"},
+            refinement_helps_=None if scores is None else scores.pop("helps"),
+            guard_scores_=scores,
         )
-        if helps is False and self.guard != "off":
-            self._warn_refinement_does_not_help()
+        if scores is not None:
+            self._warn_guard()
         return self
 
-    # ------------------------------------------------------------------ fit helpers
-    def _reward_grid(self, y, rows, sigmas, caller):
-        """The reward scaler fitted on the training rows, the scaled rewards, their
-        trusted range, the grid ``(low, width)`` and the training objective."""
-        y_train = y[rows]
-        if not np.std(y_train) > 1e-12 * max(1.0, float(np.abs(y_train).max())):
-            raise ValueError(
-                f"{caller}: y is constant (every training reward equals {y_train[0]!r}); "
-                "an energy model over rewards needs rewards that vary."
-            )
-        scaler = RewardScaler.fit(y_train, self.target_std)
-        ys = scaler.transform(y)
-        trusted_s = (float(ys[rows].min()), float(ys[rows].max()))
-        margin = self.grid_margin * float(sigmas.max())
-        centres, width = inf.make_grid(trusted_s[0] - margin, trusted_s[1] + margin, self.grid_size)
-        grid_low = float(trusted_s[0] - margin)
-        objective = make_objective(
-            self.objective,
-            grid=(torch.as_tensor(centres, dtype=torch.float32), grid_low, float(width)),
-            sigmas=torch.as_tensor(sigmas, dtype=torch.float32),
-            beta=self.beta,
-            n_negatives=self.n_negatives,
-            penalty=self.penalty,
-            preference_weight=self.preference_weight,
+    # -------------------------------------------------------------------- guard
+    def _guard_scores(self, post, X, y, g, penalty: float, source: str) -> dict:
+        """The guard's scores on the rows ``g`` (laid out chosen, rejected, ...): the
+        served reward ``refine − penalty · std`` against the base reward ``y``."""
+        settings = self._settings()
+        served = post.refine(X[g], y[g], settings)
+        if penalty > 0:
+            served = served - penalty * post.distribution(X[g], settings, mode=False).std()
+        return _guard.decide(
+            served, y[g], confidence=self.guard_confidence, penalty=penalty, source=source
         )
-        return scaler, ys, trusted_s, (grid_low, width), objective
 
-    def _selection_validator(self, X, y, ys, sel, objective, posterior, settings, seed, device):
-        """The epoch-selection callback: refined and base pair accuracy on the selection
-        rows, and the objective's loss there (fixed negatives, drawn once)."""
-        X_sel, y_sel = X[sel], y[sel]
-        base_acc, _ = _pair_accuracy(y_sel)
-        val_plan = objective.plan(
-            torch.as_tensor(ys[sel], dtype=torch.float32).to(device),
-            pairs=self.preference_weight > 0,
-            generator=torch.Generator().manual_seed(seed + 1),
-        )
-        X_sel_t = torch.from_numpy(np.asarray(X_sel, dtype=np.float32)).to(device)
-
-        def validate(net):
-            net.eval()
-            refined = posterior(net).refine(X_sel, y_sel, settings)
-            return _pair_accuracy(refined)[0], base_acc, plan_loss(net, X_sel_t, val_plan)
-
-        return validate
-
-    def _guard_scores(self, post, X, y, g, settings, seed, source="validation") -> dict:
-        """Refined against base pair accuracy on the guard rows ``g`` (laid out chosen,
-        rejected, ...), the paired-bootstrap probability that refinement is better, and
-        ``helps``."""
-        refined_acc, refined_ok = _pair_accuracy(post.refine(X[g], y[g], settings))
-        base_acc, base_ok = _pair_accuracy(y[g])
-        prob = improvement_probability(refined_ok, base_ok, np.random.RandomState(seed + 2))
-        return {
-            "refined_accuracy": refined_acc,
-            "base_accuracy": base_acc,
-            "probability_better": prob,
-            "n_pairs": int(len(g) // 2),
-            "source": source,
-            "helps": bool(prob >= self.guard_confidence),
-        }
-
-    def fit_guard(self, X, y, *, pair_id, chosen):
+    def fit_guard(self, X, y, *, pair_id, chosen, penalty: float = 0.0):
         """Decide the guard on pairs you supply, e.g. from the distribution to be served.
 
         The guard that ``validation_fraction`` fits sees held-out pairs of the training
-        distribution only, so it cannot see a loss on another one (measured: a SmolLM2
-        calibrator that passed it lost 7 points on PandaLM, README "Results"). This
-        re-decides it on the given pairs, exactly as ``fit`` does on its guard half: the
-        pairwise accuracy of the refined rewards ``predict(X, base_reward=y)`` against
-        that of ``y``, and the paired-bootstrap probability that the refined rewards are
-        better, compared with ``guard_confidence``. The network is not changed and no
-        ``validation_fraction`` is needed.
+        distribution only, so it cannot see a loss on another one. This re-decides it on
+        the given pairs: the pairwise accuracy (ties ½) of the served reward, ``predict(X,
+        base_reward=y) − penalty · std``, against that of ``y``. The network is not changed
+        and no ``validation_fraction`` is needed.
 
-        ``refinement_helps_`` and ``guard_scores_`` are replaced (``guard_scores_
-        ["source"]`` becomes ``"fit_guard"``); with ``guard="base"`` :meth:`predict`
-        follows the new decision, and a ``RefinementWarning`` is raised as in ``fit``
-        when refinement does not help (unless ``guard="off"``).
+        The test is exact: with ``d`` the per-pair difference of credit (1 right, ½ tie,
+        0 wrong) between the served and the base reward, the null hypothesis "refinement
+        does not rank better" makes every non-zero ``d`` equally likely positive or
+        negative, and ``p_value = P(Σ d* ≥ Σ d)`` over those sign flips. Without ties this
+        is the one-sided exact McNemar (sign) test ``P(Binom(b + c, ½) ≥ b)``, ``b`` the
+        pairs the served reward gets right and the base reward wrong, ``c`` the reverse.
+        Refinement helps when ``p_value ≤ 1 − guard_confidence``.
+
+        ``guard_scores_["min_detectable_gain"]`` is the guard's power: the smallest gain
+        in pairwise accuracy (points) that the test detects with 80 % power at its level,
+        for the number of pairs and the discordance rate observed (``None``: no gain is
+        detectable); above 2 points a :class:`~skebrm.exceptions.GuardPowerWarning` says
+        so. ``refinement_helps_`` and ``guard_scores_`` are replaced; with
+        ``guard="base"`` and a rejection, :meth:`predict` returns the base reward, and a
+        bundle serves the base reward without the penalty. A ``RefinementWarning`` is
+        raised when refinement does not help (unless ``guard="off"``).
 
         Parameters
         ----------
@@ -621,6 +592,8 @@ class EnergyRewardCalibrator(RegressorMixin, BaseEstimator):
             The frozen reward model's reward of each row.
         pair_id, chosen : array-like of shape (n_samples,)
             Pair metadata, as in :meth:`fit`.
+        penalty : float, default=0.0
+            λ of the served reward ``refined − λ · std`` (a bundle passes its own).
 
         Returns
         -------
@@ -629,36 +602,26 @@ class EnergyRewardCalibrator(RegressorMixin, BaseEstimator):
         caller = f"{_NAME}.fit_guard"
         X = self._check_X(X, caller)
         y = check_rewards(y, X.shape[0], "y", caller)
+        if not isinstance(penalty, Real) or not np.isfinite(penalty) or penalty < 0:
+            raise ValueError(f"{caller}: penalty must be a finite float >= 0, got {penalty!r}.")
         idx_c, idx_r = check_pairs(pair_id, chosen, X.shape[0], caller=caller)
         rows = np.column_stack([idx_c, idx_r]).reshape(-1)
-        # the bootstrap seed fit would draw: an int random_state gives the same resamples
-        seed = draw_seed(self.random_state)
-        scores = self._guard_scores(
-            self.posterior_, X, y, rows, self._settings(), seed, source="fit_guard"
-        )
+        scores = self._guard_scores(self.posterior_, X, y, rows, float(penalty), "fit_guard")
         self.refinement_helps_ = scores.pop("helps")
         self.guard_scores_ = scores
-        if self.refinement_helps_ is False and self.guard != "off":
-            self._warn_refinement_does_not_help()
+        self._warn_guard()
         return self
 
-    def _warn_refinement_does_not_help(self) -> None:
-        s = self.guard_scores_
-        user = s.get("source") == "fit_guard"
-        where = "pairs given to fit_guard" if user else "held-out guard pairs"
-        warn_user(
-            f"{_NAME}: on {s['n_pairs']} {where} the refined rewards rank "
-            f"{s['refined_accuracy']:.3f} of pairs correctly against the base reward "
-            f"model's {s['base_accuracy']:.3f} (bootstrap probability "
-            f"{s['probability_better']:.2f} that refinement is better, below "
-            f"guard_confidence={self.guard_confidence}); refinement does not help here"
-            + (
-                "; predict returns the base reward (guard='base')."
-                if self.guard == "base"
-                else " (set guard='base' to make predict return the base reward)."
-            ),
-            RefinementWarning,
-        )
+    def _warn_guard(self) -> None:
+        if self.guard == "off":
+            return
+        s, confidence = self.guard_scores_, self.guard_confidence
+        if self.refinement_helps_ is False:
+            message = _guard.refinement_message(_NAME, s, self.guard, confidence)
+            warn_user(message, RefinementWarning)
+        power = _guard.power_message(_NAME, s, confidence)
+        if power is not None:
+            warn_user(power, GuardPowerWarning)
 
     def _set_fitted(self, shell=None, **fitted) -> None:
         """Replace the whole fitted state at once (old fitted attributes removed first);
@@ -689,7 +652,9 @@ class EnergyRewardCalibrator(RegressorMixin, BaseEstimator):
         evaluating the energy on the whole grid in one batched pass and refining the best
         grid point by the same ascent, with the step ``1 / |f''|`` of the grid's local
         quadratic model, until the move is below ``1e-4`` cell widths. Modes always lie
-        within ``[grid_.min(), grid_.max()]``.
+        within ``[grid_.min(), grid_.max()]``. Without ``base_reward`` a
+        :class:`~skebrm.exceptions.FallbackWarning` says so, once per process. Rows whose
+        ascent never moved return their ``base_reward`` exactly, bit for bit.
 
         Parameters
         ----------
@@ -711,6 +676,13 @@ class EnergyRewardCalibrator(RegressorMixin, BaseEstimator):
         X = self._check_X(X, caller)
         post, settings = self.posterior_, self._settings()
         if base_reward is None:
+            _warn_once(
+                "predict",
+                f"{caller}: no base_reward was passed, so predict returns the global mode of "
+                "p(r | e), not the refined reward. Pass base_reward= (the reward model's own "
+                "reward; set_predict_request(base_reward=True) in a Pipeline) to refine it; "
+                "predict_distribution(X).mode is the global mode without this warning.",
+            )
             if return_std:
                 dist = post.distribution(X, settings)
                 return dist.mode, dist.std()
@@ -731,10 +703,21 @@ class EnergyRewardCalibrator(RegressorMixin, BaseEstimator):
         of a reward model selects on: the share of pairs that ``predict(X,
         base_reward=y)`` orders correctly (ties count ½), ``y`` being the RM's own reward.
         Without them it is scikit-learn's R² of the global mode ``predict(X)`` against
-        ``y``: a density regressor's score, which rewards reproducing the RM.
+        ``y``: a density regressor's score, which rewards reproducing the RM (a
+        :class:`~skebrm.exceptions.FallbackWarning` says so, once per process).
         """
         if pair_id is None and chosen is None:
-            return super().score(X, y, sample_weight=sample_weight)
+            _warn_once(
+                "score",
+                f"{_NAME}.score: no pair_id / chosen were passed, so score is the R² of the "
+                "global mode against y, not the pairwise accuracy of the refined rewards. "
+                "Pass pair_id= and chosen= (routed by default when metadata routing is on).",
+            )
+            from sklearn.metrics import r2_score
+
+            X = self._check_X(X, f"{_NAME}.score")
+            mode = self.posterior_.global_mode(X, self._settings())
+            return float(r2_score(y, mode, sample_weight=sample_weight))
         caller = f"{_NAME}.score"
         X = self._check_X(X, caller)
         y = check_rewards(y, X.shape[0], "y", caller)
@@ -820,15 +803,20 @@ class EnergyRewardCalibrator(RegressorMixin, BaseEstimator):
             )
         return da.preference_probability(db)
 
+    def pessimistic_reward(self, X, beta: float):
+        """The entropic risk of ``p(r | e)`` at risk aversion ``beta`` (RM units):
+        ``predict_distribution(X).entropic_risk(beta)``."""
+        return self.predict_distribution(X).entropic_risk(beta)
+
     # ------------------------------------------------------------ persistence
     def save_pretrained(self, directory: str | os.PathLike) -> Path:
         """Save the fitted estimator to ``directory`` without pickle.
 
         Writes ``calibrator.json`` (constructor parameters, fitted scalars, grid, package
-        and format versions, the weights' SHA-256 and a checksum of the JSON itself) and
-        a safetensors file of the network's weights (CPU tensors), each to a temporary
-        name first, so the folder always holds one complete model.
-        :meth:`from_pretrained` loads it; a file edited after saving is refused.
+        and format versions and checksums) and a safetensors file of the network's
+        weights (CPU tensors), each to a temporary name first, so the folder always holds
+        one complete model. :meth:`from_pretrained` loads it; a file edited after saving
+        is refused.
 
         Returns
         -------
@@ -848,32 +836,28 @@ class EnergyRewardCalibrator(RegressorMixin, BaseEstimator):
         device : str or torch.device, optional
             Overrides the saved ``device`` parameter. By default the saved one is kept
             when it can run here; a CUDA device on a machine without CUDA becomes
-            ``"cpu"`` (with a warning). Predictions after a round trip are bit-identical
-            on the same device and dtype.
+            ``"cpu"`` (with a warning), as when unpickling. Predictions after a round
+            trip are bit-identical on the same device and dtype. A model saved by another
+            version of skebrm loads with a
+            :class:`~skebrm.exceptions.VersionMismatchWarning`.
         """
         doc, arrays = _persistence.load_document(directory)
+        where = f"{_NAME}.from_pretrained"
+        _check_version("skebrm", doc.get("skebrm_version"), where)
         params = {k: tuple(v) if isinstance(v, list) else v for k, v in doc["params"].items()}
         if device is not None:
             params["device"] = device
         else:
-            saved = params.get("device", "auto")
-            if (
-                saved != "auto"
-                and torch.device(saved).type == "cuda"
-                and not torch.cuda.is_available()
-            ):
-                warn_user(
-                    f"{_NAME}.from_pretrained: the model was saved with device={saved!r}, "
-                    "which is not available here; using device='cpu'."
-                )
-                params["device"] = "cpu"
+            params["device"] = available_device(params.get("device", "auto"), where)
         est = cls(**params)
         est._validate_params()
         _persistence.restore(est, doc, arrays)
         return est
 
     def __getstate__(self):
-        state = {"_sklearn_version": getattr(self, "_sklearn_version", None)}
+        import sklearn
+
+        state = {"_sklearn_version": sklearn.__version__}
         state["params"] = self.get_params(deep=False)
         if hasattr(self, "posterior_"):
             state["document"] = _persistence.document(self)
@@ -884,10 +868,12 @@ class EnergyRewardCalibrator(RegressorMixin, BaseEstimator):
         if "params" not in state:  # a plain dict state (e.g. from an older version)
             self.__dict__.update(state)
             return
+        where = f"{_NAME} (unpickled)"
+        _check_version("scikit-learn", state.get("_sklearn_version"), where)
+        _check_version("skebrm", state.get("document", {}).get("skebrm_version"), where)
         for name, value in state["params"].items():
             setattr(self, name, value)
-        if state.get("_sklearn_version") is not None:
-            self._sklearn_version = state["_sklearn_version"]
+        self.device = available_device(self.device, where)
         if "document" in state:
             _persistence.restore(self, state["document"], state["weights"])
 
@@ -895,3 +881,27 @@ class EnergyRewardCalibrator(RegressorMixin, BaseEstimator):
         tags = super().__sklearn_tags__()
         tags.non_deterministic = False
         return tags
+
+
+def _check_version(package: str, saved, where: str) -> None:
+    """Warn when a model was saved or pickled by another version of ``package``."""
+    if package == "scikit-learn":
+        import sklearn
+
+        current = sklearn.__version__
+    else:
+        from skebrm import __version__ as current
+    if saved is not None and saved != current and package == "scikit-learn":
+        from sklearn.exceptions import InconsistentVersionWarning
+
+        warning = InconsistentVersionWarning(
+            estimator_name=_NAME, current_sklearn_version=current, original_sklearn_version=saved
+        )
+        warn_user(warning, InconsistentVersionWarning)
+    elif saved is not None and saved != current:
+        warn_user(
+            f"{where}: the model was saved with {package} {saved}, this is {package} "
+            f"{current}; it may load wrongly or predict differently. Refit it, or install "
+            f"{package}=={saved}.",
+            VersionMismatchWarning,
+        )

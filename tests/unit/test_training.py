@@ -3,11 +3,10 @@
 import warnings
 
 import numpy as np
-import pytest
 import torch
 
 from skebrm._objectives import NCEPlus
-from skebrm._training import TrainingData, improvement_probability, train_energy_model
+from skebrm._training import TrainingData, train_energy_model
 from skebrm.energy import EnergyNet
 
 
@@ -73,14 +72,30 @@ def test_pair_batches_keep_pairs_whole_and_mark_the_likelihood_rows():
     assert sorted(seen) == sorted(map(tuple, pairs))
 
 
-def test_improvement_probability_against_an_explicit_bootstrap():
-    rng = np.random.default_rng(3)
-    new = (rng.random(60) < 0.7).astype(float)
-    base = (rng.random(60) < 0.6).astype(float)
-    got = improvement_probability(new, base, np.random.RandomState(0), n_resamples=500)
-    r = np.random.RandomState(0)
-    idx = r.randint(0, 60, size=(500, 60))
-    d = (new - base)[idx].mean(1)
-    assert got == pytest.approx(np.mean(d > 0) + 0.5 * np.mean(d == 0))
-    assert improvement_probability(base, base, np.random.RandomState(0)) == 0.5
-    assert improvement_probability(np.ones(50), np.zeros(50), np.random.RandomState(0)) == 1.0
+def test_a_fit_whose_loss_still_falls_warns_and_a_flat_one_does_not():
+    def fit(lr, epochs, seed):
+        torch.manual_seed(seed)
+        net = EnergyNet(3, reward_hidden=(4,), hidden=(16,), dropout=0.0)
+        rng = np.random.default_rng(seed)
+        X = rng.normal(size=(512, 3)).astype(np.float32)
+        data = TrainingData(X, 2 * X[:, 0] + 0.3 * rng.normal(size=512), np.arange(512))
+        return train_energy_model(
+            net,
+            data,
+            NCEPlus(torch.tensor([3.5]), 0.1, 64, 0.0),
+            learning_rate=lr,
+            weight_decay=0.0,
+            batch_size=64,
+            max_epochs=epochs,
+            device=torch.device("cpu"),
+            generator=torch.Generator().manual_seed(seed),
+        )
+
+    for seed in range(3):
+        falling = fit(1e-2, 3, seed)
+        losses = [h["train_loss"] for h in falling.history]
+        assert losses[-2] - losses[-1] > 0.01 * abs(losses[-1])  # a plain check of the rule
+        assert any("training loss was still falling" in m for m in falling.warnings)
+        # a learning rate of ~0: the loss only fluctuates with the fresh noise draws
+        assert fit(1e-12, 3, seed).warnings == []
+    assert fit(1e-2, 1, 0).warnings == []  # one epoch: nothing to compare
