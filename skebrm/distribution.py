@@ -86,6 +86,12 @@ class GridDistribution:
             )
         if np.isnan(lm).any() or np.isposinf(lm).any():
             raise ValueError("GridDistribution: log_masses must not contain NaN or +inf.")
+        empty = np.flatnonzero(np.isneginf(lm).all(axis=1))
+        if empty.size:
+            raise ValueError(
+                f"GridDistribution: log_masses row {int(empty[0])} is -inf in every cell (no "
+                f"mass anywhere; {empty.size} such row(s)); every row needs a finite cell."
+            )
         if not (isinstance(width, Real) and width > 0 and np.isfinite(width)):
             raise ValueError(f"GridDistribution: width must be a positive float, got {width!r}.")
         self.log_masses = _log_softmax(lm)

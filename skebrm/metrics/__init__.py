@@ -45,6 +45,7 @@ from skebrm.metrics._calibration import (
     expected_calibration_error,
     preference_calibration_data,
     preference_probability,
+    quadrature_preference_probability,
     reliability_curve,
 )
 from skebrm.metrics._plots import (
@@ -89,6 +90,7 @@ __all__ = [
     "plot_reliability_diagram",
     "preference_calibration_data",
     "preference_probability",
+    "quadrature_preference_probability",
     "reliability_curve",
     "rewardbench_scores",
 ]

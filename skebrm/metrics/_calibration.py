@@ -79,20 +79,26 @@ def _grid_masses(log_density: np.ndarray, weights: np.ndarray) -> np.ndarray:
     finite_max = np.max(np.where(np.isneginf(log_density), -np.inf, log_density), axis=-1)
     if np.any(~np.isfinite(finite_max)):
         raise ValueError(
-            "preference_probability: every log density must have at least one finite value "
-            "and no NaN or +inf."
+            "quadrature_preference_probability: every log density must have at least one "
+            "finite value and no NaN or +inf."
         )
     mass = np.exp(log_density - finite_max[..., None]) * weights
     return mass / mass.sum(axis=-1, keepdims=True)
 
 
-def preference_probability(log_density_a, log_density_b, grid) -> np.ndarray:
-    """``P(r_a > r_b) + ½·P(r_a = r_b)`` for independent rewards with densities on a grid.
+def quadrature_preference_probability(log_density_a, log_density_b, grid) -> np.ndarray:
+    """``P(r_a > r_b) + ½·P(r_a = r_b)`` by quadrature, for densities evaluated at points.
 
-    Each density is turned into probability masses at the grid points (trapezoid weights,
-    normalised, so unnormalised log densities are fine); ``r_a`` and ``r_b`` are then
-    independent discrete variables and ties get half credit, which keeps
+    For densities known only at the points of a (possibly uneven) ``grid``, e.g. from
+    another model. Each density becomes probability masses at the points (trapezoid
+    weights, normalised, so unnormalised log densities are fine); ``r_a`` and ``r_b`` are
+    then independent discrete variables and ties get half credit, which keeps
     ``P(a ≻ b) + P(b ≻ a) = 1``.
+
+    This is not the calibrator's convention: a fitted
+    :class:`~skebrm.EnergyRewardCalibrator` gives ``P(a ≻ b)`` exactly on its grid of
+    cells, through :meth:`skebrm.GridDistribution.preference_probability` (as
+    ``calibrator.preference_probability(X_a, X_b)``); use that for its distributions.
 
     Parameters
     ----------
@@ -110,20 +116,21 @@ def preference_probability(log_density_a, log_density_b, grid) -> np.ndarray:
     >>> import numpy as np
     >>> g = np.linspace(-8, 8, 1601)
     >>> ld = lambda mu: -0.5 * (g - mu) ** 2
-    >>> round(float(preference_probability(ld(1.0), ld(0.0), g)), 3)  # Φ(1/√2)
+    >>> round(float(quadrature_preference_probability(ld(1.0), ld(0.0), g)), 3)  # Φ(1/√2)
     0.76
     """
-    grid = _as_1d("grid", grid, caller="preference_probability")
+    grid = _as_1d("grid", grid, caller="quadrature_preference_probability")
     if grid.size < 2 or np.any(np.diff(grid) <= 0):
         raise ValueError(
-            f"preference_probability: grid must be strictly increasing with at least 2 "
+            f"quadrature_preference_probability: grid must be strictly increasing with at least 2 "
             f"points, got {grid.size} point(s)."
         )
     la = np.asarray(log_density_a, dtype=np.float64)
     lb = np.asarray(log_density_b, dtype=np.float64)
     if la.shape != lb.shape or la.shape[-1] != grid.size or la.ndim not in (1, 2):
         raise ValueError(
-            "preference_probability: log_density_a and log_density_b must both have shape "
+            "quadrature_preference_probability: log_density_a and log_density_b must both "
+            "have shape "
             f"(n, {grid.size}) or ({grid.size},) to match grid, got {la.shape} and {lb.shape}."
         )
     step = np.diff(grid)
@@ -132,3 +139,21 @@ def preference_probability(log_density_a, log_density_b, grid) -> np.ndarray:
     mb = _grid_masses(lb, weights)
     prob = np.clip(preference_probability_from_masses(ma, mb), 0.0, 1.0)
     return float(prob) if prob.ndim == 0 else prob
+
+
+def preference_probability(log_density_a, log_density_b, grid) -> np.ndarray:
+    """Deprecated name of :func:`quadrature_preference_probability`.
+
+    For a fitted calibrator use ``calibrator.preference_probability(X_a, X_b)`` (exact on
+    its grid); this name will be removed.
+    """
+    import warnings
+
+    warnings.warn(
+        "skebrm.metrics.preference_probability is deprecated: it is the quadrature for "
+        "densities evaluated at points, now quadrature_preference_probability. For a fitted "
+        "EnergyRewardCalibrator use calibrator.preference_probability(X_a, X_b).",
+        FutureWarning,
+        stacklevel=2,
+    )
+    return quadrature_preference_probability(log_density_a, log_density_b, grid)

@@ -142,3 +142,13 @@ def test_bad_input_is_refused():
         d.preference_probability(GridDistribution(np.zeros((2, 5)), low=1.0, width=1.0))
     with pytest.raises(TypeError, match="must be a GridDistribution"):
         d.preference_probability(np.zeros((2, 5)))
+
+
+def test_a_row_without_mass_is_refused():
+    lm = np.zeros((3, 4))
+    lm[1] = -np.inf
+    with pytest.raises(ValueError, match="row 1 is -inf in every cell"):
+        GridDistribution(lm, low=0.0, width=1.0)
+    lm[1, 2] = 0.0  # one finite cell is enough: all the mass is there
+    d = GridDistribution(lm, low=0.0, width=1.0)
+    assert d.mean()[1] == 2.5 and np.isfinite(d.std()).all()

@@ -24,7 +24,7 @@ from skebrm.metrics import (
     plot_abstention,
     plot_reliability_diagram,
     preference_calibration_data,
-    preference_probability,
+    quadrature_preference_probability,
     reliability_curve,
     rewardbench_scores,
 )
@@ -437,9 +437,11 @@ def test_preference_probability_gaussian_closed_form():
     la = norm.logpdf(grid[None, :], mus_a[:, None], sds_a[:, None]) + 3.0  # unnormalised
     lb = norm.logpdf(grid[None, :], mus_b[:, None], sds_b[:, None])
     expected = norm.cdf((mus_a - mus_b) / np.sqrt(sds_a**2 + sds_b**2))
-    got = preference_probability(la, lb, grid)
+    got = quadrature_preference_probability(la, lb, grid)
     np.testing.assert_allclose(got, expected, atol=1e-4)
-    np.testing.assert_allclose(got + preference_probability(lb, la, grid), 1.0, atol=1e-12)
+    np.testing.assert_allclose(
+        got + quadrature_preference_probability(lb, la, grid), 1.0, atol=1e-12
+    )
 
 
 def test_preference_probability_monte_carlo_on_uneven_grid():
@@ -457,7 +459,7 @@ def test_preference_probability_monte_carlo_on_uneven_grid():
     ra = rng.choice(grid, size=n, p=pa / pa.sum())
     rb = rng.choice(grid, size=n, p=pb / pb.sum())
     mc = np.mean((ra > rb) + 0.5 * (ra == rb))
-    got = preference_probability(la, lb, grid)
+    got = quadrature_preference_probability(la, lb, grid)
     # Monte Carlo standard error is at most 0.5/sqrt(n) ≈ 8e-4; allow 4 of them
     assert got == pytest.approx(mc, abs=3.2e-3)
     assert isinstance(got, float)
@@ -467,20 +469,20 @@ def test_preference_probability_point_masses_and_neg_inf():
     grid = np.array([0.0, 1.0, 2.0])
     a = np.array([-np.inf, 0.0, -np.inf])  # point mass at 1
     b = np.array([0.0, -np.inf, 0.0])  # half at 0, half at 2
-    assert preference_probability(a, b, grid) == pytest.approx(0.5)
-    assert preference_probability(a, a, grid) == pytest.approx(0.5)
+    assert quadrature_preference_probability(a, b, grid) == pytest.approx(0.5)
+    assert quadrature_preference_probability(a, a, grid) == pytest.approx(0.5)
     c = np.array([-np.inf, -np.inf, 0.0])  # point mass at 2
-    assert preference_probability(c, a, grid) == pytest.approx(1.0)
+    assert quadrature_preference_probability(c, a, grid) == pytest.approx(1.0)
 
 
 def test_preference_probability_validation():
     grid = np.linspace(0, 1, 5)
     with pytest.raises(ValueError, match="strictly increasing"):
-        preference_probability(np.zeros(5), np.zeros(5), grid[::-1])
+        quadrature_preference_probability(np.zeros(5), np.zeros(5), grid[::-1])
     with pytest.raises(ValueError, match=r"must both have shape \(n, 5\)"):
-        preference_probability(np.zeros(4), np.zeros(4), grid)
+        quadrature_preference_probability(np.zeros(4), np.zeros(4), grid)
     with pytest.raises(ValueError, match="at least one finite value"):
-        preference_probability(np.full(5, -np.inf), np.zeros(5), grid)
+        quadrature_preference_probability(np.full(5, -np.inf), np.zeros(5), grid)
 
 
 def test_plots_write_png(tmp_path):
@@ -500,3 +502,21 @@ def test_plots_write_png(tmp_path):
         "reliability.png",
         "sub",
     ]
+
+
+def test_the_old_name_is_a_deprecated_alias_and_the_calibrator_has_one_way():
+    from skebrm import metrics
+
+    grid = np.linspace(-4, 4, 81)
+    la, lb = -0.5 * (grid - 1.0) ** 2, -0.5 * grid**2
+    with pytest.warns(FutureWarning, match="quadrature_preference_probability"):
+        old = metrics.preference_probability(la, lb, grid)
+    assert old == quadrature_preference_probability(la, lb, grid)
+    # the calibrator's convention: cells, through GridDistribution (not this quadrature)
+    from skebrm import GridDistribution
+
+    width = grid[1] - grid[0]
+    da = GridDistribution(la[None], low=grid[0] - width / 2, width=width)
+    db = GridDistribution(lb[None], low=grid[0] - width / 2, width=width)
+    cells = float(da.preference_probability(db)[0])
+    assert cells == pytest.approx(old, abs=1e-2) and cells != old
