@@ -150,10 +150,10 @@ _ST_DTYPES = {
 }
 
 
-def _safetensors_from_buffer(buf: bytearray, where: str) -> dict[str, torch.Tensor]:
-    """The tensors of a safetensors file held in ``buf``, as views of it (no copy)."""
+def _safetensors_from_buffer(buf, where: str) -> dict[str, torch.Tensor]:
+    """The tensors of a safetensors file held in ``buf`` (a uint8 array), as views of it."""
     try:
-        n = int.from_bytes(buf[:8], "little")
+        n = int.from_bytes(bytes(buf[:8]), "little")
         header = json.loads(bytes(buf[8 : 8 + n]))
         base, out = 8 + n, {}
         for name, spec in header.items():

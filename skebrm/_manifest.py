@@ -24,6 +24,8 @@ import json
 import os
 from pathlib import Path, PurePosixPath
 
+import numpy as np
+
 from skebrm._io import write_json_atomic
 from skebrm.exceptions import ModelIntegrityError
 
@@ -89,11 +91,12 @@ def read_payload(
     where: str,
     error: type[Exception] = ModelIntegrityError,
     hint: str = "",
-) -> bytearray:
+) -> np.ndarray:
     """The bytes of ``path``, checked against ``expected_sha256`` as they are read.
 
     The file is read once, in blocks, into one buffer while it is hashed; the buffer that
-    is returned is the one that was hashed.
+    is returned (a writable uint8 array: ``bytes(buf)`` for the bytes) is the one that
+    was hashed.
 
     Raises
     ------
@@ -103,12 +106,14 @@ def read_payload(
     path = Path(path)
     h = hashlib.sha256()
     try:
-        fh = open(path, "rb")  # closed by the with block below
+        fh = open(path, "rb", buffering=0)  # closed by the with block below
     except FileNotFoundError:
         raise error(f"{where}: the file {str(path)!r} is missing.{hint}") from None
     with fh:
         size = os.fstat(fh.fileno()).st_size
-        buf = bytearray(size)
+        # an uninitialised, writable buffer (a bytearray would be zero-filled first); the
+        # tensors of a weights file are views of it
+        buf = np.empty(size, dtype=np.uint8)
         view = memoryview(buf)
         pos = 0
         while pos < size:
