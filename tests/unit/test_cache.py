@@ -3,16 +3,12 @@
 from __future__ import annotations
 
 import json
-import os
-import signal
-import subprocess
-import sys
 import textwrap
-import time
 from pathlib import Path
 
 import numpy as np
 import pytest
+from _sigkill import assert_resumed, kill_after_shards
 from conftest import extraction_make_model, extraction_make_tokenizer
 
 from skebrm import BradleyTerryHead
@@ -279,35 +275,15 @@ _CHILD = textwrap.dedent(
 
 def test_sigkill_mid_run_then_resume(tmp_path):
     cache = tmp_path / "cache"
-    script = tmp_path / "child.py"
-    script.write_text(_CHILD.format(tests=str(ROOT / "tests"), cache=str(cache)))
-    env = dict(os.environ, PYTHONPATH=str(ROOT), HF_HUB_OFFLINE="1")
-    proc = subprocess.Popen([sys.executable, str(script)], env=env, stdout=subprocess.DEVNULL)
-    records = cache / "shards"
-    deadline = time.monotonic() + 120
-    try:
-        while len(list(records.glob("*.json"))) < 3:
-            assert proc.poll() is None, "the child exited before it could be killed"
-            assert time.monotonic() < deadline, "the child wrote no shard in time"
-            time.sleep(0.02)
-    finally:
-        proc.send_signal(signal.SIGKILL)
-        proc.wait()
-    assert proc.returncode == -signal.SIGKILL
-    done_before = sorted(int(p.stem) for p in records.glob("*.json"))
-    assert 3 <= len(done_before) < 30
-    mtimes = {k: (records / f"{k:05d}.safetensors").stat().st_mtime_ns for k in done_before}
+    before = kill_after_shards(tmp_path, _CHILD, cache, ".safetensors")
+    assert 3 <= len(before) < 30
 
     ext = EmbeddingExtractor(
         extraction_make_model("llama"), extraction_make_tokenizer(), max_length=64, batch_size=4
     )
     rows = [(f"prompt {i}", f"response {i}") for i in range(60)]
     report = extract_to_cache(ext, rows, cache, shard_size=2)
-    assert report.skipped == done_before
-    assert sorted(report.computed + report.skipped) == list(range(30))
-    for k, mtime in mtimes.items():  # complete shards were not redone
-        assert (records / f"{k:05d}.safetensors").stat().st_mtime_ns == mtime
-    assert not [p for p in records.iterdir() if ".tmp-" in p.name]
+    assert_resumed(report, before, cache, ".safetensors", 30)
     res = load_cache(cache)
     direct = ext.extract(rows)
     assert res.embeddings.shape == direct.embeddings.shape == (60, 32)

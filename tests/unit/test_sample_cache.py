@@ -3,15 +3,11 @@
 from __future__ import annotations
 
 import json
-import os
-import signal
-import subprocess
-import sys
 import textwrap
-import time
 from pathlib import Path
 
 import pytest
+from _sigkill import assert_resumed, kill_after_shards
 from conftest import sampling_make_sampler as tiny_sampler
 
 from skebrm.extraction import CacheCorruptError, CacheIncompleteError, CacheMismatchError
@@ -243,33 +239,13 @@ _CHILD = textwrap.dedent(
 
 def test_sigkill_mid_run_then_resume(tmp_path):
     cache = tmp_path / "cache"
-    script = tmp_path / "child.py"
-    script.write_text(_CHILD.format(tests=str(ROOT / "tests"), cache=str(cache)))
-    env = dict(os.environ, PYTHONPATH=str(ROOT), HF_HUB_OFFLINE="1")
-    proc = subprocess.Popen([sys.executable, str(script)], env=env, stdout=subprocess.DEVNULL)
-    records = cache / "shards"
-    deadline = time.monotonic() + 120
-    try:
-        while len(list(records.glob("*.json"))) < 3:
-            assert proc.poll() is None, "the child exited before it could be killed"
-            assert time.monotonic() < deadline, "the child wrote no shard in time"
-            time.sleep(0.02)
-    finally:
-        proc.send_signal(signal.SIGKILL)
-        proc.wait()
-    assert proc.returncode == -signal.SIGKILL
-    done_before = sorted(int(p.stem) for p in records.glob("*.json"))
-    assert 3 <= len(done_before) < 12
-    mtimes = {k: (records / f"{k:05d}.jsonl").stat().st_mtime_ns for k in done_before}
+    before = kill_after_shards(tmp_path, _CHILD, cache, ".jsonl")
+    assert 3 <= len(before) < 12
 
     prompts = [f"Human: question {i}" for i in range(24)]
     s = tiny_sampler(max_new_tokens=4, batch_size=4)
     report = sample_to_cache(s, prompts, cache, n_samples=2, shard_size=2, seed=1)
-    assert report.skipped == done_before
-    assert sorted(report.computed + report.skipped) == list(range(12))
-    for k, mtime in mtimes.items():  # complete shards were not redone
-        assert (records / f"{k:05d}.jsonl").stat().st_mtime_ns == mtime
-    assert not [p for p in records.iterdir() if p.name.endswith(".tmp")]
+    assert_resumed(report, before, cache, ".jsonl", 12)
     resumed = load_samples(cache)
     straight = tmp_path / "straight"
     sample_to_cache(
