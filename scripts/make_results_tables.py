@@ -92,6 +92,15 @@ def _copy_atomic(src: Path, dest: Path) -> None:
     tmp.replace(dest)
 
 
+def _docs_root(page: Path) -> Path:
+    """The Sphinx source folder (the one holding ``conf.py``) that ``page`` lies in, else
+    the page's own folder."""
+    for folder in (page.resolve().parent, *page.resolve().parent.parents):
+        if (folder / "conf.py").is_file():
+            return folder
+    return page.resolve().parent
+
+
 def _link(path: Path, base: Path) -> str:
     """``path`` relative to the folder ``base`` of the page that links to it."""
     return Path(os.path.relpath(path.resolve(), base.resolve())).as_posix()
@@ -161,17 +170,23 @@ def main(argv: list[str] | None = None) -> int:
         f"{RESULTS_START!r} and {RESULTS_END!r}",
     )
     parser.add_argument(
-        "--figures", type=Path, default=Path("docs/figures"), help="folder for the plots"
+        "--figures",
+        type=Path,
+        default=None,
+        help="folder for the plots (default: figures/ of the Sphinx source folder that holds "
+        "--page, else figures/ next to --output)",
     )
     args = parser.parse_args(argv)
     if args.output is None and args.page is None:
         parser.error("give --page (a documentation page to splice into) or --output (a file)")
     if args.output is not None:
-        text = build_markdown(args.folders, args.figures, args.output.parent)
+        figures = args.figures or args.output.parent / "figures"
+        text = build_markdown(args.folders, figures, args.output.parent)
         write_text(text, args.output)
         print(f"wrote {args.output}")
     if args.page is not None:
-        body = build_markdown(args.folders, args.figures, args.page.parent)
+        figures = args.figures or _docs_root(args.page) / "figures"
+        body = build_markdown(args.folders, figures, args.page.parent)
         write_text(splice(args.page.read_text(encoding="utf-8"), body), args.page)
         print(f"wrote {args.page}")
     return 0

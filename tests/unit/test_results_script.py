@@ -36,6 +36,25 @@ def test_main_splices_into_a_page_and_links_figures_from_it(m, tmp_path):
     assert "issue" not in text.lower()
 
 
+def test_a_page_puts_its_figures_in_the_sphinx_folder_it_lies_in(m, tmp_path):
+    from skebrm.experiments.report import write_json
+
+    run = tmp_path / "runs" / "one"
+    write_json({**_results(0.62), "plots": ["p.png"]}, run / "results.json")
+    (run / "p.png").write_bytes(b"png")
+    (tmp_path / "site" / "results").mkdir(parents=True)
+    (tmp_path / "site" / "conf.py").write_text("")
+    page = tmp_path / "site" / "results" / "demo.md"
+    page.write_text("<!-- results:start -->\n<!-- results:end -->\n")
+    assert m.main([str(run), "--page", str(page)]) == 0
+    assert (tmp_path / "site" / "figures" / "demo-one-p.png").is_file()
+    assert "](../figures/demo-one-p.png)" in page.read_text()
+    # --output keeps its figures next to the file it writes
+    out = tmp_path / "elsewhere" / "tables.md"
+    assert m.main([str(run), "--output", str(out)]) == 0
+    assert (tmp_path / "elsewhere" / "figures" / "demo-one-p.png").is_file()
+
+
 def test_main_needs_a_page_or_an_output(m, tmp_path, capsys):
     with pytest.raises(SystemExit):
         m.main([str(tmp_path)])
