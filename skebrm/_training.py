@@ -85,11 +85,43 @@ ACTIVATION_BUDGET = 1 << 23
 # drops by more than this share of the best loss so far.
 LOSS_TOL = 1e-4
 
-# Without validation, a fit whose last epoch still lowered the training loss by more than
-# this share, and by more than FALLING_Z standard errors of the two epochs' mean batch
-# losses (fresh noise draws make the loss fluctuate), warns that it may be undertrained.
+# Without validation, a fit of two epochs whose last one still lowered the training loss
+# by more than this share, and by more than FALLING_Z standard errors of the two epochs'
+# mean batch losses (fresh noise draws make the loss fluctuate), warns that it may be
+# undertrained.
 FALLING_TOL = 1e-2
 FALLING_Z = 2.0
+# With three epochs or more: a downward trend over the last FALLING_WINDOW epochs at this
+# one-sided level.
+FALLING_WINDOW = 5
+FALLING_P = 0.05
+
+
+def _still_falling(losses: list[float], spread: list[float]) -> str | None:
+    """Why the training loss was still falling at the last epoch, or ``None``.
+
+    Three epochs or more: a one-sided test of a downward linear trend over the last
+    :data:`FALLING_WINDOW` epochs at level :data:`FALLING_P`. Two epochs: the last one
+    lowered the loss by more than ``FALLING_TOL`` of it and by more than ``FALLING_Z``
+    standard errors of the two epochs' mean batch losses.
+    """
+    from scipy import stats
+
+    if len(losses) >= 3:
+        window = losses[-FALLING_WINDOW:]
+        fit = stats.linregress(np.arange(len(window)), window)
+        p = fit.pvalue / 2 if fit.slope < 0 else 1.0
+        if p < FALLING_P:
+            return (
+                f"{-fit.slope:.3g} per epoch over the last {len(window)} epochs, one-sided "
+                f"trend test p = {p:.2g}"
+            )
+        return None
+    if len(losses) == 2:
+        prev, last = losses
+        if prev - last > max(FALLING_TOL * abs(last), FALLING_Z * math.hypot(*spread)):
+            return f"{prev:.4g} -> {last:.4g}"
+    return None
 
 
 def _standard_error(values: list[float]) -> float:
@@ -267,16 +299,14 @@ def train_energy_model(
             )
     else:
         result.best_epoch = max_epochs
-        if len(result.history) >= 2:
-            prev, last = (h["train_loss"] for h in result.history[-2:])
-            noise = FALLING_Z * math.hypot(spread[-2], spread[-1])
-            if prev - last > max(FALLING_TOL * abs(last), noise):
-                result.warnings.append(
-                    f"EnergyRewardCalibrator: the training loss was still falling at the "
-                    f"last of max_epochs={max_epochs} epochs ({prev:.4g} -> {last:.4g}); the "
-                    "model may be undertrained. Raise max_epochs or learning_rate, or fit "
-                    "with validation_fraction and n_iter_no_change."
-                )
+        falling = _still_falling([h["train_loss"] for h in result.history], spread)
+        if falling:
+            result.warnings.append(
+                f"EnergyRewardCalibrator: the training loss was still falling at the last of "
+                f"max_epochs={max_epochs} epochs ({falling}); the model may be undertrained. "
+                "Raise max_epochs or learning_rate, or fit with validation_fraction and "
+                "n_iter_no_change."
+            )
     net.eval()
     return result
 

@@ -220,7 +220,7 @@ class EnergyRewardCalibrator(RegressorMixin, BaseEstimator):
     >>> X = rng.normal(size=(400, 8)).astype(np.float32)
     >>> y = X[:, 0] + 0.1 * rng.normal(size=400)
     >>> cal = EnergyRewardCalibrator(hidden=(32, 16), n_negatives=64, max_epochs=2,
-    ...                              learning_rate=1e-2, random_state=0).fit(X, y)
+    ...                              random_state=0).fit(X, y)
     >>> refined, std = cal.predict(X[:3], base_reward=y[:3], return_std=True)
     >>> refined.shape, bool((std > 0).all())
     ((3,), True)

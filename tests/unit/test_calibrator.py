@@ -7,6 +7,7 @@ import numpy as np
 import pytest
 import sklearn
 import torch
+from sklearn.base import clone
 from sklearn.exceptions import ConvergenceWarning, NotFittedError
 from sklearn.model_selection import GridSearchCV, GroupKFold
 from sklearn.pipeline import Pipeline
@@ -715,3 +716,231 @@ def test_inference_inside_torch_inference_mode(data):
     again, std2 = cal.predict(X[:6], base_reward=y[:6], return_std=True)
     np.testing.assert_array_equal(refined, again)
     np.testing.assert_array_equal(std, std2)
+
+
+# ------------------------------------------------------------------ defects, each pinned
+def test_a_diverging_fit_raises_and_keeps_the_previous_model(data):
+    X, y, pid, ch = data
+    cal = EnergyRewardCalibrator(**FAST).fit(X, y, pair_id=pid, chosen=ch)
+    want = cal.predict(X[:8], base_reward=y[:8])
+    cal.set_params(learning_rate=1e10)
+    with pytest.raises(FloatingPointError, match=r"diverged.*Lower learning_rate"):
+        cal.fit(X, y, pair_id=pid, chosen=ch)
+    np.testing.assert_array_equal(cal.predict(X[:8], base_reward=y[:8]), want)
+    import json
+
+    json.dumps(cal.history_, allow_nan=False)  # the kept history is plain JSON
+
+
+def test_rows_the_ascent_never_moves_return_the_base_reward_bit_for_bit(fitted, data):
+    X, y, _, _ = data
+    frozen = clone(fitted).set_params(ascent_steps=0)
+    frozen.__dict__.update({k: v for k, v in vars(fitted).items() if k.endswith("_")})
+    inside = (y >= fitted.trusted_range_[0]) & (y <= fitted.trusted_range_[1])
+    got = frozen.predict(X[inside], base_reward=y[inside])
+    assert got.tobytes() == y[inside].tobytes()
+    # rows that move are unchanged by the rule: they are the float32 ascent's result
+    refined = fitted.predict(X, base_reward=y)
+    moved = refined != y
+    assert moved.any() and (refined[~moved] == y[~moved]).all()
+
+
+def _one_discordant_pair(cal, X, y):
+    """Many agreeing pairs, one that the refined order gets right and the base wrong."""
+    refined = cal.predict(X, base_reward=y)
+    order = np.argsort(y)
+    i, j = order[:-1], order[1:]  # y[i] < y[j]
+    flipped = np.flatnonzero(refined[i] > refined[j])
+    agree = np.flatnonzero(refined[i] < refined[j])[:40]
+    assert flipped.size and agree.size == 40
+    k = flipped[0]
+    first = np.r_[i[k], j[agree]]  # chosen: refined's winner in the flipped pair
+    second = np.r_[j[k], i[agree]]
+    rows = np.column_stack([first, second]).reshape(-1)
+    n = len(first)
+    return X[rows], y[rows], np.repeat(np.arange(n), 2), np.tile([True, False], n)
+
+
+def test_one_discordant_pair_in_favour_does_not_pass_the_guard(fitted, data):
+    X, y, _, _ = data
+    cal = clone(fitted)
+    cal.__dict__.update({k: v for k, v in vars(fitted).items() if k.endswith("_")})
+    Xg, yg, pg, cg = _one_discordant_pair(cal, X, y)
+    with pytest.warns(RefinementWarning, match="refinement does not help here"):
+        cal.fit_guard(Xg, yg, pair_id=pg, chosen=cg)
+    s = cal.guard_scores_
+    assert (s["n_better"], s["n_worse"], s["p_value"]) == (1, 0, 0.5)
+    assert cal.refinement_helps_ is False  # the bootstrap gave ~0.81 here and passed
+
+
+def test_fit_guard_guards_the_served_reward_with_its_penalty(fitted, data):
+    X, y, pid, ch = data
+    cal = clone(fitted).set_params(guard="off")
+    cal.__dict__.update({k: v for k, v in vars(fitted).items() if k.endswith("_")})
+    lam = 5.0
+    cal.fit_guard(X, y, pair_id=pid, chosen=ch, penalty=lam)
+    served = cal.predict(X, base_reward=y) - lam * cal.score_uncertainty(X)
+    idx_c, idx_r = check_pairs(pid, ch, len(y))
+    d = served[idx_c] - served[idx_r]
+    s = cal.guard_scores_
+    assert s["penalty"] == lam
+    assert s["refined_accuracy"] == pytest.approx(np.mean((d > 0) + 0.5 * (d == 0)))
+    with pytest.raises(ValueError, match="penalty must be a finite float >= 0"):
+        cal.fit_guard(X, y, pair_id=pid, chosen=ch, penalty=-1.0)
+
+
+def test_pickles_record_versions_warn_on_a_mismatch_and_fall_back_to_cpu(fitted, monkeypatch):
+    import pickle
+
+    from sklearn.exceptions import InconsistentVersionWarning
+
+    from skebrm.exceptions import VersionMismatchWarning
+
+    state = fitted.__getstate__()
+    assert state["_sklearn_version"] == sklearn.__version__
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        pickle.loads(pickle.dumps(fitted))  # same versions: silent
+    old = dict(state, _sklearn_version="0.0.1")
+    with pytest.warns(InconsistentVersionWarning):
+        EnergyRewardCalibrator.__new__(EnergyRewardCalibrator).__setstate__(old)
+    import skebrm
+
+    monkeypatch.setattr(skebrm, "__version__", "0.0.0")
+    with pytest.warns(VersionMismatchWarning, match="saved with skebrm"):
+        EnergyRewardCalibrator.__new__(EnergyRewardCalibrator).__setstate__(state)
+    monkeypatch.undo()
+    # a model pickled with device="cuda" predicts on a machine without CUDA
+    cuda_state = dict(state, params={**state["params"], "device": "cuda"})
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
+    with pytest.warns(UserWarning, match="device='cuda', which is not available"):
+        loaded = EnergyRewardCalibrator.__new__(EnergyRewardCalibrator)
+        loaded.__setstate__(cuda_state)
+    assert loaded.device == "cpu"
+    X = np.zeros((3, fitted.n_features_in_), dtype=np.float32)
+    np.testing.assert_array_equal(
+        loaded.predict(X, base_reward=np.zeros(3)), fitted.predict(X, base_reward=np.zeros(3))
+    )
+
+
+def test_predict_and_score_fallbacks_warn_once(fitted, data, monkeypatch):
+    import skebrm.calibrator as module
+    from skebrm.exceptions import FallbackWarning
+
+    X, y, pid, ch = data
+    monkeypatch.setattr(module, "_WARNED", set())
+    with pytest.warns(FallbackWarning, match="pass base_reward=|Pass base_reward="):
+        fitted.predict(X[:4])
+    with warnings.catch_warnings():
+        warnings.simplefilter("error", FallbackWarning)
+        fitted.predict(X[:4])  # once
+        fitted.predict(X[:4], base_reward=y[:4])
+        fitted.score(X, y, pair_id=pid, chosen=ch)
+    with pytest.warns(FallbackWarning, match="R² of the global mode.*Pass pair_id= and chosen="):
+        r2 = fitted.score(X, y)
+    mode = fitted.predict_distribution(X).mode
+    assert r2 == pytest.approx(1 - np.sum((y - mode) ** 2) / np.sum((y - y.mean()) ** 2))
+
+
+def test_the_readme_grid_search_runs_as_written(data):
+    X, y, pair_id, chosen = data
+    groups = pair_id // 2  # e.g. the prompt of each pair: two pairs per prompt
+    # -- the snippet (README "Inside scikit-learn") --
+    from sklearn.model_selection import GridSearchCV, GroupKFold
+
+    with sklearn.config_context(enable_metadata_routing=True):
+        est = EnergyRewardCalibrator(**FAST)
+        search = GridSearchCV(est, {"penalty": [0.0, 0.05]}, cv=GroupKFold(3))
+        search.fit(X, y, groups=groups, pair_id=pair_id, chosen=chosen)
+    # -- end of the snippet --
+    assert search.best_params_["penalty"] in (0.0, 0.05)
+    assert 0.0 <= search.best_score_ <= 1.0  # the pairwise accuracy, routed by default
+
+
+def test_inference_is_thread_safe_across_settings(fitted, data, monkeypatch):
+    import threading
+    import time
+
+    import skebrm._posterior as post_module
+
+    X, y, _, _ = data
+    post = fitted.posterior_
+    post._copies = {}
+    settings = [fitted._settings(), fitted.set_params(inference_dtype="float64")._settings()]
+    fitted.set_params(inference_dtype="float32")
+    want = [post.refine(X, y, s) for s in settings]
+    real_copy = post_module.inference_copy
+
+    def slow_copy(*args, **kwargs):  # widen the window in which two threads race
+        time.sleep(0.01)
+        return real_copy(*args, **kwargs)
+
+    monkeypatch.setattr(post_module, "inference_copy", slow_copy)
+    errors, results = [], {}
+
+    def work(k):
+        try:
+            for _ in range(5):
+                results.setdefault(k, []).append(post.refine(X[:40], y[:40], settings[k % 2]))
+        except Exception as exc:
+            errors.append(exc)
+
+    threads = [threading.Thread(target=work, args=(k,)) for k in range(6)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert errors == []
+    for k, outs in results.items():
+        for out in outs:
+            np.testing.assert_array_equal(out, want[k % 2][:40])
+
+
+def test_fits_pin_blas_to_one_thread(data, monkeypatch):
+    from threadpoolctl import threadpool_info
+
+    import skebrm._training as training
+    from skebrm import BradleyTerryHead
+
+    X, y, pid, ch = data
+    seen = []
+    real = training.train_energy_model
+
+    def spy(*args, **kwargs):
+        seen.append({i["num_threads"] for i in threadpool_info() if i["user_api"] == "blas"})
+        return real(*args, **kwargs)
+
+    monkeypatch.setattr(training, "train_energy_model", spy)
+    EnergyRewardCalibrator(**FAST).fit(X, y, pair_id=pid, chosen=ch)
+    assert seen and seen[0] <= {1}
+    from sklearn.linear_model import LogisticRegression
+
+    real_fit = LogisticRegression.fit
+    seen.clear()
+
+    def spy_fit(self, *args, **kwargs):
+        seen.append({i["num_threads"] for i in threadpool_info() if i["user_api"] == "blas"})
+        return real_fit(self, *args, **kwargs)
+
+    monkeypatch.setattr(LogisticRegression, "fit", spy_fit)
+    BradleyTerryHead().fit(X, pair_id=pid, chosen=ch)
+    assert seen and seen[0] <= {1}
+    # and a fit at one and at two torch threads gives the same model
+    fits = []
+    for n in (1, 2):
+        before = torch.get_num_threads()
+        torch.set_num_threads(n)
+        try:
+            cal = EnergyRewardCalibrator(**FAST).fit(X, y, pair_id=pid, chosen=ch)
+        finally:
+            torch.set_num_threads(before)
+        fits.append(cal.predict(X, base_reward=y))
+    np.testing.assert_array_equal(fits[0], fits[1])
+
+
+def test_pessimistic_reward_is_the_entropic_risk_of_the_distribution(fitted, data):
+    X = data[0][:6]
+    beta = 0.5
+    got = fitted.pessimistic_reward(X, beta)
+    np.testing.assert_array_equal(got, fitted.predict_distribution(X).entropic_risk(beta))
+    assert np.all(got <= fitted.predict_mean(X) + 1e-9)  # risk-averse: at most the mean

@@ -4,6 +4,7 @@ import warnings
 
 import numpy as np
 import torch
+from scipy import stats
 
 from skebrm._objectives import NCEPlus
 from skebrm._training import TrainingData, train_energy_model
@@ -92,10 +93,18 @@ def test_a_fit_whose_loss_still_falls_warns_and_a_flat_one_does_not():
         )
 
     for seed in range(3):
-        falling = fit(1e-2, 3, seed)
+        falling = fit(1e-2, 5, seed)
         losses = [h["train_loss"] for h in falling.history]
-        assert losses[-2] - losses[-1] > 0.01 * abs(losses[-1])  # a plain check of the rule
+        # a plain check of the trend test: least-squares slope and its one-sided p-value
+        t = np.arange(5.0)
+        slope = np.polyfit(t, losses, 1)[0]
+        resid = losses - np.polyval(np.polyfit(t, losses, 1), t)
+        se = np.sqrt(resid @ resid / 3 / ((t - t.mean()) @ (t - t.mean())))
+        assert slope < 0 and stats.t.sf(-slope / se, 3) < 0.05
         assert any("training loss was still falling" in m for m in falling.warnings)
         # a learning rate of ~0: the loss only fluctuates with the fresh noise draws
-        assert fit(1e-12, 3, seed).warnings == []
+        assert fit(1e-12, 5, seed).warnings == []
+        two = fit(1e-2, 2, seed)
+        drop = two.history[0]["train_loss"] - two.history[1]["train_loss"]
+        assert (drop > 0.01 * two.history[1]["train_loss"]) == bool(two.warnings)
     assert fit(1e-2, 1, 0).warnings == []  # one epoch: nothing to compare
