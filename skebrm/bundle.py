@@ -70,17 +70,24 @@ class RewardScores:
         The calibrator's refined reward (mode of ``p(r | e)`` reached from the base reward).
     std : ndarray of shape (n,)
         Standard deviation of ``p(r | e)``: the uncertainty of the reward.
+    base_served : bool, default=False
+        True when the calibrator's guard rejected refinement (``guard="base"``): the
+        served reward is then the base reward alone, without the penalty.
     """
 
     base_reward: np.ndarray
     refined_reward: np.ndarray
     std: np.ndarray
+    base_served: bool = False
 
     def __len__(self) -> int:
         return int(self.base_reward.shape[0])
 
     def penalized(self, penalty: float) -> np.ndarray:
-        """``refined_reward − penalty · std``."""
+        """The served reward: ``refined_reward − penalty · std``, or the base reward when
+        the guard rejected refinement (the penalty goes with the refinement)."""
+        if self.base_served:
+            return self.base_reward.copy()
         return self.refined_reward - penalty * self.std
 
 
@@ -223,6 +230,21 @@ class RefinedRewardModel:
             calibrator = copy.deepcopy(calibrator).set_params(device=str(self.device))
         self.calibrator = calibrator
         self.__name__ = name
+        if self._guard_penalty() not in (None, self.penalty):
+            from skebrm.exceptions import RefinementWarning, warn_user
+
+            warn_user(
+                f"RefinedRewardModel: the calibrator's guard was decided for the reward "
+                f"refined - {self._guard_penalty()} * std, but this bundle serves refined - "
+                f"{self.penalty} * std, which no guard evaluated. Call fit_guard on this "
+                "bundle to decide it for the reward served.",
+                RefinementWarning,
+            )
+
+    def _guard_penalty(self) -> float | None:
+        """The penalty the calibrator's guard was decided with (None: no guard yet)."""
+        scores = getattr(self.calibrator, "guard_scores_", None)
+        return None if scores is None else float(scores.get("penalty", 0.0))
 
     def _check_fitted_on(self, fitted_on) -> None:
         if not isinstance(fitted_on, dict):
@@ -247,7 +269,13 @@ class RefinedRewardModel:
         return (
             f"RefinedRewardModel(model={s['model']!r}, max_length={s['max_length']}, "
             f"template={s['template']!r}, pooling={s['pooling']!r}, dtype={s['dtype']!r}, "
-            f"penalty={self.penalty}, device={str(self.device)!r})"
+            f"penalty={self.penalty}, device={str(self.device)!r}"
+            + (
+                ""
+                if self._guard_penalty() in (None, self.penalty)
+                else f", guard decided at penalty={self._guard_penalty()}"
+            )
+            + ")"
         )
 
     # ---------------------------------------------------------------- scoring
@@ -276,10 +304,12 @@ class RefinedRewardModel:
         # ordinary tensors, which inference mode would not give)
         res = self.extractor.extract(list(zip(prompts, completions)))
         refined, std = self._refine(res.embeddings, res.rewards)
+        cal = self.calibrator
         return RewardScores(
             base_reward=res.rewards.astype(np.float64),
             refined_reward=np.asarray(refined, dtype=np.float64),
             std=np.asarray(std, dtype=np.float64),
+            base_served=cal.guard == "base" and getattr(cal, "refinement_helps_", None) is False,
         )
 
     def fit_guard(
@@ -289,10 +319,12 @@ class RefinedRewardModel:
 
         Runs the RM on ``(prompt, chosen)`` and ``(prompt, rejected)`` of every pair and
         passes the embeddings and rewards to
-        :meth:`EnergyRewardCalibrator.fit_guard <skebrm.EnergyRewardCalibrator.fit_guard>`:
-        with the calibrator's ``guard="base"``, the bundle then returns the base reward
-        (refined = base) unless refinement ranks these pairs better. The calibrator is
-        changed in place (and saved with the bundle).
+        :meth:`EnergyRewardCalibrator.fit_guard <skebrm.EnergyRewardCalibrator.fit_guard>`
+        with this bundle's ``penalty``: the guard scores the reward served,
+        ``refined − penalty · std``, against the base reward. With the calibrator's
+        ``guard="base"``, the bundle then serves the base reward alone (no penalty) unless
+        the served reward ranks these pairs better. The calibrator is changed in place
+        (and saved with the bundle); a bundle built later with another ``penalty`` warns.
 
         Parameters
         ----------
@@ -318,6 +350,7 @@ class RefinedRewardModel:
             res.rewards,
             pair_id=np.repeat(np.arange(n), 2),
             chosen=np.tile([True, False], n),
+            penalty=self.penalty,
         )
         return self
 
