@@ -348,6 +348,20 @@ def test_a_refused_bundle_leaves_the_callers_objects_as_they_were(parts):
     assert bundle.extraction_settings["weights_sha256"] == weights_fingerprint(model)
 
 
+def test_an_extractor_that_fails_to_fit_leaves_the_model_as_it_was(parts):
+    import copy
+
+    from skebrm.extraction import EmbeddingExtractor
+
+    model = copy.deepcopy(parts.model).train()
+    with pytest.raises(ValueError, match="no_such_layer"):
+        EmbeddingExtractor(model, parts.tokenizer, dtype="float64", head="no_such_layer").fit()
+    assert next(model.parameters()).dtype == torch.float32 and model.training
+    with pytest.raises(RuntimeError):
+        EmbeddingExtractor(model, parts.tokenizer, dtype="float64", device="nowhere").fit()
+    assert next(model.parameters()).dtype == torch.float32 and model.training
+
+
 def test_the_callers_calibrator_is_not_changed(parts):
     import copy
 
