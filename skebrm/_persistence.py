@@ -43,6 +43,7 @@ __all__ = [
     "CONFIG_NAME",
     "FORMAT",
     "FORMAT_VERSION",
+    "construct",
     "document",
     "load_document",
     "restore",
@@ -101,6 +102,25 @@ def build_module(spec: dict) -> torch.nn.Module:
             f"network ({type(exc).__name__}: {exc}); the file was not written by "
             "save_pretrained or was edited."
         ) from exc
+
+
+def construct(cls, params: dict, where: str):
+    """``cls(**params)`` with its parameters validated, for saved parameters.
+
+    Saved parameters that the estimator refuses (an unknown name, a value its constraints
+    reject) raise :class:`ModelIntegrityError`: the file was edited or not written by
+    this estimator's ``save_pretrained``.
+    """
+    try:
+        est = cls(**params)
+        est._validate_params()
+    except (TypeError, ValueError) as exc:
+        raise ModelIntegrityError(
+            f"{where}: the saved parameters do not make a {cls.__name__} "
+            f"({type(exc).__name__}: {exc}); the file was not written by save_pretrained "
+            "or was edited."
+        ) from exc
+    return est
 
 
 def state_arrays(module: torch.nn.Module) -> dict[str, np.ndarray]:

@@ -208,6 +208,9 @@ def test_each_file_is_read_once_and_the_bytes_checked_are_the_bytes_loaded(
         (lambda d: d["fitted"]["posterior"].update(module={"class": "Evil"}), "unknown"),
         (lambda d: d["fitted"]["posterior"]["scaler"].pop("scale"), "make a model"),
         (lambda d: d.pop("params"), "no 'params' table"),
+        # parameters the estimator refuses: TypeError, InvalidParameterError
+        (lambda d: d["params"].update(colour="red"), "saved parameters do not make"),
+        (lambda d: d["params"].update(max_epochs="many"), "saved parameters do not make"),
     ],
 )
 def test_a_consistent_forgery_that_does_not_build_is_an_integrity_error(
