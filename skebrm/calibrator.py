@@ -16,19 +16,20 @@ from pathlib import Path
 import numpy as np
 import torch
 from sklearn.base import BaseEstimator, RegressorMixin, clone
-from sklearn.utils.validation import check_is_fitted, check_random_state
+from sklearn.utils.validation import check_is_fitted, check_random_state, validate_data
 
 from skebrm import _guard, _persistence
 from skebrm._compat import Interval, StrOptions, _fit_context
 from skebrm._objectives import make_objective
 from skebrm._pairs import check_pairs, fit_layout
 from skebrm._params import (
+    check_device,
     check_finite,
-    check_fit_params,
     check_rewards,
-    check_version,
+    check_sigmas,
+    check_widths,
     draw_seed,
-    validate_inputs,
+    warn_ineffective,
 )
 from skebrm._posterior import (
     EnergyPosterior,
@@ -46,6 +47,7 @@ from skebrm.exceptions import (
     FallbackWarning,
     GuardPowerWarning,
     RefinementWarning,
+    VersionMismatchWarning,
     warn_user,
 )
 
@@ -337,8 +339,65 @@ class EnergyRewardCalibrator(RegressorMixin, BaseEstimator):
         self.verbose = verbose
 
     # ------------------------------------------------------------------ fitting
+    def _check_fit_params(self):
+        """Checks beyond ``_parameter_constraints``; warnings for parameters with no effect."""
+        owner = _NAME
+        check_device(self.device, owner)
+        hidden = check_widths(
+            self.hidden, "hidden", allow_empty=self.energy == "basis", owner=owner
+        )
+        reward_hidden = check_widths(
+            self.reward_hidden, "reward_hidden", allow_empty=True, owner=owner
+        )
+        sigmas = check_sigmas(self.sigmas, owner)
+        validated = self.validation_fraction is not None
+        no_val = "without validation_fraction"
+        no_guard = f"{no_val} until fit_guard is called"
+        warn_ineffective(
+            self,
+            [
+                ("guard", validated, no_guard),
+                ("guard_confidence", validated, no_guard),
+                ("n_iter_no_change", validated, no_val),
+                ("tol", validated, no_val),
+                ("reward_hidden", self.energy == "mlp", "with energy='basis'"),
+                ("n_basis", self.energy == "basis", "with energy='mlp'"),
+                ("n_negatives", self.objective == "nce_plus", "with objective='grid_nll'"),
+            ],
+        )
+        return hidden, reward_hidden, sigmas
+
     def _validate_X(self, est, X, y=None, *, reset: bool, caller: str):
-        return validate_inputs(est, X, y, reset=reset, caller=caller)
+        kwargs = dict(
+            dtype=[np.float32, np.float64, np.float16],
+            ensure_all_finite=False,
+            ensure_min_samples=2 if reset else 1,
+            copy=False,
+        )
+        if y is None:
+            X = validate_data(est, X, reset=reset, **kwargs)
+        else:
+            X, y = validate_data(est, X, y, reset=reset, y_numeric=True, **kwargs)
+            y = np.asarray(y, dtype=np.float64)
+            check_finite(y, "y", caller)
+        check_finite(X, "X", caller)
+        return X if y is None else (X, y)
+
+    def _validate_X(self, est, X, y=None, *, reset: bool, caller: str):
+        kwargs = dict(
+            dtype=[np.float32, np.float64, np.float16],
+            ensure_all_finite=False,
+            ensure_min_samples=2 if reset else 1,
+            copy=False,
+        )
+        if y is None:
+            X = validate_data(est, X, reset=reset, **kwargs)
+        else:
+            X, y = validate_data(est, X, y, reset=reset, y_numeric=True, **kwargs)
+            y = np.asarray(y, dtype=np.float64)
+            check_finite(y, "y", caller)
+        check_finite(X, "X", caller)
+        return X if y is None else (X, y)
 
     def _settings(self) -> InferenceSettings:
         """The inference parameters (``ascent_*``, ``inference_*``, ``device``) as one object."""
@@ -387,7 +446,7 @@ class EnergyRewardCalibrator(RegressorMixin, BaseEstimator):
             )
         shell = clone(self)  # takes n_features_in_ / feature_names_in_ until fit succeeds
         X, y = self._validate_X(shell, X, y, reset=True, caller=caller)
-        hidden, reward_hidden, sigmas = check_fit_params(self, _NAME)
+        hidden, reward_hidden, sigmas = self._check_fit_params()
         device = resolve_device(self.device)
         rng = check_random_state(self.random_state)
         seed = draw_seed(rng)
@@ -784,7 +843,7 @@ class EnergyRewardCalibrator(RegressorMixin, BaseEstimator):
         """
         doc, arrays = _persistence.load_document(directory)
         where = f"{_NAME}.from_pretrained"
-        check_version("skebrm", doc.get("skebrm_version"), _NAME, where)
+        _check_version("skebrm", doc.get("skebrm_version"), where)
         params = {k: tuple(v) if isinstance(v, list) else v for k, v in doc["params"].items()}
         if device is not None:
             params["device"] = device
@@ -809,8 +868,8 @@ class EnergyRewardCalibrator(RegressorMixin, BaseEstimator):
             self.__dict__.update(state)
             return
         where = f"{_NAME} (unpickled)"
-        check_version("scikit-learn", state.get("_sklearn_version"), _NAME, where)
-        check_version("skebrm", state.get("document", {}).get("skebrm_version"), _NAME, where)
+        _check_version("scikit-learn", state.get("_sklearn_version"), where)
+        _check_version("skebrm", state.get("document", {}).get("skebrm_version"), where)
         for name, value in state["params"].items():
             setattr(self, name, value)
         self.device = available_device(self.device, where)
@@ -821,3 +880,27 @@ class EnergyRewardCalibrator(RegressorMixin, BaseEstimator):
         tags = super().__sklearn_tags__()
         tags.non_deterministic = False
         return tags
+
+
+def _check_version(package: str, saved, where: str) -> None:
+    """Warn when a model was saved or pickled by another version of ``package``."""
+    if package == "scikit-learn":
+        import sklearn
+
+        current = sklearn.__version__
+    else:
+        from skebrm import __version__ as current
+    if saved is not None and saved != current and package == "scikit-learn":
+        from sklearn.exceptions import InconsistentVersionWarning
+
+        warning = InconsistentVersionWarning(
+            estimator_name=_NAME, current_sklearn_version=current, original_sklearn_version=saved
+        )
+        warn_user(warning, InconsistentVersionWarning)
+    elif saved is not None and saved != current:
+        warn_user(
+            f"{where}: the model was saved with {package} {saved}, this is {package} "
+            f"{current}; it may load wrongly or predict differently. Refit it, or install "
+            f"{package}=={saved}.",
+            VersionMismatchWarning,
+        )
