@@ -22,6 +22,7 @@ pytest.importorskip("datasets")
 from skebrm.experiments import conf_dir, register_resolvers
 from skebrm.experiments.rl import (
     ProxyAgreementWarning,
+    answer_rl_overoptimization,
     append_jsonl,
     build_tiny_policy,
     distinct_n,
@@ -398,6 +399,12 @@ def test_report_from_synthetic_json_lines(tmp_path):
     md = format_rl_overoptimization(runs)
     assert "| base, β=0 | 0.620 | 40 | 0.800 | 20 | 4.00 | -0.200 | 1.000 ± " in md
     assert "| ebrm_minus_1std, β=0 |" in md and "22.0 → 24.0" in md
+    answer = answer_rl_overoptimization(runs)
+    assert answer.startswith("At β = 0: base peaks at gold 0.800 at KL 4.00 (step 20) and falls")
+    assert "ebrm_minus_1std peaks later and higher (gold 1.000 at KL 16.00, step 40, no" in answer
+    flat = [dict(r, gold=0.1 * r["step"]) for r in runs[0]["records"]]
+    none = answer_rl_overoptimization([{**runs[0], "records": flat}])
+    assert "no proxy over-optimised" in none and "base 16.00 nats after 40 steps" in none
     png = plot_rl_overoptimization(runs, tmp_path / "rl.png", title="t")
     assert png.read_bytes()[:4] == b"\x89PNG"
     with pytest.raises(ValueError, match="a step is recorded twice"):
@@ -455,20 +462,28 @@ def test_policy_configs_build(option, tmp_path):
 
 
 @pytest.mark.slow
-def test_cli_runs_and_resumes_the_tiny_experiment(tmp_path):
-    run = tmp_path / "out"
+def test_cli_multirun_over_proxies_resumes_and_reports(tmp_path):
+    sweep = tmp_path / "sweep"
     cmd = [
         sys.executable,
         "-m",
         "skebrm.experiments.main",
+        "-m",
         *_tiny_overrides(tmp_path, **{"rl.grpo.max_steps": 2}),
-        f"hydra.run.dir={run}",
+        "rl.proxy=base,ebrm_minus_1std",
+        f"hydra.sweep.dir={sweep}",
     ]
-    out = subprocess.run(cmd, cwd=REPO, capture_output=True, text=True, timeout=600)
+    out = subprocess.run(cmd, cwd=REPO, capture_output=True, text=True, timeout=900)
     assert out.returncode == 0, out.stderr[-3000:]
-    assert "peak gold" in out.stdout
+    folders = sorted(p.name for p in sweep.iterdir() if p.is_dir() and p.name[0] != ".")
+    assert folders == ["base-beta0.0-seed0", "ebrm_minus_1std-beta0.0-seed0"]
     cmd[cmd.index("rl.grpo.max_steps=2")] = "rl.grpo.max_steps=3"
-    out = subprocess.run(cmd, cwd=REPO, capture_output=True, text=True, timeout=600)
+    out = subprocess.run(cmd, cwd=REPO, capture_output=True, text=True, timeout=900)
     assert out.returncode == 0, out.stderr[-3000:]
-    assert "resuming from" in out.stdout
-    assert [r["step"] for r in read_jsonl(run / "tracking.jsonl")] == [0, 1, 2, 3]
+    runs = load_rl_runs([sweep])
+    assert [r["meta"]["proxy"] for r in runs] == ["base", "ebrm_minus_1std"]
+    for run in runs:
+        assert [r["step"] for r in run["records"]] == [0, 1, 2, 3]
+        assert (run["folder"] / "checkpoints" / "checkpoint-3").is_dir()
+    md = format_rl_overoptimization(runs)
+    assert "| base, β=0 |" in md and "| ebrm_minus_1std, β=0 |" in md

@@ -8,6 +8,7 @@ its commands and its cost.
 """
 
 from skebrm.experiments.rl.report import (
+    answer_rl_overoptimization,
     format_rl_overoptimization,
     load_rl_runs,
     plot_rl_overoptimization,
@@ -36,6 +37,7 @@ __all__ = [
     "GoldTracker",
     "ProxyAgreementWarning",
     "TextReward",
+    "answer_rl_overoptimization",
     "append_jsonl",
     "build_tiny_policy",
     "distinct_n",

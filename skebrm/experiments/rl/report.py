@@ -8,6 +8,8 @@ with the gold RM) and ``tracking.jsonl`` (one record per evaluation of
   step, the drop from the peak (with its standard error over the evaluation prompts),
   length and distinct-2 at the peak and at the end;
 * :func:`format_rl_overoptimization`: that summary as a Markdown table, one row per run;
+* :func:`answer_rl_overoptimization`: the plain answer (does a proxy peak later and
+  higher than the base proxy; or, when nothing over-optimised, the KL reached);
 * :func:`plot_rl_overoptimization`: gold reward against √KL, the proxy reward on a second
   panel, one line per run with bands over the evaluation prompts (the layout of Gao et
   al. 2023, Fig. 1).
@@ -28,6 +30,7 @@ from skebrm.experiments.report import markdown_table
 from skebrm.experiments.rl.tracking import read_jsonl
 
 __all__ = [
+    "answer_rl_overoptimization",
     "format_rl_overoptimization",
     "load_rl_runs",
     "plot_rl_overoptimization",
@@ -162,6 +165,57 @@ def format_rl_overoptimization(runs: list[dict]) -> str:
             ]
         )
     return markdown_table(header, rows)
+
+
+def answer_rl_overoptimization(runs: list[dict], *, reference: str = "base") -> str:
+    """The study's answer in plain words, for each β: where each proxy's gold peak is
+    against the ``reference`` proxy's (later or earlier in KL, higher or lower), or, when no
+    run over-optimised (:func:`summarise_run`), that none did and the KL each reached."""
+    by_beta: dict[float, dict[str, dict]] = {}
+    for run in runs:
+        meta = run.get("meta") or {}
+        if "proxy" in meta:
+            beta = float(meta.get("beta", 0.0))
+            by_beta.setdefault(beta, {})[meta["proxy"]] = summarise_run(run["records"])
+    parts = []
+    for beta in sorted(by_beta):
+        s = by_beta[beta]
+        head = f"At β = {beta:g}: "
+        if not any(v["over_optimises"] for v in s.values()):
+            reached = ", ".join(
+                f"{name} {v['final_kl']:.2f} nats after {v['final_step']} steps"
+                for name, v in s.items()
+            )
+            parts.append(
+                head + "no proxy over-optimised within the steps run (no gold curve fell "
+                f"from its peak by more than two standard errors); KL reached: {reached}."
+            )
+            continue
+        ref = s.get(reference)
+        if ref is None:
+            parts.append(head + f"no run of the reference proxy {reference!r} to compare with.")
+            continue
+        lines = [
+            f"{reference} peaks at gold {ref['peak_gold']:.3f} at KL {ref['peak_kl']:.2f} "
+            f"(step {ref['peak_step']}) and "
+            + (
+                f"falls by {ref['drop_from_peak']:.3f} by step {ref['final_step']}"
+                if ref["over_optimises"]
+                else "does not fall significantly"
+            )
+        ]
+        for name, v in s.items():
+            if name == reference:
+                continue
+            when = "later" if v["peak_kl"] > ref["peak_kl"] else "not later"
+            level = "higher" if v["peak_gold"] > ref["peak_gold"] else "not higher"
+            lines.append(
+                f"{name} peaks {when} and {level} (gold {v['peak_gold']:.3f} at KL "
+                f"{v['peak_kl']:.2f}, step {v['peak_step']}"
+                + (", then falls)" if v["over_optimises"] else ", no significant fall)")
+            )
+        parts.append(head + "; ".join(lines) + ".")
+    return "\n\n".join(parts)
 
 
 def _curve(records: list[dict], key: str):
