@@ -197,6 +197,19 @@ def test_the_agreement_gate_refuses_or_warns(tmp_path):
         )
 
 
+def test_lora_run_measures_kl_with_the_adapters_disabled(tmp_path):
+    pytest.importorskip("peft")
+    lora = "{_target_:peft.LoraConfig,r:4,lora_alpha:8,target_modules:[q_proj,v_proj]}"
+    cfg = _compose([*_tiny_overrides(tmp_path, **{"rl.grpo.max_steps": 2}), f"rl.peft={lora}"])
+    res = run_rl_overoptimization(cfg, tmp_path / "run", echo=lambda s: None)
+    records = read_jsonl(tmp_path / "run" / "tracking.jsonl")
+    assert [r["step"] for r in records] == [0, 1, 2] and res["summary"]["final_step"] == 2
+    assert abs(records[0]["kl"]) < 1e-5  # LoRA starts as the identity
+    assert records[-1]["kl"] != records[0]["kl"]
+    adapter = tmp_path / "run" / "checkpoints" / "checkpoint-2" / "adapter_config.json"
+    assert adapter.is_file()
+
+
 def test_distinct_n_against_a_count():
     seqs = [[1, 2, 1, 2], [1, 2, 3], []]
     assert distinct_n(seqs, 1) == 3 / 7
