@@ -29,6 +29,8 @@ __all__ = [
     "label_noise_seed",
     "load_pairs_coercing_texts",
     "response_keys",
+    "response_lengths",
+    "split_pair_indices",
     "split_pairs",
 ]
 
@@ -52,6 +54,12 @@ class EmbeddedPairs:
     disagreement : float ndarray of shape (n_pairs,) or None
         1.0 where the pair's annotators did not vote unanimously (``meta.votes``), 0.0
         where they did, NaN where the pair has no votes; None when no pair has votes.
+    length : float ndarray of shape (2 * n_pairs,) or None
+        Each row's response length in characters (the length-debiasing feature). Not part
+        of any cache key.
+    markdown : float ndarray of shape (2 * n_pairs,) or None
+        Each row's markdown-element count
+        (:func:`skebrm.debias.markdown_element_count`). Not part of any cache key.
     """
 
     embeddings: np.ndarray
@@ -61,6 +69,8 @@ class EmbeddedPairs:
     section: np.ndarray
     response_key: np.ndarray | None = None
     disagreement: np.ndarray | None = None
+    length: np.ndarray | None = None
+    markdown: np.ndarray | None = None
 
     def __post_init__(self):
         n = len(self.prompt)
@@ -75,7 +85,8 @@ class EmbeddedPairs:
                     f"EmbeddedPairs: {name} must have {n} entries (one per pair), got "
                     f"{len(getattr(self, name))}."
                 )
-        for name, shape in (("rewards", (2 * n,)), ("response_key", (2 * n,))):
+        for name in self._ROW_FIELDS:
+            shape = (2 * n,)
             value = getattr(self, name)
             if value is not None and value.shape != shape:
                 raise ValueError(
@@ -86,6 +97,16 @@ class EmbeddedPairs:
                 f"EmbeddedPairs: disagreement must have shape ({n},) (one value per pair), "
                 f"got {self.disagreement.shape}."
             )
+
+    _ROW_FIELDS = ("rewards", "response_key", "length", "markdown")
+
+    def feature(self, name: str) -> np.ndarray | None:
+        """A response feature per row: ``"chars"`` (:attr:`length`) or ``"markdown"``."""
+        if name not in ("chars", "markdown"):
+            raise ValueError(
+                f"EmbeddedPairs.feature: name must be 'chars' or 'markdown', got {name!r}."
+            )
+        return self.length if name == "chars" else self.markdown
 
     @property
     def n_pairs(self) -> int:
@@ -124,17 +145,23 @@ class EmbeddedPairs:
             section=self.section[pairs],
             response_key=None if self.response_key is None else self.response_key[rows],
             disagreement=None if self.disagreement is None else self.disagreement[pairs],
+            length=None if self.length is None else self.length[rows],
+            markdown=None if self.markdown is None else self.markdown[rows],
         )
 
     @classmethod
     def concat(cls, parts: Sequence[EmbeddedPairs]) -> EmbeddedPairs:
         """One set of pairs from several, in order.
 
-        ``rewards`` and ``response_key`` survive only where every part has them;
+        ``rewards``, ``response_key``, ``length`` and ``markdown`` survive only where
+        every part has them;
         ``disagreement`` survives where any part has it (NaN for the pairs of the others).
         """
-        rewards = [p.rewards for p in parts]
-        keys = [p.response_key for p in parts]
+
+        def rows(name):
+            values = [getattr(p, name) for p in parts]
+            return None if any(v is None for v in values) else np.concatenate(values)
+
         votes = [p.disagreement for p in parts]
         disagreement = None
         if any(v is not None for v in votes):
@@ -143,12 +170,14 @@ class EmbeddedPairs:
             )
         return cls(
             embeddings=np.concatenate([p.embeddings for p in parts]),
-            rewards=None if any(r is None for r in rewards) else np.concatenate(rewards),
+            rewards=rows("rewards"),
             prompt=np.concatenate([p.prompt for p in parts]),
             subset=np.concatenate([p.subset for p in parts]),
             section=np.concatenate([p.section for p in parts]),
-            response_key=None if any(k is None for k in keys) else np.concatenate(keys),
+            response_key=rows("response_key"),
             disagreement=disagreement,
+            length=rows("length"),
+            markdown=rows("markdown"),
         )
 
 
@@ -156,9 +185,18 @@ def split_pairs(
     data: EmbeddedPairs, fractions: Sequence[float], *, random_state: int | None = 0
 ) -> list[EmbeddedPairs]:
     """Split by prompt with :func:`skebrm.datasets.split_by_prompt` (no prompt in two parts)."""
+    return [
+        data.take(part) for part in split_pair_indices(data, fractions, random_state=random_state)
+    ]
+
+
+def split_pair_indices(
+    data: EmbeddedPairs, fractions: Sequence[float], *, random_state: int | None = 0
+) -> list[np.ndarray]:
+    """The pair positions of each part of :func:`split_pairs` (same split, same order)."""
     records = [{"prompt": str(p), "index": i} for i, p in enumerate(data.prompt)]
     parts = split_by_prompt(records, fractions, random_state=random_state)
-    return [data.take([r["index"] for r in part]) for part in parts]
+    return [np.array([r["index"] for r in part], dtype=np.int64) for part in parts]
 
 
 _LABEL_NOISE_SEED_OFFSET = {"head": 0, "calibrator": 1}
@@ -189,12 +227,12 @@ def flip_labels(data: EmbeddedPairs, fraction: float, *, random_state=None) -> E
     flip = flipped_pairs(data.n_pairs, fraction, random_state=random_state)
     rows = np.arange(2 * data.n_pairs)
     rows[2 * flip], rows[2 * flip + 1] = 2 * flip + 1, 2 * flip
-    return replace(
-        data,
-        embeddings=data.embeddings[rows],
-        rewards=None if data.rewards is None else data.rewards[rows],
-        response_key=None if data.response_key is None else data.response_key[rows],
-    )
+    swapped = {
+        name: getattr(data, name)[rows]
+        for name in EmbeddedPairs._ROW_FIELDS
+        if getattr(data, name) is not None
+    }
+    return replace(data, embeddings=data.embeddings[rows], **swapped)
 
 
 def load_pairs_coercing_texts(
@@ -267,6 +305,19 @@ def annotator_disagreement(pairs: Sequence[dict]) -> np.ndarray | None:
         if isinstance(votes, (list, tuple)) and len(votes) >= 2:
             out[i] = float(len({json.dumps(v) for v in votes}) > 1)
     return None if np.isnan(out).all() else out
+
+
+def response_lengths(pairs: Sequence[dict]) -> tuple[np.ndarray, np.ndarray]:
+    """Each row's length in characters and markdown-element count (chosen, then rejected).
+
+    Returns
+    -------
+    length, markdown : float64 ndarray of shape (2 * n_pairs,)
+    """
+    from skebrm.debias import response_features
+
+    texts = [str(p[field]) for p in pairs for field in ("chosen", "rejected")]
+    return response_features(texts, "chars"), response_features(texts, "markdown")
 
 
 def _extraction_source_sha() -> str:
@@ -397,6 +448,7 @@ def embed_pairs(
         device=device,
         verbose=verbose,
     )
+    length, markdown = response_lengths(pairs)
     return EmbeddedPairs(
         embeddings=np.array(result.embeddings, dtype=np.float32),
         rewards=np.array(result.rewards, dtype=np.float32),
@@ -406,4 +458,6 @@ def embed_pairs(
         # from the records, after the cache: neither enters cache_key nor the extraction
         response_key=response_keys(pairs),
         disagreement=annotator_disagreement(pairs),
+        length=length,
+        markdown=markdown,
     )

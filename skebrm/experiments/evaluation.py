@@ -1,5 +1,11 @@
 """Scoring methods on pairs: what each method produces (:class:`MethodOutput`), how the
 base RM, the baselines and EBRM produce it, and :func:`evaluate` (see :mod:`skebrm.metrics`).
+
+The post-hoc tools scored next to EBRM live here too: length debiasing
+(:func:`debiased_output`, :func:`length_statistics`), the pessimistic reward on EBRM's grid
+(:func:`pessimistic_output`), the pair-selection report (:func:`selection_confidences`,
+:func:`selection_report`) and the out-of-distribution flags (:func:`ood_flag_scores`,
+:func:`ood_flag_aurocs`).
 """
 
 from __future__ import annotations
@@ -15,9 +21,18 @@ __all__ = [
     "MethodOutput",
     "base_margin_output",
     "baseline_output",
+    "debiased_output",
     "ebrm_outputs",
     "evaluate",
+    "length_statistics",
+    "ood_flag_aurocs",
+    "ood_flag_scores",
+    "pessimistic_output",
     "reward_output",
+    "risk_coverage_curve",
+    "selection_confidences",
+    "selection_report",
+    "spearman",
 ]
 
 
@@ -83,7 +98,9 @@ def baseline_output(est, X: np.ndarray) -> MethodOutput:
     )
 
 
-def ebrm_outputs(calibrator, data: EmbeddedPairs, base: np.ndarray, prefix: str) -> dict:
+def ebrm_outputs(
+    calibrator, data: EmbeddedPairs, base: np.ndarray, prefix: str, *, dist=None
+) -> dict:
     """EBRM's three readings of ``p(r | e)``: hybrid mode, global mode and mean.
 
     ``P(chosen ≻ rejected)`` comes from the calibrator's own distributions
@@ -92,9 +109,11 @@ def ebrm_outputs(calibrator, data: EmbeddedPairs, base: np.ndarray, prefix: str)
     uncertainty is how close that probability is to a coin flip, ``−|P − ½|`` (it uses
     both the distance of the two distributions and their spreads); the rows' standard
     deviations are kept too (``misorder_auroc_spread_*`` scores ``hypot(std_c, std_r)``).
+    ``dist``: the calibrator's distributions of ``data``, where the caller has them.
     """
     X = data.embeddings
-    dist = calibrator.predict_distribution(X)
+    if dist is None:
+        dist = calibrator.predict_distribution(X)
     u = dist.std()
     prob = dist[0::2].preference_probability(dist[1::2])
     pair_u = -np.abs(prob - 0.5)
@@ -103,6 +122,209 @@ def ebrm_outputs(calibrator, data: EmbeddedPairs, base: np.ndarray, prefix: str)
         f"{prefix}_global": MethodOutput(dist.mode, u, prob, pair_u),
         f"{prefix}_mean": MethodOutput(dist.mean(), u, prob, pair_u),
     }
+
+
+def pessimistic_output(dist, beta: float) -> MethodOutput:
+    """The entropic risk ``−β log E[exp(−r / β)]`` of each row's grid distribution, as a
+    reward (:meth:`~skebrm.GridDistribution.entropic_risk`)."""
+    return reward_output(dist.entropic_risk(float(beta)))
+
+
+def debiased_output(reward, feature, debiaser, *, mode: str = "transductive") -> MethodOutput:
+    """Rewards with their length bias removed by a :class:`~skebrm.LengthDebiaser`.
+
+    Parameters
+    ----------
+    reward, feature : ndarray of shape (2 * n_pairs,)
+        The rewards and each row's bias feature (length, markdown count).
+    debiaser : LengthDebiaser
+        ``mode="transductive"``: its parameters (a clone is fitted on ``(feature, reward)``,
+        the very set being scored, as Huang et al. do); ``mode="inductive"``: a debiaser
+        already fitted on a reference set, applied here.
+    """
+    from sklearn.base import clone
+
+    if mode == "transductive":
+        out = clone(debiaser).fit_transform(feature, reward)
+    elif mode == "inductive":
+        out = debiaser.transform(feature, reward)
+    else:
+        raise ValueError(
+            f"debiased_output: mode must be 'transductive' or 'inductive', got {mode!r}."
+        )
+    return reward_output(out)
+
+
+def spearman(x, y) -> float:
+    """Spearman's rank correlation (average ranks for ties); NaN where either is constant."""
+    from scipy.stats import rankdata
+
+    a, b = rankdata(np.asarray(x, float)), rankdata(np.asarray(y, float))
+    if a.size < 2 or np.ptp(a) == 0 or np.ptp(b) == 0:
+        return float("nan")
+    return float(np.corrcoef(a, b)[0, 1])
+
+
+def length_statistics(length: np.ndarray, reward: np.ndarray) -> dict:
+    """How much room a set leaves for length debiasing.
+
+    Returns
+    -------
+    dict
+        ``chosen_longer``: the share of pairs whose chosen response is the longer one,
+        among the pairs whose two lengths differ (``n_pairs_same_length`` are left out);
+        ``reward_spearman``: Spearman's correlation of ``reward`` with the length over
+        the rows.
+    """
+    length = np.asarray(length, float)
+    lc, lr = length[0::2], length[1::2]
+    differ = lc != lr
+    return {
+        "chosen_longer": float(np.mean(lc[differ] > lr[differ])) if differ.any() else None,
+        "n_pairs_same_length": int(np.sum(~differ)),
+        "reward_spearman": spearman(reward, length),
+    }
+
+
+def selection_confidences(outputs: dict[str, MethodOutput]) -> dict[str, tuple]:
+    """The confidence of each pair's ordering and whether that ordering is right, per score.
+
+    ``margin``: ``|r_c − r_r|`` of the base reward (a tie counts as misordered);
+    ``laplace_probability`` (where ``laplace_bt`` is scored): the Laplace head's
+    ``max(P, 1 − P)``, the ordering ``P > ½``; ``ebrm_probability``: the same for EBRM's
+    grid ``P(c ≻ r)``; ``ebrm_inverse_std``: ``1 / hypot(std_c, std_r)`` of EBRM, for the
+    base reward's ordering (the reward a user keeps, trusted where EBRM is sure).
+
+    Returns
+    -------
+    dict of str to (confidence, correct)
+        Arrays of shape (n_pairs,).
+    """
+    r = outputs["base"].reward
+    base_correct = r[0::2] > r[1::2]
+    out = {"margin": (np.abs(r[0::2] - r[1::2]), base_correct)}
+
+    def from_probability(p):
+        p = np.asarray(p, float)
+        return np.maximum(p, 1.0 - p), p > 0.5
+
+    laplace = outputs.get("laplace_bt")
+    if laplace is not None and laplace.preference_probability is not None:
+        out["laplace_probability"] = from_probability(laplace.preference_probability)
+    ebrm = outputs.get("ebrm")
+    if ebrm is not None and ebrm.preference_probability is not None:
+        out["ebrm_probability"] = from_probability(ebrm.preference_probability)
+    if ebrm is not None and ebrm.uncertainty is not None:
+        spread = np.hypot(ebrm.uncertainty[0::2], ebrm.uncertainty[1::2])
+        out["ebrm_inverse_std"] = (1.0 / np.maximum(spread, np.finfo(float).tiny), base_correct)
+    return out
+
+
+def risk_coverage_curve(confidence, correct, n_points: int = 21) -> dict:
+    """The misorder rate among the most confident pairs at evenly spaced coverages.
+
+    The ``k = ceil(coverage · n)`` most confident pairs are kept (ties broken by order);
+    coverage 0 is left out.
+    """
+    c = np.asarray(confidence, float)
+    wrong = ~np.asarray(correct, bool)
+    order = np.argsort(-c, kind="stable")
+    cum = np.cumsum(wrong[order])
+    coverage = np.linspace(0.0, 1.0, n_points)[1:]
+    k = np.maximum(np.ceil(coverage * c.size - 1e-9).astype(int), 1)
+    return {"coverage": coverage.tolist(), "risk": (cum[k - 1] / k).tolist()}
+
+
+def selection_report(
+    calibration: dict[str, tuple],
+    scored: dict[str, tuple],
+    *,
+    alphas=(0.05, 0.1, 0.2),
+    methods=("ltt", "conformal"),
+    delta: float = 0.1,
+) -> dict:
+    """Realised risk and coverage of :class:`~skebrm.PairSelector` per score, method, alpha.
+
+    Each score's selector is calibrated on ``calibration[score]`` (held-out labelled
+    pairs) and applied to ``scored[score]``. Where no threshold is valid the selector
+    accepts nothing (``accepted_none``: true; its :class:`~skebrm.selection.SelectionWarning`
+    is recorded, not raised).
+
+    Returns
+    -------
+    dict
+        ``score -> {"risk_all": misorder rate of every pair, "curve":
+        risk_coverage_curve, method -> {alpha -> {"risk", "coverage", "accepted_none",
+        "threshold" ("ltt")}}}``.
+    """
+    import warnings
+
+    from skebrm.selection import PairSelector, SelectionWarning
+
+    out: dict = {}
+    for name, (c_test, y_test) in scored.items():
+        if name not in calibration:
+            continue
+        c_cal, y_cal = calibration[name]
+        block: dict = {
+            "risk_all": float(np.mean(~np.asarray(y_test, bool))),
+            "curve": risk_coverage_curve(c_test, y_test),
+        }
+        for method in methods:
+            per: dict = {}
+            for alpha in alphas:
+                sel = PairSelector(alpha=float(alpha), method=method, delta=float(delta))
+                with warnings.catch_warnings(record=True) as caught:
+                    warnings.simplefilter("always", SelectionWarning)
+                    sel.fit(c_cal, y_cal)
+                    risk, coverage = sel.risk_coverage(c_test, y_test)
+                entry = {
+                    "risk": risk,
+                    "coverage": coverage,
+                    "accepted_none": any(issubclass(w.category, SelectionWarning) for w in caught),
+                }
+                for w in caught:  # anything else is not ours to swallow
+                    if not issubclass(w.category, SelectionWarning):
+                        warnings.warn_explicit(
+                            w.message, w.category, w.filename, w.lineno, source=w.source
+                        )
+                if method == "ltt":
+                    entry["threshold"] = float(sel.threshold_)
+                per[float(alpha)] = entry
+            block[method] = per
+        out[name] = block
+    return out
+
+
+def ood_flag_scores(
+    outputs: dict[str, MethodOutput], embeddings: np.ndarray, scorer=None
+) -> dict[str, np.ndarray]:
+    """Per-row out-of-distribution flags (higher = further out), shape (2 * n_pairs,).
+
+    ``mahalanobis``: the fitted :class:`~skebrm.MahalanobisScorer`'s distance (where
+    ``scorer`` is given); ``ebrm_std``: EBRM's standard deviation; ``laplace_std``: the
+    Laplace head's posterior standard deviation (where ``laplace_bt`` is scored);
+    ``negative_margin``: ``−|r_c − r_r|`` of the base reward, given to both rows of the pair.
+    """
+    out = {}
+    if scorer is not None:
+        out["mahalanobis"] = scorer.score_samples(embeddings)
+    ebrm = outputs.get("ebrm")
+    if ebrm is not None and ebrm.uncertainty is not None:
+        out["ebrm_std"] = np.asarray(ebrm.uncertainty, float)
+    laplace = outputs.get("laplace_bt")
+    if laplace is not None and laplace.uncertainty is not None:
+        out["laplace_std"] = np.asarray(laplace.uncertainty, float)
+    r = outputs["base"].reward
+    out["negative_margin"] = np.repeat(-np.abs(r[0::2] - r[1::2]), 2)
+    return out
+
+
+def ood_flag_aurocs(scores_in: dict, scores_out: dict) -> dict[str, float]:
+    """:func:`skebrm.ood.ood_auroc` of each flag present in both (in = 0, out = 1)."""
+    from skebrm.ood import ood_auroc
+
+    return {k: ood_auroc(scores_in[k], scores_out[k]) for k in scores_in if k in scores_out}
 
 
 def evaluate(
@@ -141,6 +363,8 @@ def evaluate(
         correct = metrics.pairwise_correct(rc, rr)
         res: dict = {"rewardbench": metrics.rewardbench_scores(rc, rr, data.subset, data.section)}
         res["accuracy"] = res["rewardbench"]["overall"]
+        if data.length is not None:
+            res["length_spearman"] = spearman(o.reward, data.length)
         if group is not None:
             credit, k = metrics.best_of_k_correct(rc, rr, group)
             res["best_of_k"] = {

@@ -19,6 +19,7 @@ def make_synthetic_pairs(
     label_temperature: float = 0.5,
     n_annotators: int = 1,
     rejected_per_chosen: int = 1,
+    length_bias: float = 0.3,
     random_state: int | None = 0,
 ) -> EmbeddedPairs:
     """Embeddings whose true reward is linear, with Bradley–Terry labels and a noisy RM.
@@ -34,6 +35,13 @@ def make_synthetic_pairs(
     prompt) shares its first response, so the pairs where that response wins form
     best-of-k groups with up to ``m`` rejected responses (``response_key`` tells the
     responses apart). ``pairs_per_prompt`` must then be a multiple of ``m``.
+
+    Each response also gets a length in characters,
+    ``round(200 · exp(length_bias · r* + 0.5 z))`` with ``z ~ N(0, 1)``, and a markdown
+    count ``Poisson(1 + length / 400)``, drawn from a second random stream (seeded from
+    ``random_state``), so that the other draws do not depend on them. With
+    ``length_bias > 0`` the preferred response is longer more often than not, as in
+    human preference data.
 
     Returns
     -------
@@ -82,6 +90,10 @@ def make_synthetic_pairs(
     rows = rows.ravel()
     rm = (r_true + rm_noise * rng.normal(size=2 * n_pairs)[source]).astype(np.float32)
     subset_idx = rng.integers(0, n_subsets, size=n_pairs)
+    side = np.random.default_rng(None if random_state is None else [int(random_state), 1])
+    z = side.normal(size=2 * n_pairs)[source]
+    length = np.round(200.0 * np.exp(float(length_bias) * r_true + 0.5 * z))
+    markdown = side.poisson(1.0 + length / 400.0)[source].astype(np.float64)
     return EmbeddedPairs(
         embeddings=X[rows],
         rewards=rm[rows],
@@ -90,6 +102,8 @@ def make_synthetic_pairs(
         section=np.array(["A" if k % 2 == 0 else "B" for k in subset_idx], dtype=object),
         response_key=source[rows].astype(np.int64),
         disagreement=disagreement,
+        length=length[rows],
+        markdown=markdown[rows],
     )
 
 
