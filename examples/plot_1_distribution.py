@@ -14,7 +14,7 @@ import numpy as np
 from skebrm import EnergyRewardCalibrator
 
 rng = np.random.default_rng(0)
-n, d = 1000, 16
+n, d = 800, 16
 X = rng.normal(size=(n, d)).astype(np.float32)  # stand-in for cached RM embeddings
 noise = np.where(X[:, 2] > 0, 1.0, 0.1)  # the RM is noisy where e_2 > 0
 y = np.sin(X[:, 0]) + 0.5 * X[:, 1] + noise * rng.normal(size=n)  # the RM's rewards
@@ -23,7 +23,7 @@ ebrm = EnergyRewardCalibrator(
     objective="grid_nll",
     energy="basis",
     grid_size=128,
-    max_epochs=10,
+    max_epochs=8,
     learning_rate=3e-3,
     random_state=0,
 )
