@@ -71,6 +71,16 @@ class ShardReport:
         return count / self.seconds if self.seconds > 0 else float("nan")
 
 
+def _legacy_json(path: Path) -> dict | None:
+    """The JSON object at ``path`` if it is of the first cache format (no ``format``)."""
+    try:
+        with open(path, "rb") as fh:
+            doc = json.loads(fh.read(64 << 20))
+    except (OSError, ValueError, RecursionError):
+        return None
+    return doc if isinstance(doc, dict) and "format" not in doc else None
+
+
 def key_sha256(key: dict) -> str:
     """SHA-256 of a cache key (its JSON with sorted keys)."""
     return hashlib.sha256(json.dumps(key, sort_keys=True).encode()).hexdigest()
@@ -138,16 +148,26 @@ class ShardStore:
 
     # --------------------------------------------------------------- manifest
     def read_manifest(self, caller: str, missing: str | None = None) -> dict:
-        """The verified manifest (its seal and its ``key_sha256`` recomputed)."""
-        doc = read_manifest(
-            self.manifest_path,
-            format=self.format,
-            versions=(_FORMAT_VERSION,),
-            where=caller,
-            missing=missing or f"{caller}: no {self.what} manifest at {str(self.manifest_path)!r}.",
-            error=CacheCorruptError,
-            hint=f" Delete the folder and rerun {self.writer}.",
-        )
+        """The verified manifest (its seal and its ``key_sha256`` recomputed).
+
+        A cache written before the shared manifest format (no ``format``: its manifest
+        and shard records carried only ``key_sha256`` and the shards' SHA-256) still
+        loads, with the checks it had; shards added to it are written in the new form.
+        """
+        legacy = _legacy_json(self.manifest_path)
+        if legacy is not None and "key" in legacy:
+            doc = {**legacy, "format_version": 1, "files": {}}
+        else:
+            doc = read_manifest(
+                self.manifest_path,
+                format=self.format,
+                versions=(_FORMAT_VERSION,),
+                where=caller,
+                missing=missing
+                or f"{caller}: no {self.what} manifest at {str(self.manifest_path)!r}.",
+                error=CacheCorruptError,
+                hint=f" Delete the folder and rerun {self.writer}.",
+            )
         if not all(isinstance(doc.get(k), dict) for k in ("key", "layout")):
             raise CacheCorruptError(
                 f"{caller}: {str(self.manifest_path)!r} lacks its key or layout."
@@ -211,6 +231,8 @@ class ShardStore:
     def read_side_file(self, manifest: dict, name: str, caller: str) -> bytearray:
         """A side file's bytes, checked against the manifest as they are read."""
         digest = manifest.get("files", {}).get(name)
+        if digest is None and manifest.get("format_version") == 1:
+            return np.frombuffer((self.cache_dir / name).read_bytes(), dtype=np.uint8)
         if digest is None:
             raise CacheCorruptError(
                 f"{caller}: {str(self.manifest_path)!r} does not name {name!r}."
@@ -262,15 +284,21 @@ class ShardStore:
             f" Delete {str(data)!r} and {str(record_path)!r} and rerun {self.writer} to "
             "recompute it."
         )
-        record = read_manifest(
-            record_path,
-            format=_RECORD_FORMAT,
-            versions=(_FORMAT_VERSION,),
-            where=f"{self.what} shard {k}",
-            missing="",
-            error=CacheCorruptError,
-            hint=hint,
-        )
+        legacy = _legacy_json(record_path)
+        if legacy is not None and isinstance(legacy.get("sha256"), str):
+            # a record of the first format: the data file's SHA-256 also names the shard
+            record = {**legacy, "files": {data.name: legacy["sha256"]}}
+            record["content_sha256"] = legacy["sha256"]
+        else:
+            record = read_manifest(
+                record_path,
+                format=_RECORD_FORMAT,
+                versions=(_FORMAT_VERSION,),
+                where=f"{self.what} shard {k}",
+                missing="",
+                error=CacheCorruptError,
+                hint=hint,
+            )
         if record.get("key_sha256") != key_sha or record.get("index") != k:
             raise CacheMismatchError(
                 f"{self.what} shard {str(record_path)!r} was written for another key than "

@@ -130,6 +130,43 @@ def test_an_edited_key_is_refused_even_with_its_old_hash_kept(tmp_path):
         load_cache(tmp_path)
 
 
+def _to_first_format(cache):
+    """Rewrite a cache as the first format wrote it (no manifests, no groups)."""
+    for name in ("merged.safetensors", "merged.json"):
+        (cache / name).unlink(missing_ok=True)
+    doc = json.loads((cache / "manifest.json").read_text())
+    layout = dict(doc["layout"], format=1)
+    (cache / "manifest.json").write_text(
+        json.dumps({"key": doc["key"], "key_sha256": doc["key_sha256"], "layout": layout})
+    )
+    meta = json.loads((cache / "metadata.json").read_text())
+    meta.pop("groups")
+    (cache / "metadata.json").write_text(json.dumps(meta))
+    for record_path in (cache / "shards").glob("*.json"):
+        rec = json.loads(record_path.read_text())
+        ((_, digest),) = rec["files"].items()
+        old = {k: rec[k] for k in ("key_sha256", "index", "rows", "n_truncated")}
+        old.update(sha256=digest, n_response_truncated=rec["n_response_truncated"])
+        record_path.write_text(json.dumps(old))
+
+
+def test_a_cache_of_the_first_format_still_loads(tmp_path):
+    pairs = _pairs(5)
+    ext = _extractor()
+    extract_to_cache(ext, pairs, tmp_path, shard_size=4)
+    ref = load_cache(tmp_path, mmap=False)
+    _to_first_format(tmp_path)
+    for mmap in (False, True, True):  # the merged file is rebuilt, then reused
+        res = load_cache(tmp_path, mmap=mmap)
+        np.testing.assert_array_equal(res.embeddings, ref.embeddings)
+        np.testing.assert_array_equal(res.pair_id, ref.pair_id)
+        assert res.groups is None and "groups" not in res.fit_params()
+    shard = tmp_path / "shards" / "00001.safetensors"
+    shard.write_bytes(shard.read_bytes()[:-4] + b"\0\0\0\0")
+    with pytest.raises(CacheCorruptError, match="is corrupted"):
+        load_cache(tmp_path)
+
+
 def test_tuples_without_pair_metadata(tmp_path):
     rows = [("p", f"r{i}") for i in range(3)]
     extract_to_cache(_extractor(), rows, tmp_path, shard_size=2)

@@ -166,6 +166,27 @@ def test_an_out_of_range_index_is_a_corrupt_cache(tmp_path, field, value):
         load_samples(tmp_path)
 
 
+def test_a_cache_of_the_first_format_still_loads_and_resumes(tmp_path):
+    s = CountingSampler()
+    sample_to_cache(s, PROMPTS, tmp_path, n_samples=2, shard_size=3, shard_index=0, num_shards=3)
+    doc = json.loads((tmp_path / "manifest.json").read_text())
+    first = {k: doc[k] for k in ("key", "key_sha256", "layout")}
+    (tmp_path / "manifest.json").write_text(json.dumps(first))
+    record_path = tmp_path / "shards" / "00000.json"
+    rec = json.loads(record_path.read_text())
+    ((_, digest),) = rec["files"].items()
+    record_path.write_text(
+        json.dumps(
+            {"key_sha256": rec["key_sha256"], "index": 0, "prompts": [0, 3], "sha256": digest}
+        )
+    )
+    report = sample_to_cache(CountingSampler(), PROMPTS, tmp_path, n_samples=2, shard_size=3)
+    assert report.skipped == [0] and report.computed == [1, 2]
+    res = load_samples(tmp_path)
+    assert res.texts[0, 1] == f"{PROMPTS[0]}|1|{shard_seed(0, 0)}"
+    assert res.texts[6, 0] == f"{PROMPTS[6]}|0|{shard_seed(0, 2)}"
+
+
 def test_missing_manifest(tmp_path):
     with pytest.raises(FileNotFoundError, match="no sample cache manifest"):
         load_samples(tmp_path)
