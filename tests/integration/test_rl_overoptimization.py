@@ -148,6 +148,10 @@ def test_tiny_run_tracks_the_gold_and_resumes_without_duplicates(tmp_path):
     logged = [h for h in state["log_history"] if "gold_tracking/gold" in h]
     # the trainer's log (restored from the checkpoint, then continued) has each step once
     assert [h["step"] for h in logged] == [0, 1, 2, 3, 4]
+    # TRL's own step metrics stay in the step's regular entry, beside the loss
+    regular = [h for h in state["log_history"] if "loss" in h]
+    assert [h["step"] for h in regular] == [1, 2, 3, 4]
+    assert all("rewards/proxy_base/mean" in h and "gold_tracking/gold" not in h for h in regular)
     for r in records:
         assert r["n_completions"] == 4 and len(r["gold_per_prompt"]) == 4
         assert math.isfinite(r["gold"]) and math.isfinite(r["proxy"])

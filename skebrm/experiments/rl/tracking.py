@@ -9,8 +9,9 @@ estimates ``KL(π ‖ π_ref)`` as the mean over samples of the sequence log-rat
 the usual symptoms of reward hacking: completion length, distinct-1 and distinct-2, and
 the shares of empty and of truncated completions.
 
-Each evaluation is one record, logged through the trainer (``trainer.log``, so it reaches
-``state.log_history`` and every reporting integration, under ``gold_tracking/``) and
+Each evaluation is one record, logged through the trainer (``transformers.Trainer.log``,
+so it reaches ``state.log_history`` and every reporting integration, under
+``gold_tracking/``, as an entry of its own beside the step's regular one) and
 appended to a JSON-lines file in the run folder with a single ``write`` of one complete
 line, then fsynced. On resume the file is cut back to the checkpoint's step, so a step is
 never recorded twice.
@@ -197,19 +198,19 @@ class GoldTracker(TrainerCallback):
             write_text_atomic(self.path, text)
         self.recorded_steps = {int(r["step"]) for r in kept}
         if state.global_step not in self.recorded_steps:
-            self._record(model, state.global_step)
+            self._record(model, state.global_step, control)
 
     def on_step_end(self, args, state, control, model=None, **kwargs):
         step = state.global_step
         if step % self.every == 0 and step not in self.recorded_steps:
-            self._record(model, step)
+            self._record(model, step, control)
 
     def on_train_end(self, args, state, control, model=None, **kwargs):
         if state.global_step not in self.recorded_steps:
-            self._record(model, state.global_step)
+            self._record(model, state.global_step, control)
 
     # ------------------------------------------------------------------- evaluation
-    def _record(self, model, step: int) -> dict:
+    def _record(self, model, step: int, control=None) -> dict:
         t0 = time.perf_counter()
         record = {"step": int(step), **self.evaluate(model)}
         record["time_s"] = round(time.perf_counter() - t0, 3)
@@ -221,7 +222,12 @@ class GoldTracker(TrainerCallback):
                 for k, v in record.items()
                 if k != "step" and v is not None and not isinstance(v, list)
             }
-            self.trainer.log(scalars)
+            # logging resets control.should_log; the step's regular entry (loss, TRL's
+            # metrics) must still be written after this callback
+            should_log = getattr(control, "should_log", None)
+            _base_log(self.trainer, scalars)
+            if control is not None:
+                control.should_log = should_log
         return record
 
     def evaluate(self, model) -> dict:
@@ -325,6 +331,20 @@ class GoldTracker(TrainerCallback):
             "GoldTracker: ref_model is None and the policy has no adapters to disable; pass "
             "the frozen initial policy as ref_model."
         )
+
+
+def _base_log(trainer, logs: dict) -> None:
+    """``transformers.Trainer.log``: its own entry of ``log_history``, sent to every
+    reporting integration, without the subclass' step metrics (TRL's ``GRPOTrainer.log``
+    would flush the metrics it gathers for the step's regular entry into this one)."""
+    try:
+        from transformers import Trainer
+    except ImportError:  # pragma: no cover - depends on the environment
+        Trainer = None
+    if Trainer is not None and isinstance(trainer, Trainer):
+        Trainer.log(trainer, logs)
+    else:
+        trainer.log(logs)
 
 
 def _eos_ids(model, tokenizer) -> list[int]:
