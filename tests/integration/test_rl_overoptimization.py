@@ -349,6 +349,7 @@ def test_gold_tracker_counts_completions_up_to_their_end_token(tmp_path):
         kl.append(diff)
     np.testing.assert_allclose(out["kl_per_prompt"], kl, rtol=1e-4, atol=1e-4)
     assert math.isclose(out["kl"], np.mean(kl), rel_tol=1e-4, abs_tol=1e-4)
+    assert math.isclose(out["kl_se"], np.std(kl, ddof=1) / math.sqrt(3), rel_tol=1e-3)
     assert out["sqrt_kl"] == math.sqrt(max(out["kl"], 0.0))
     with pytest.raises(ValueError, match="every must be a positive int, got 0"):
         GoldTracker(prompts, messages, tok, gold=None, proxy=None, ref_model=ref, path="x", every=0)

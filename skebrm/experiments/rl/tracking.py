@@ -7,7 +7,7 @@ evaluation), scores them with the gold RM and with the proxy being optimised, an
 estimates ``KL(π ‖ π_ref)`` as the mean over samples of the sequence log-ratio
 ``log π(y | x) − log π_ref(y | x)`` (an unbiased estimate for ``y ~ π``). It also records
 the usual symptoms of reward hacking: completion length, distinct-1 and distinct-2, and
-the shares of empty and of truncated completions.
+the shares of empty and of truncated completions. Only the main process evaluates.
 
 Each evaluation is one record, logged through the trainer (``transformers.Trainer.log``,
 so it reaches ``state.log_history`` and every reporting integration, under
@@ -191,6 +191,8 @@ class GoldTracker(TrainerCallback):
         """Cut the records back to the (resumed) step, then record step 0 if it is missing."""
         from skebrm._io import write_text_atomic
 
+        if not state.is_world_process_zero:
+            return
         records = read_jsonl(self.path)
         kept = [r for r in records if r["step"] <= state.global_step]
         if len(kept) != len(records) or (self.path.is_file() and not _ends_clean(self.path)):
@@ -202,11 +204,13 @@ class GoldTracker(TrainerCallback):
 
     def on_step_end(self, args, state, control, model=None, **kwargs):
         step = state.global_step
+        if not state.is_world_process_zero:
+            return
         if step % self.every == 0 and step not in self.recorded_steps:
             self._record(model, step, control)
 
     def on_train_end(self, args, state, control, model=None, **kwargs):
-        if state.global_step not in self.recorded_steps:
+        if state.is_world_process_zero and state.global_step not in self.recorded_steps:
             self._record(model, state.global_step, control)
 
     # ------------------------------------------------------------------- evaluation
@@ -252,6 +256,9 @@ class GoldTracker(TrainerCallback):
             "gold": float(np.nanmean(gold)),
             "proxy": float(np.nanmean(proxy)),
             "kl": kl,
+            "kl_se": float(log_ratio.std(ddof=1) / math.sqrt(len(log_ratio)))
+            if len(log_ratio) > 1
+            else None,
             "sqrt_kl": math.sqrt(max(kl, 0.0)),
             "gold_per_prompt": _rounded(np.nanmean(gold.reshape(-1, m), axis=1)),
             "proxy_per_prompt": _rounded(np.nanmean(proxy.reshape(-1, m), axis=1)),
