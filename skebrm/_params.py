@@ -123,3 +123,76 @@ def warn_ineffective(est, rules: list[tuple[str, bool, str]]) -> None:
                 f"{type(est).__name__}: {name}={getattr(est, name)!r} has no effect {why}.",
                 IneffectiveParameterWarning,
             )
+
+
+def validate_inputs(est, X, y=None, *, reset: bool, caller: str):
+    """``X`` (and ``y``) through scikit-learn's ``validate_data``, then finite checks in
+    row chunks (a memory-mapped ``X`` is never copied whole)."""
+    from sklearn.utils.validation import validate_data
+
+    kwargs = dict(
+        dtype=[np.float32, np.float64, np.float16],
+        ensure_all_finite=False,
+        ensure_min_samples=2 if reset else 1,
+        copy=False,
+    )
+    if y is None:
+        X = validate_data(est, X, reset=reset, **kwargs)
+    else:
+        X, y = validate_data(est, X, y, reset=reset, y_numeric=True, **kwargs)
+        y = np.asarray(y, dtype=np.float64)
+        check_finite(y, "y", caller)
+    check_finite(X, "X", caller)
+    return X if y is None else (X, y)
+
+
+def check_fit_params(est, owner: str):
+    """The calibrator's checks beyond ``_parameter_constraints`` and its warnings for
+    parameters with no effect: ``(hidden, reward_hidden, sigmas)``."""
+    check_device(est.device, owner)
+    hidden = check_widths(est.hidden, "hidden", allow_empty=est.energy == "basis", owner=owner)
+    reward_hidden = check_widths(est.reward_hidden, "reward_hidden", allow_empty=True, owner=owner)
+    sigmas = check_sigmas(est.sigmas, owner)
+    validated = est.validation_fraction is not None
+    no_val = "without validation_fraction"
+    no_guard = f"{no_val} until fit_guard is called"
+    warn_ineffective(
+        est,
+        [
+            ("guard", validated, no_guard),
+            ("guard_confidence", validated, no_guard),
+            ("n_iter_no_change", validated, no_val),
+            ("tol", validated, no_val),
+            ("reward_hidden", est.energy == "mlp", "with energy='basis'"),
+            ("n_basis", est.energy == "basis", "with energy='mlp'"),
+            ("n_negatives", est.objective == "nce_plus", "with objective='grid_nll'"),
+        ],
+    )
+    return hidden, reward_hidden, sigmas
+
+
+def check_version(package: str, saved, owner: str, where: str) -> None:
+    """Warn when a model was saved or pickled by another version of ``package``
+    (scikit-learn's ``InconsistentVersionWarning`` for scikit-learn)."""
+    if package == "scikit-learn":
+        import sklearn
+        from sklearn.exceptions import InconsistentVersionWarning
+
+        if saved is not None and saved != sklearn.__version__:
+            warning = InconsistentVersionWarning(
+                estimator_name=owner,
+                current_sklearn_version=sklearn.__version__,
+                original_sklearn_version=saved,
+            )
+            warn_user(warning, InconsistentVersionWarning)
+        return
+    from skebrm import __version__ as current
+    from skebrm.exceptions import VersionMismatchWarning
+
+    if saved is not None and saved != current:
+        warn_user(
+            f"{where}: the model was saved with {package} {saved}, this is {package} "
+            f"{current}; it may load wrongly or predict differently. Refit it, or install "
+            f"{package}=={saved}.",
+            VersionMismatchWarning,
+        )

@@ -19,11 +19,13 @@ import copy
 import threading
 from collections.abc import Iterator
 from dataclasses import dataclass
+from numbers import Real
 
 import numpy as np
 import torch
 
 from skebrm import _inference as inf
+from skebrm._params import check_finite, check_rewards
 from skebrm._scaling import RewardScaler
 from skebrm.distribution import GridDistribution
 from skebrm.energy import BasisEnergyNet, EnergyNet
@@ -32,11 +34,12 @@ __all__ = [
     "NETWORKS",
     "EnergyPosterior",
     "InferenceSettings",
+    "PosteriorMethodsMixin",
+    "RewardGrid",
     "available_device",
     "build_network",
     "network_spec",
     "resolve_device",
-    "reward_grid",
 ]
 
 #: the energy networks a posterior can hold, by class name (the saved ``module`` spec)
@@ -87,12 +90,45 @@ def build_network(spec: dict) -> torch.nn.Module:
     return cls(**spec["config"])
 
 
-def reward_grid(ys_train: np.ndarray, *, margin: float, size: int):
-    """The trusted range of the standardised training rewards ``ys_train`` and the grid
-    ``(low, width, centres)`` that widens it by ``margin`` on each side."""
-    trusted = (float(ys_train.min()), float(ys_train.max()))
-    centres, width = inf.make_grid(trusted[0] - margin, trusted[1] + margin, size)
-    return trusted, (float(trusted[0] - margin), width, centres)
+@dataclass(frozen=True)
+class RewardGrid:
+    """A fit's reward scaler and grid: ``size`` cells of ``width`` from ``low``, over the
+    standardised training rewards' range ``trusted`` widened by a margin on each side."""
+
+    scaler: RewardScaler
+    trusted: tuple[float, float]
+    low: float
+    width: float
+    size: int
+
+    @classmethod
+    def fit(cls, y_train, *, target_std: float, margin: float, size: int, caller: str):
+        """The scaler fitted on the training rewards ``y_train`` (RM units) and the grid."""
+        if not np.std(y_train) > 1e-12 * max(1.0, float(np.abs(y_train).max())):
+            raise ValueError(
+                f"{caller}: y is constant (every training reward equals {y_train[0]!r}); "
+                "an energy model over rewards needs rewards that vary."
+            )
+        scaler = RewardScaler.fit(y_train, target_std)
+        ys = scaler.transform(y_train)
+        trusted = (float(ys.min()), float(ys.max()))
+        _, width = inf.make_grid(trusted[0] - margin, trusted[1] + margin, size)
+        return cls(scaler, trusted, float(trusted[0] - margin), width, int(size))
+
+    @property
+    def centres(self) -> np.ndarray:
+        return self.low + (np.arange(self.size) + 0.5) * self.width  # as make_grid
+
+    def posterior(self, net: torch.nn.Module) -> EnergyPosterior:
+        """The posterior of ``net`` on this grid."""
+        return EnergyPosterior(
+            net,
+            self.scaler,
+            grid_low=self.low,
+            grid_width=self.width,
+            grid_size=self.size,
+            trusted=self.trusted,
+        )
 
 
 def resolve_device(device) -> torch.device:
@@ -380,3 +416,91 @@ def refine_s(net, chunks, base_s, *, grid_t, grid_width, trusted, bounds, settin
         )
         out[sl] = r[: sl.stop - sl.start].double().cpu().numpy()
     return out
+
+
+class PosteriorMethodsMixin:
+    """The estimator's methods that read ``p(r | e)`` from its fitted ``posterior_``.
+
+    Mixed into :class:`~skebrm.EnergyRewardCalibrator`, which provides ``_check_X``
+    (``check_is_fitted`` and input validation), ``_settings`` and ``grid_``.
+    """
+
+    def predict_distribution(self, X) -> GridDistribution:
+        """``p(r | e)`` of every row from one pass of the energy over the grid.
+
+        Returns a :class:`~skebrm.GridDistribution` (RM units) whose ``mode`` is the
+        global mode (as ``predict(X)``) and which gives ``mean()``, ``std()``,
+        ``quantiles(q)``, ``interval(alpha)``, ``log_density(r)``, ``cdf(r)`` and
+        ``preference_probability(other)`` without evaluating the energy again.
+        """
+        X = self._check_X(X, f"{type(self).__name__}.predict_distribution")
+        return self.posterior_.distribution(X, self._settings())
+
+    def _distribution(self, X, caller, *, mode=False) -> GridDistribution:
+        X = self._check_X(X, caller)
+        return self.posterior_.distribution(X, self._settings(), mode=mode)
+
+    def score_uncertainty(self, X):
+        """The standard deviation of ``p(r | e)`` (RM units); higher is more uncertain."""
+        return self._distribution(X, f"{type(self).__name__}.score_uncertainty").std()
+
+    def predict_mean(self, X):
+        """The mean of ``p(r | e)`` (RM units)."""
+        return self._distribution(X, f"{type(self).__name__}.predict_mean").mean()
+
+    def predict_quantiles(self, X, q):
+        """Quantiles of ``p(r | e)``: array of shape (n_samples, len(q)), RM units."""
+        return self._distribution(X, f"{type(self).__name__}.predict_quantiles").quantiles(q)
+
+    def predict_interval(self, X, alpha: float = 0.1):
+        """Central ``1 − alpha`` interval of ``p(r | e)``: (n_samples, 2), RM units."""
+        if not isinstance(alpha, Real) or not 0 < alpha < 1:
+            raise ValueError(
+                f"{type(self).__name__}.predict_interval: alpha must be in (0, 1), got {alpha!r}."
+            )
+        return self._distribution(X, f"{type(self).__name__}.predict_interval").interval(alpha)
+
+    def predict_log_density_grid(self, X):
+        """``log p(r | e)`` on the grid: ``(grid_, log_density (n_samples, grid_size))``;
+        ``exp(log_density).sum(1) * cell_width == 1``."""
+        dist = self._distribution(X, f"{type(self).__name__}.predict_log_density_grid")
+        return self.grid_.copy(), dist.log_density_grid()
+
+    def log_density(self, X, r):
+        """``log p(r | e)`` at rewards ``r`` (RM units), piecewise uniform on the grid's
+        cells (the derivative of the CDF behind :meth:`predict_quantiles`); ``−inf``
+        outside the grid."""
+        caller = f"{type(self).__name__}.log_density"
+        dist = self._distribution(X, caller)
+        return dist.log_density(check_rewards(r, len(dist), "r", caller))
+
+    def predict_energy(self, X, r):
+        """The unnormalised log-density ``f(e, r)`` at ``r`` (n_samples,) or (n_samples, k),
+        RM units; the array has the shape of ``r``."""
+        caller = f"{type(self).__name__}.predict_energy"
+        X = self._check_X(X, caller)
+        r = np.asarray(r, dtype=np.float64)
+        if r.ndim not in (1, 2) or r.shape[0] != X.shape[0]:
+            raise ValueError(
+                f"{caller}: r must have shape ({X.shape[0]},) or ({X.shape[0]}, k), got {r.shape}."
+            )
+        check_finite(r, "r", caller)
+        out = self.posterior_.energy(X, r.reshape(r.shape[0], -1), self._settings())
+        return out.reshape(r.shape)
+
+    def preference_probability(self, X_a, X_b):
+        """``P(r_a > r_b)`` for the independent distributions of row pairs (exact on the
+        grid; two rewards in the same cell are each other's superior with probability ½)."""
+        caller = f"{type(self).__name__}.preference_probability"
+        da, db = self._distribution(X_a, caller), self._distribution(X_b, caller)
+        if len(da) != len(db):
+            raise ValueError(
+                f"{caller}: X_a and X_b must have the same number of rows, got "
+                f"{len(da)} and {len(db)}."
+            )
+        return da.preference_probability(db)
+
+    def pessimistic_reward(self, X, beta: float):
+        """The entropic risk of ``p(r | e)`` at risk aversion ``beta`` (RM units):
+        ``predict_distribution(X).entropic_risk(beta)``."""
+        return self.predict_distribution(X).entropic_risk(beta)

@@ -16,38 +16,33 @@ from pathlib import Path
 import numpy as np
 import torch
 from sklearn.base import BaseEstimator, RegressorMixin, clone
-from sklearn.utils.validation import check_is_fitted, check_random_state, validate_data
+from sklearn.utils.validation import check_is_fitted, check_random_state
 
 from skebrm import _guard, _persistence
 from skebrm._compat import Interval, StrOptions, _fit_context
 from skebrm._objectives import make_objective
 from skebrm._pairs import check_pairs, fit_layout
 from skebrm._params import (
-    check_device,
-    check_finite,
+    check_fit_params,
     check_rewards,
-    check_sigmas,
-    check_widths,
+    check_version,
     draw_seed,
-    warn_ineffective,
+    validate_inputs,
 )
 from skebrm._posterior import (
-    EnergyPosterior,
     InferenceSettings,
+    PosteriorMethodsMixin,
+    RewardGrid,
     available_device,
     network_spec,
     resolve_device,
-    reward_grid,
 )
-from skebrm._scaling import RewardScaler
 from skebrm._training import TrainingData, run_training
-from skebrm.distribution import GridDistribution
 from skebrm.exceptions import (
     ConvergenceWarning,
     FallbackWarning,
     GuardPowerWarning,
     RefinementWarning,
-    VersionMismatchWarning,
     warn_user,
 )
 
@@ -63,7 +58,7 @@ def _warn_once(key: str, message: str) -> None:
         warn_user(message, FallbackWarning)
 
 
-class EnergyRewardCalibrator(RegressorMixin, BaseEstimator):
+class EnergyRewardCalibrator(PosteriorMethodsMixin, RegressorMixin, BaseEstimator):
     """Energy-based reward model (EBRM) on top of a frozen reward model.
 
     Learns ``p(r | e) ∝ exp f(e, r)`` from a reward model's embeddings ``e`` (the input of
@@ -93,23 +88,18 @@ class EnergyRewardCalibrator(RegressorMixin, BaseEstimator):
     preference_weight : float, default=0.0
         Weight of the preference term (0: the paper's method). Needs pair metadata.
     sigmas : tuple of float, default=(3.5,)
-        Scales of the noise mixture ``(1/K) Σ_k N(r, σ_k²)``, standardised reward units:
-        NCE+'s negatives are drawn from it, and both objectives' label noise ``ν`` from the
-        same mixture scaled by ``beta``.
+        Scales of the noise mixture ``(1/K) Σ_k N(r, σ_k²)`` (standardised units) of NCE+'s
+        negatives; the label noise ``ν`` of both objectives uses scales ``β·σ_k``.
     beta : float, default=0.1
-        The positive is ``r + ν``, ``ν`` from the mixture with scales ``β·σ_k``.
     n_negatives : int, default=768
         NCE+ negatives ``M`` per row.
     penalty : float, default=0.05
         Weight of the L2 penalty ``mean(f²)`` over the objective's candidates.
     energy : {"mlp", "basis"}, default="mlp"
-        ``"mlp"``: the paper's network (:class:`skebrm.energy.EnergyNet`). ``"basis"``:
-        ``f(e, r) = g(e)·ψ(r)`` with a Gaussian radial basis ψ
-        (:class:`skebrm.energy.BasisEnergyNet`); much cheaper per reward candidate.
-    reward_hidden : tuple of int, default=(16, 32, 64)
-        Reward branch widths (``energy="mlp"``); positive ints, may be empty.
-    hidden : tuple of int, default=(1024, 512)
-        Trunk widths; positive ints (at least one for ``"mlp"``).
+        The paper's network (:class:`skebrm.energy.EnergyNet`), or ``f(e, r) = g(e)·ψ(r)``
+        with a Gaussian radial basis ψ (:class:`skebrm.energy.BasisEnergyNet`, cheaper).
+    reward_hidden, hidden : tuple of int, default=(16, 32, 64), (1024, 512)
+        Reward branch (``"mlp"``, may be empty) and trunk widths.
     n_basis : int, default=64
         Basis size for ``energy="basis"``.
     dropout : float or "auto", default="auto"
@@ -122,19 +112,15 @@ class EnergyRewardCalibrator(RegressorMixin, BaseEstimator):
         Rows per step (with the preference term, ``batch_size // 2`` whole pairs).
     max_epochs : int, default=5
     filter_conflicts : bool, default=True
-        With pair metadata, keep out of the likelihood term both rows of every training
-        pair whose chosen reward is not strictly above its rejected reward (ties too).
+        Keep out of the likelihood term the training pairs the RM misorders (or ties).
     validation_fraction : float or None, default=None
-        With pair metadata, hold out this fraction of pairs (whole ``groups`` when given;
-        drawn before conflict filtering), split into a selection half and a guard half.
-        The selection half scores the refined rewards' pairwise accuracy after every
-        epoch (ties to the lower held-out loss); the best epoch is kept. The guard half,
-        never seen by selection, decides ``refinement_helps_``.
+        With pair metadata, hold out this fraction of pairs (whole ``groups``), half to
+        select the epoch (refined pairwise accuracy, ties to the lower held-out loss) and
+        half, never seen by selection, to decide the guard.
     n_iter_no_change : int or None, default=None
         With validation, stop once validation accuracy has not improved by more than
-        ``tol`` for this many epochs; a ``ConvergenceWarning`` if ``max_epochs`` runs out.
+        ``tol`` for this many epochs (``ConvergenceWarning`` if ``max_epochs`` runs out).
     tol : float, default=0.0
-        Minimum improvement of validation accuracy that counts.
     guard : {"warn", "base", "off"}, default="warn"
         What to do when refinement does not help on the guard pairs: ``"warn"`` raises a
         :class:`~skebrm.exceptions.RefinementWarning`; ``"base"`` also makes
@@ -150,9 +136,8 @@ class EnergyRewardCalibrator(RegressorMixin, BaseEstimator):
     grid_size : int, default=512
         Cells of the reward grid on which ``p(r | e)`` is normalised.
     grid_margin : float, default=1.0
-        The grid covers the training rewards' range widened by
-        ``grid_margin · max(sigmas)`` on each side (standardised units). Modes, quantiles
-        and densities live on it (densities are 0 outside).
+        The grid covers the training rewards' range widened by ``grid_margin ·
+        max(sigmas)`` on each side (standardised units); densities are 0 outside.
     ascent_steps, ascent_step_size, ascent_shrink : int, float, float, default=50, 0.5, 0.2
         Inference: maximum steps, initial step (standardised units) and the multiplier
         after a rejected step of the accept/reject gradient ascent of :meth:`predict`.
@@ -180,19 +165,15 @@ class EnergyRewardCalibrator(RegressorMixin, BaseEstimator):
     n_features_in_ : int
     feature_names_in_ : ndarray of str
         Only when ``X`` had string column names.
-    n_pairs_ : int
-        Pairs seen in fit (0 without pair metadata).
-    n_pairs_dropped_ : int
-        Training pairs kept out of the likelihood term by conflict filtering.
+    n_pairs_, n_pairs_dropped_ : int
+        Pairs seen in fit, and those kept out of the likelihood term by filtering.
     reward_mean_, reward_scale_ : float
         ``standardised = (y − reward_mean_) / reward_scale_``.
     trusted_range_ : tuple of float
-        Range of the training rewards (RM units); base rewards outside it start the
-        ascent from the global mode (see :meth:`predict`).
+        Range of the training rewards (RM units); see :meth:`predict`.
     grid_ : ndarray of shape (grid_size,)
         Cell centres of the grid, RM units.
     dropout_ : float
-        The dropout used (``dropout="auto"`` resolved).
     history_ : list of dict
         Per epoch ``train_loss`` and, with validation, ``val_accuracy``,
         ``val_base_accuracy`` and ``val_loss`` (on the selection half; ``None`` where not
@@ -339,65 +320,8 @@ class EnergyRewardCalibrator(RegressorMixin, BaseEstimator):
         self.verbose = verbose
 
     # ------------------------------------------------------------------ fitting
-    def _check_fit_params(self):
-        """Checks beyond ``_parameter_constraints``; warnings for parameters with no effect."""
-        owner = _NAME
-        check_device(self.device, owner)
-        hidden = check_widths(
-            self.hidden, "hidden", allow_empty=self.energy == "basis", owner=owner
-        )
-        reward_hidden = check_widths(
-            self.reward_hidden, "reward_hidden", allow_empty=True, owner=owner
-        )
-        sigmas = check_sigmas(self.sigmas, owner)
-        validated = self.validation_fraction is not None
-        no_val = "without validation_fraction"
-        no_guard = f"{no_val} until fit_guard is called"
-        warn_ineffective(
-            self,
-            [
-                ("guard", validated, no_guard),
-                ("guard_confidence", validated, no_guard),
-                ("n_iter_no_change", validated, no_val),
-                ("tol", validated, no_val),
-                ("reward_hidden", self.energy == "mlp", "with energy='basis'"),
-                ("n_basis", self.energy == "basis", "with energy='mlp'"),
-                ("n_negatives", self.objective == "nce_plus", "with objective='grid_nll'"),
-            ],
-        )
-        return hidden, reward_hidden, sigmas
-
     def _validate_X(self, est, X, y=None, *, reset: bool, caller: str):
-        kwargs = dict(
-            dtype=[np.float32, np.float64, np.float16],
-            ensure_all_finite=False,
-            ensure_min_samples=2 if reset else 1,
-            copy=False,
-        )
-        if y is None:
-            X = validate_data(est, X, reset=reset, **kwargs)
-        else:
-            X, y = validate_data(est, X, y, reset=reset, y_numeric=True, **kwargs)
-            y = np.asarray(y, dtype=np.float64)
-            check_finite(y, "y", caller)
-        check_finite(X, "X", caller)
-        return X if y is None else (X, y)
-
-    def _validate_X(self, est, X, y=None, *, reset: bool, caller: str):
-        kwargs = dict(
-            dtype=[np.float32, np.float64, np.float16],
-            ensure_all_finite=False,
-            ensure_min_samples=2 if reset else 1,
-            copy=False,
-        )
-        if y is None:
-            X = validate_data(est, X, reset=reset, **kwargs)
-        else:
-            X, y = validate_data(est, X, y, reset=reset, y_numeric=True, **kwargs)
-            y = np.asarray(y, dtype=np.float64)
-            check_finite(y, "y", caller)
-        check_finite(X, "X", caller)
-        return X if y is None else (X, y)
+        return validate_inputs(est, X, y, reset=reset, caller=caller)
 
     def _settings(self) -> InferenceSettings:
         """The inference parameters (``ascent_*``, ``inference_*``, ``device``) as one object."""
@@ -446,7 +370,7 @@ class EnergyRewardCalibrator(RegressorMixin, BaseEstimator):
             )
         shell = clone(self)  # takes n_features_in_ / feature_names_in_ until fit succeeds
         X, y = self._validate_X(shell, X, y, reset=True, caller=caller)
-        hidden, reward_hidden, sigmas = self._check_fit_params()
+        hidden, reward_hidden, sigmas = check_fit_params(self, _NAME)
         device = resolve_device(self.device)
         rng = check_random_state(self.random_state)
         seed = draw_seed(rng)
@@ -462,21 +386,17 @@ class EnergyRewardCalibrator(RegressorMixin, BaseEstimator):
             caller=caller,
         )
         rows = layout["rows"]
-        y_train = y[rows]
-        if not np.std(y_train) > 1e-12 * max(1.0, float(np.abs(y_train).max())):
-            raise ValueError(
-                f"{caller}: y is constant (every training reward equals {y_train[0]!r}); "
-                "an energy model over rewards needs rewards that vary."
-            )
-        scaler = RewardScaler.fit(y_train, self.target_std)
-        ys = scaler.transform(y)
         sig_max = float(sigmas.max())
-        trusted_s, (grid_low, grid_width, centres) = reward_grid(
-            ys[rows], margin=self.grid_margin * sig_max, size=self.grid_size
+        grid = RewardGrid.fit(
+            y[rows],
+            target_std=self.target_std,
+            margin=self.grid_margin * sig_max,
+            size=self.grid_size,
+            caller=caller,
         )
         objective = make_objective(
             self.objective,
-            grid=(torch.as_tensor(centres, dtype=torch.float32), grid_low, float(grid_width)),
+            grid=(torch.as_tensor(grid.centres, dtype=torch.float32), grid.low, grid.width),
             sigmas=torch.as_tensor(sigmas, dtype=torch.float32),
             beta=self.beta,
             n_negatives=self.n_negatives,
@@ -486,7 +406,6 @@ class EnergyRewardCalibrator(RegressorMixin, BaseEstimator):
         dropout = self.dropout
         if dropout == "auto":
             dropout = 0.5 if self.objective == "nce_plus" else 0.0
-        dropout = float(dropout)
         pad = (self.grid_margin + 1.0) * sig_max
         spec = network_spec(
             self.energy,
@@ -494,34 +413,23 @@ class EnergyRewardCalibrator(RegressorMixin, BaseEstimator):
             hidden=hidden,
             reward_hidden=reward_hidden,
             n_basis=self.n_basis,
-            dropout=dropout,
-            basis_range=(trusted_s[0] - pad, trusted_s[1] + pad),
+            dropout=float(dropout),
+            basis_range=(grid.trusted[0] - pad, grid.trusted[1] + pad),
         )
-
-        def posterior(net):
-            return EnergyPosterior(
-                net,
-                scaler,
-                grid_low=grid_low,
-                grid_width=grid_width,
-                grid_size=self.grid_size,
-                trusted=trusted_s,
-            )
-
         module, result = run_training(
             self,
             spec,
-            TrainingData(X, ys, rows, layout["pref"]),
+            TrainingData(X, grid.scaler.transform(y), rows, layout["pref"]),
             objective,
             y=y,
-            posterior=posterior,
+            posterior=grid.posterior,
             select=layout["select"],
             seed=seed,
             device=device,
         )
         for message in result.warnings:
             warn_user(message, ConvergenceWarning)
-        post = posterior(module)
+        post = grid.posterior(module)
         scores = None
         if layout["guard"] is not None:
             scores = self._guard_scores(post, X, y, layout["guard"], 0.0, "validation")
@@ -531,11 +439,11 @@ class EnergyRewardCalibrator(RegressorMixin, BaseEstimator):
             posterior_=post,
             n_pairs_=layout["n_pairs"],
             n_pairs_dropped_=layout["n_dropped"],
-            reward_mean_=scaler.mean,
-            reward_scale_=scaler.scale,
-            trusted_range_=(float(y_train.min()), float(y_train.max())),
+            reward_mean_=grid.scaler.mean,
+            reward_scale_=grid.scaler.scale,
+            trusted_range_=(float(y[rows].min()), float(y[rows].max())),
             grid_=post.grid,
-            dropout_=dropout,
+            dropout_=float(dropout),
             device_=str(device),
             history_=result.history,
             best_epoch_=result.best_epoch,
@@ -730,84 +638,6 @@ class EnergyRewardCalibrator(RegressorMixin, BaseEstimator):
             return float(np.average(correct, weights=w[idx_c]))
         return float(correct.mean())
 
-    def predict_distribution(self, X) -> GridDistribution:
-        """``p(r | e)`` of every row from one pass of the energy over the grid.
-
-        Returns a :class:`~skebrm.GridDistribution` (RM units) whose ``mode`` is the
-        global mode (as ``predict(X)``) and which gives ``mean()``, ``std()``,
-        ``quantiles(q)``, ``interval(alpha)``, ``log_density(r)``, ``cdf(r)`` and
-        ``preference_probability(other)`` without evaluating the energy again.
-        """
-        X = self._check_X(X, f"{_NAME}.predict_distribution")
-        return self.posterior_.distribution(X, self._settings())
-
-    def _distribution(self, X, caller, *, mode=False) -> GridDistribution:
-        X = self._check_X(X, caller)
-        return self.posterior_.distribution(X, self._settings(), mode=mode)
-
-    def score_uncertainty(self, X):
-        """The standard deviation of ``p(r | e)`` (RM units); higher is more uncertain."""
-        return self._distribution(X, f"{_NAME}.score_uncertainty").std()
-
-    def predict_mean(self, X):
-        """The mean of ``p(r | e)`` (RM units)."""
-        return self._distribution(X, f"{_NAME}.predict_mean").mean()
-
-    def predict_quantiles(self, X, q):
-        """Quantiles of ``p(r | e)``: array of shape (n_samples, len(q)), RM units."""
-        return self._distribution(X, f"{_NAME}.predict_quantiles").quantiles(q)
-
-    def predict_interval(self, X, alpha: float = 0.1):
-        """Central ``1 − alpha`` interval of ``p(r | e)``: (n_samples, 2), RM units."""
-        if not isinstance(alpha, Real) or not 0 < alpha < 1:
-            raise ValueError(f"{_NAME}.predict_interval: alpha must be in (0, 1), got {alpha!r}.")
-        return self._distribution(X, f"{_NAME}.predict_interval").interval(alpha)
-
-    def predict_log_density_grid(self, X):
-        """``log p(r | e)`` on the grid: ``(grid_, log_density (n_samples, grid_size))``;
-        ``exp(log_density).sum(1) * cell_width == 1``."""
-        dist = self._distribution(X, f"{_NAME}.predict_log_density_grid")
-        return self.grid_.copy(), dist.log_density_grid()
-
-    def log_density(self, X, r):
-        """``log p(r | e)`` at rewards ``r`` (RM units), piecewise uniform on the grid's
-        cells (the derivative of the CDF behind :meth:`predict_quantiles`); ``−inf``
-        outside the grid."""
-        caller = f"{_NAME}.log_density"
-        dist = self._distribution(X, caller)
-        return dist.log_density(check_rewards(r, len(dist), "r", caller))
-
-    def predict_energy(self, X, r):
-        """The unnormalised log-density ``f(e, r)`` at ``r`` (n_samples,) or (n_samples, k),
-        RM units; the array has the shape of ``r``."""
-        caller = f"{_NAME}.predict_energy"
-        X = self._check_X(X, caller)
-        r = np.asarray(r, dtype=np.float64)
-        if r.ndim not in (1, 2) or r.shape[0] != X.shape[0]:
-            raise ValueError(
-                f"{caller}: r must have shape ({X.shape[0]},) or ({X.shape[0]}, k), got {r.shape}."
-            )
-        check_finite(r, "r", caller)
-        out = self.posterior_.energy(X, r.reshape(r.shape[0], -1), self._settings())
-        return out.reshape(r.shape)
-
-    def preference_probability(self, X_a, X_b):
-        """``P(r_a > r_b)`` for the independent distributions of row pairs (exact on the
-        grid; two rewards in the same cell are each other's superior with probability ½)."""
-        caller = f"{_NAME}.preference_probability"
-        da, db = self._distribution(X_a, caller), self._distribution(X_b, caller)
-        if len(da) != len(db):
-            raise ValueError(
-                f"{caller}: X_a and X_b must have the same number of rows, got "
-                f"{len(da)} and {len(db)}."
-            )
-        return da.preference_probability(db)
-
-    def pessimistic_reward(self, X, beta: float):
-        """The entropic risk of ``p(r | e)`` at risk aversion ``beta`` (RM units):
-        ``predict_distribution(X).entropic_risk(beta)``."""
-        return self.predict_distribution(X).entropic_risk(beta)
-
     # ------------------------------------------------------------ persistence
     def save_pretrained(self, directory: str | os.PathLike) -> Path:
         """Save the fitted estimator to ``directory`` without pickle.
@@ -843,7 +673,7 @@ class EnergyRewardCalibrator(RegressorMixin, BaseEstimator):
         """
         doc, arrays = _persistence.load_document(directory)
         where = f"{_NAME}.from_pretrained"
-        _check_version("skebrm", doc.get("skebrm_version"), where)
+        check_version("skebrm", doc.get("skebrm_version"), _NAME, where)
         params = {k: tuple(v) if isinstance(v, list) else v for k, v in doc["params"].items()}
         if device is not None:
             params["device"] = device
@@ -868,8 +698,8 @@ class EnergyRewardCalibrator(RegressorMixin, BaseEstimator):
             self.__dict__.update(state)
             return
         where = f"{_NAME} (unpickled)"
-        _check_version("scikit-learn", state.get("_sklearn_version"), where)
-        _check_version("skebrm", state.get("document", {}).get("skebrm_version"), where)
+        check_version("scikit-learn", state.get("_sklearn_version"), _NAME, where)
+        check_version("skebrm", state.get("document", {}).get("skebrm_version"), _NAME, where)
         for name, value in state["params"].items():
             setattr(self, name, value)
         self.device = available_device(self.device, where)
@@ -880,27 +710,3 @@ class EnergyRewardCalibrator(RegressorMixin, BaseEstimator):
         tags = super().__sklearn_tags__()
         tags.non_deterministic = False
         return tags
-
-
-def _check_version(package: str, saved, where: str) -> None:
-    """Warn when a model was saved or pickled by another version of ``package``."""
-    if package == "scikit-learn":
-        import sklearn
-
-        current = sklearn.__version__
-    else:
-        from skebrm import __version__ as current
-    if saved is not None and saved != current and package == "scikit-learn":
-        from sklearn.exceptions import InconsistentVersionWarning
-
-        warning = InconsistentVersionWarning(
-            estimator_name=_NAME, current_sklearn_version=current, original_sklearn_version=saved
-        )
-        warn_user(warning, InconsistentVersionWarning)
-    elif saved is not None and saved != current:
-        warn_user(
-            f"{where}: the model was saved with {package} {saved}, this is {package} "
-            f"{current}; it may load wrongly or predict differently. Refit it, or install "
-            f"{package}=={saved}.",
-            VersionMismatchWarning,
-        )
