@@ -24,6 +24,7 @@ hashed again (the extractor's fingerprint is the verified one of the manifest).
 
 from __future__ import annotations
 
+import hashlib
 import json
 import math
 import tempfile
@@ -39,7 +40,7 @@ from skebrm._io import (
     staged_files,
     staging_folder,
 )
-from skebrm._manifest import read_manifest, read_payload, write_manifest
+from skebrm._manifest import check_relative_path, read_manifest, read_payload, write_manifest
 from skebrm.exceptions import ModelIntegrityError
 
 __all__ = ["CONFIG_NAME", "FORMAT", "FORMAT_VERSION", "load_bundle", "save_bundle"]
@@ -229,6 +230,34 @@ def _load_parts(folder: Path, config: dict, device, caller: str):
     return model.eval(), tokenizer, calibrator
 
 
+def _read_first_format(path: Path, caller: str) -> dict | None:
+    """A config of the first bundle format (``config_sha256`` over ``json.dumps`` with
+    sorted keys), checked; None for any other file."""
+    try:
+        doc = json.loads(path.read_bytes())
+    except (OSError, ValueError, RecursionError):
+        return None
+    if not (
+        isinstance(doc, dict) and doc.get("format") == FORMAT and doc.get("format_version") == 1
+    ):
+        return None
+    body = {k: v for k, v in doc.items() if k != "config_sha256"}
+    try:
+        text = json.dumps(body, sort_keys=True, allow_nan=False)
+    except ValueError:
+        text = None
+    if text is None or doc.get("config_sha256") != hashlib.sha256(text.encode()).hexdigest():
+        raise ModelIntegrityError(
+            f"{caller}: {str(path)!r} was edited after saving (its content does not match "
+            "its config_sha256); refusing to load it. Save the bundle again."
+        )
+    if not isinstance(doc.get("files"), dict):
+        raise ModelIntegrityError(f"{caller}: {str(path)!r} has an invalid 'files' table.")
+    for rel in doc["files"]:
+        check_relative_path(rel, where=caller)
+    return doc
+
+
 def load_bundle(cls, pretrained_directory, *, device="cpu", penalty=None, batch_size=None):
     """Load a bundle written by :func:`save_bundle` (see the module docstring)."""
     from skebrm._bundle_args import _check_batch_size, _check_penalty, _device
@@ -244,7 +273,7 @@ def load_bundle(cls, pretrained_directory, *, device="cpu", penalty=None, batch_
         penalty = _check_penalty(penalty, caller)
     if batch_size is not None:
         batch_size = _check_batch_size(batch_size, caller)
-    config = read_manifest(
+    config = _read_first_format(folder / CONFIG_NAME, caller) or read_manifest(
         folder / CONFIG_NAME,
         format=FORMAT,
         versions=(FORMAT_VERSION,),

@@ -495,6 +495,36 @@ def test_a_calibrator_of_another_width_is_refused(saved, tmp_path):
         RefinedRewardModel.from_pretrained(saved)
 
 
+def _to_first_format(folder):
+    """Rewrite the config as the first bundle format did (config_sha256 of json.dumps)."""
+    import hashlib
+    import json
+
+    path = folder / "refined_reward_model.json"
+    config = json.loads(path.read_text())
+    config.pop("content_sha256")
+    config["format_version"] = 1
+    text = json.dumps(config, sort_keys=True, allow_nan=False)
+    config["config_sha256"] = hashlib.sha256(text.encode()).hexdigest()
+    path.write_text(json.dumps(config))
+    return path
+
+
+def test_a_bundle_of_the_first_format_still_loads(parts, bundle, saved):
+    path = _to_first_format(saved)
+    prompts, completions = _rows(parts, 4)
+    loaded = RefinedRewardModel.from_pretrained(saved)
+    np.testing.assert_array_equal(
+        loaded.score(prompts, completions).refined_reward,
+        bundle.score(prompts, completions).refined_reward,
+    )
+    path.write_text(path.read_text().replace('"penalty": 0.5', '"penalty": 5.0'))
+    with pytest.raises(ModelIntegrityError, match="was edited after saving"):
+        RefinedRewardModel.from_pretrained(saved)
+    bundle.save_pretrained(saved)  # written again in the current format
+    assert RefinedRewardModel.from_pretrained(saved).penalty == 0.5
+
+
 def test_not_a_bundle_and_other_versions_are_refused(saved, tmp_path):
     with pytest.raises(FileNotFoundError, match="is not a saved RefinedRewardModel"):
         RefinedRewardModel.from_pretrained(tmp_path / "nothing")
