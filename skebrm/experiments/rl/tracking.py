@@ -99,11 +99,14 @@ def sequence_log_probs(model, input_ids, attention_mask, completion_mask):
 
     position_ids = (attention_mask.long().cumsum(-1) - 1).clamp(min=0)
     with torch.no_grad():
-        logits = model(
-            input_ids=input_ids, attention_mask=attention_mask, position_ids=position_ids
-        ).logits[:, :-1]
-        logp = torch.log_softmax(logits.float(), dim=-1)
-        token_logp = logp.gather(-1, input_ids[:, 1:, None]).squeeze(-1)
+        logits = (
+            model(input_ids=input_ids, attention_mask=attention_mask, position_ids=position_ids)
+            .logits[:, :-1]
+            .float()
+        )
+        # log_softmax at the sampled token only: no second (batch, length, vocab) tensor
+        token_logp = logits.gather(-1, input_ids[:, 1:, None]).squeeze(-1)
+        token_logp = token_logp - torch.logsumexp(logits, dim=-1)
     return (token_logp * completion_mask[:, 1:].to(token_logp.dtype)).sum(-1)
 
 
@@ -132,7 +135,8 @@ class GoldTracker(TrainerCallback):
     seed : int, default=0
         Seeds the sampling of every evaluation (the same draws each time).
     batch_size : int, default=16
-        Prompts per ``generate`` call.
+        Completions per ``generate`` call (and per log-probability pass, whose logits
+        take ``batch_size × length × vocabulary`` floats).
     temperature : float, default=1.0
         1.0 samples the policy's own distribution, which the KL estimate assumes.
     trainer : Trainer, optional
