@@ -38,6 +38,7 @@ _LAZY = {
     "RefinedRewardModel": "skebrm.bundle",
     "RewardScores": "skebrm.bundle",
     "BundleMismatchError": "skebrm.bundle",
+    "ModelIntegrityError": "skebrm.exceptions",
     "LengthDebiaser": "skebrm.debias",
     "MahalanobisScorer": "skebrm.ood",
     "PairSelector": "skebrm.selection",
