@@ -27,6 +27,7 @@ from __future__ import annotations
 import hashlib
 import json
 import math
+import re
 import tempfile
 from pathlib import Path
 
@@ -51,6 +52,7 @@ CONFIG_NAME = "refined_reward_model.json"
 RM_DIR = "reward_model"
 CAL_DIR = "calibrator"
 _PARTS = (RM_DIR, CAL_DIR)
+_OWN_WEIGHTS = re.compile(rf"^{CAL_DIR}/calibrator-[0-9a-f]{{16}}\.safetensors$")
 _REQUIRED = ("penalty", "batch_size", "name", "template", "extraction", "files")
 
 
@@ -100,6 +102,9 @@ def save_bundle(bundle, save_directory, *, overwrite: bool = False) -> Path:
     caller = "RefinedRewardModel.save_pretrained"
     target = Path(save_directory)
     previous = {f for f in _previous_files(target, overwrite, caller) if _inside_parts(f)}
+    # content-addressed calibrator weights are the bundle's own, even when a save that
+    # was killed before writing its manifest left them unnamed
+    previous |= {f for f in _files_under(target) if _OWN_WEIGHTS.match(f)}
     with staging_folder(target) as staging:
         bundle.reward_model.save_pretrained(staging / RM_DIR)
         bundle.tokenizer.save_pretrained(staging / RM_DIR)
@@ -314,7 +319,7 @@ def load_bundle(cls, pretrained_directory, *, device="cpu", penalty=None, batch_
             device=device,
             name=config["name"],
         )
-    except (ModelIntegrityError, torch.OutOfMemoryError):
+    except (ModelIntegrityError, torch.cuda.OutOfMemoryError):
         raise
     except (KeyError, TypeError, ValueError, RuntimeError, AttributeError, OSError) as exc:
         raise ModelIntegrityError(

@@ -303,6 +303,11 @@ def test_saving_over_a_bundle_removes_its_stale_files_only(parts, bundle, saved,
         bundle.save_pretrained(saved, overwrite=True)
     assert (saved / "calibrator" / "mine.txt").read_text() == "mine"
     (saved / "calibrator" / "mine.txt").unlink()
+    # calibrator weights left unnamed by a save killed before its manifest are the bundle's
+    orphan = saved / "calibrator" / "calibrator-0123456789abcdef.safetensors"
+    orphan.write_bytes(b"weights of a killed save")
+    bundle.save_pretrained(saved)
+    assert not orphan.exists()
     # a save that fails half-way leaves the previous bundle as it was
     before = _tree(saved)
 
