@@ -4,7 +4,7 @@ Model selection with GridSearchCV and metadata routing
 
 ``EnergyRewardCalibrator.score`` is the pairwise accuracy of the refined rewards when the
 pair metadata is routed to it, so scikit-learn's search selects by what a reward-model
-user cares about. ``GroupKFold`` on the pair (or prompt) ids keeps both rows of a pair in
+user cares about. ``GroupKFold`` on the prompt (or pair) ids keeps both rows of a pair in
 the same fold.
 """
 
@@ -23,16 +23,15 @@ quality = X[:, 0] + X[:, 1]
 chosen = quality > quality.reshape(-1, 2)[:, ::-1].ravel()
 
 with sklearn.config_context(enable_metadata_routing=True):
+    # fit requests pair_id, chosen and groups, score pair_id and chosen, by default
     est = EnergyRewardCalibrator(energy="basis", grid_size=128, max_epochs=2, random_state=0)
-    est.set_fit_request(pair_id=True, chosen=True, groups=True)
-    est.set_score_request(pair_id=True, chosen=True)
     search = GridSearchCV(
         est,
         {"preference_weight": [0.0, 5.0]},
         cv=GroupKFold(2),
         error_score="raise",
     )
-    search.fit(X, y, groups=pair_id, pair_id=pair_id, chosen=chosen)
+    search.fit(X, y, groups=pair_id // 2, pair_id=pair_id, chosen=chosen)  # 2 pairs a prompt
 
 # %%
 # Mean held-out pairwise accuracy of each setting.
