@@ -82,7 +82,8 @@ def _previous_files(target: Path, overwrite: bool, caller: str) -> set[str]:
 
 
 def _inside_parts(rel: str) -> bool:
-    return rel.split("/", 1)[0] in _PARTS
+    parts = rel.split("/")
+    return len(parts) > 1 and parts[0] in _PARTS and not {"", ".", ".."} & set(parts)
 
 
 def _files_under(folder: Path) -> set[str]:

@@ -157,6 +157,8 @@ def remove_stale(target: str | os.PathLike, stale) -> None:
     parents = set()
     for rel in stale:
         path = target / rel
+        if target not in path.resolve().parents:
+            continue  # a name that leads outside target is never deleted
         path.unlink(missing_ok=True)
         parents.update(p for p in path.parents if p != target and target in p.parents)
     for d in sorted(parents, key=lambda p: -len(p.parts)):

@@ -294,8 +294,11 @@ def test_saving_over_a_bundle_removes_its_stale_files_only(parts, bundle, saved,
     rel = "reward_model/model-00002-of-00002.safetensors"
     _resign(saved, lambda c: c["files"].update({rel: sha256_file(stale)}))
     (saved / "README.md").write_text("about this bundle")
+    outside = saved.parent / "outside.txt"  # a name leading out of the folder: never deleted
+    outside.write_text("keep")
+    _resign(saved, lambda c: c["files"].update({"reward_model/../../outside.txt": "0" * 64}))
     bundle.save_pretrained(saved)
-    assert not stale.exists() and (saved / "README.md").exists()
+    assert not stale.exists() and (saved / "README.md").exists() and outside.exists()
     RefinedRewardModel.from_pretrained(saved)
     # a file inside the bundle's folders that no bundle wrote is refused, never deleted
     (saved / "calibrator" / "mine.txt").write_text("mine")
