@@ -944,3 +944,18 @@ def test_pessimistic_reward_is_the_entropic_risk_of_the_distribution(fitted, dat
     got = fitted.pessimistic_reward(X, beta)
     np.testing.assert_array_equal(got, fitted.predict_distribution(X).entropic_risk(beta))
     assert np.all(got <= fitted.predict_mean(X) + 1e-9)  # risk-averse: at most the mean
+
+
+def test_from_pretrained_compares_the_saved_skebrm_version(fitted, tmp_path, monkeypatch):
+    import skebrm
+    from skebrm.exceptions import VersionMismatchWarning
+
+    path = fitted.save_pretrained(tmp_path / "m")
+    with warnings.catch_warnings():
+        warnings.simplefilter("error", VersionMismatchWarning)
+        EnergyRewardCalibrator.from_pretrained(path)  # same version: silent
+    monkeypatch.setattr(skebrm, "__version__", "0.0.0")
+    with pytest.warns(
+        VersionMismatchWarning, match=r"saved with skebrm .*, this is skebrm 0\.0\.0"
+    ):
+        EnergyRewardCalibrator.from_pretrained(path)
