@@ -131,9 +131,9 @@ def test_tiny_run_tracks_the_gold_and_resumes_without_duplicates(tmp_path):
     assert [p.name for p in (run / "checkpoints").glob("checkpoint-*")] == ["checkpoint-2"]
     meta = json.loads((run / "run.json").read_text())
     assert meta["proxy"] == "base" and meta["beta"] == 0.0
-    assert {"base", "ebrm", "ebrm_minus_1std", "ebrm_entropic_1", "bt_ensemble_mean"} <= set(
-        meta["agreement"]
-    )
+    expected = {"base", "ebrm", "ebrm_minus_1std", "bt_ensemble_mean", "laplace_bt_minus_1std"}
+    expected |= {f"pessimistic_b{b:g}" for b in cfg.overoptimization.get("pessimistic_betas", [])}
+    assert expected <= set(meta["agreement"])
     assert all(0 <= a["accuracy"] <= 1 for a in meta["agreement"].values())
 
     lines = []

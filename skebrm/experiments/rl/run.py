@@ -6,8 +6,7 @@ proxy (``rl.proxy``) at one KL coefficient (``rl.beta``):
 1. the best-of-n study's data (``bon_data``: policy samples of its training prompts, gold
    rewards, proxy features, all through the caches) and its Coste protocol
    (:func:`~skebrm.experiments.overoptimization.gold_labelled_pairs`, 25 % of labels
-   flipped) fit every proxy (:func:`~skebrm.experiments.overoptimization.fit_proxies`,
-   plus EBRM's entropic risk for each of ``rl.ebrm_entropic_betas``);
+   flipped) fit every proxy (:func:`~skebrm.experiments.overoptimization.fit_proxies`);
 2. every proxy's agreement with the gold RM on pairs of held-out policy samples is
    written to ``run.json``; below ``rl.agreement.min`` the run stops
    (``rl.agreement.action: error``) or warns (``warn``);
@@ -150,13 +149,7 @@ def fit_rl_proxies(cfg, data, *, progress: bool = False) -> tuple[dict[str, Call
         label_noise=float(ov.label_noise),
         random_state=seed,
     )
-    scorers, calibrator = fit_proxies(cfg, pairs, progress=progress)
-    for beta in cfg.rl.get("ebrm_entropic_betas") or []:
-
-        def entropic(Z, beta=float(beta)):
-            return calibrator.predict_distribution(Z).entropic_risk(beta)
-
-        scorers[f"ebrm_entropic_{float(beta):g}"] = entropic
+    scorers, _ = fit_proxies(cfg, pairs, progress=progress)
     n_eval, n, d = data.eval_features.shape
     flat = data.eval_features.reshape(n_eval * n, d)
     agreement = {
