@@ -25,7 +25,7 @@ from skebrm.experiments.data import (
     split_pairs,
 )
 from skebrm.experiments.pipeline import run_experiment
-from skebrm.experiments.report import load_runs, summary_table
+from skebrm.experiments.report import _jsonable, load_runs, summary_table
 from skebrm.experiments.synthetic import make_synthetic_pairs
 
 REPO = Path(__file__).resolve().parents[2]
@@ -66,9 +66,11 @@ def _check_method_block(methods):
     assert {"base", "base_margin", "ebrm", "ebrm_global", "ebrm_mean"} <= set(methods)
     assert {"bt_ensemble_mean", "bt_ensemble_worst_case", "mlp_filtered"} <= set(methods)
     assert "laplace_bt" in methods
+    assert {"lwr", "ebrm+lwr", "lwr+ebrm", "pessimistic"} <= set(methods)
     for name, m in methods.items():
         assert 0.0 <= m["accuracy"] <= 1.0, name
         assert set(m["rewardbench"]["sections"]) == {"A", "B"}
+        assert -1.0 <= m["length_spearman"] <= 1.0, name
         if name != "base":
             vs = m["vs_base"]
             assert vs["ci_low"] <= vs["difference"] <= vs["ci_high"], name
@@ -102,7 +104,7 @@ def test_synthetic_run_writes_results_table_and_plots(tmp_path, echo):
     assert results["test"]["methods"]["ebrm"]["accuracy"] == pytest.approx(
         on_disk["test"]["methods"]["ebrm"]["accuracy"]
     )
-    for png in ("reliability.png", "abstention.png"):
+    for png in ("reliability.png", "abstention.png", "selection.png"):
         assert (tmp_path / png).read_bytes()[:4] == b"\x89PNG"
     assert not list(tmp_path.glob(".*")), "temporary files left behind"
     table = "\n".join(lines)
@@ -121,6 +123,7 @@ def test_synthetic_run_writes_results_table_and_plots(tmp_path, echo):
     assert sorted(p.name for p in (tmp_path / "docs" / "figures").iterdir()) == [
         f"default-{tmp_path.name}-abstention.png",
         f"default-{tmp_path.name}-reliability.png",
+        f"default-{tmp_path.name}-selection.png",
     ]
 
 
@@ -149,6 +152,10 @@ def test_label_noise_head_split_and_ood(tmp_path, echo):
         "ebrm",
         "ebrm_global",
         "ebrm_mean",
+        "lwr",
+        "ebrm+lwr",
+        "lwr+ebrm",
+        "pessimistic",
     }
     assert results["ood"]["shifted"]["n_pairs"] == 60
     assert "ebrm" in results["ood"]["shifted"]["methods"]
@@ -193,6 +200,74 @@ def test_guard_target_decides_the_guard_on_half_of_an_ood_set(tmp_path, echo):
     assert plain["test"]["methods"]["ebrm"]["vs_base"]["difference"] != 0.0
     with pytest.raises(ValueError, match=r"guard_target must be null or one of the ood sets"):
         run_experiment(_compose([*overrides, "guard_target=pandalm"]), tmp_path / "bad")
+
+
+FLAGS = {"mahalanobis", "ebrm_std", "laplace_std", "negative_margin"}
+SCORES = {"margin", "laplace_probability", "ebrm_probability", "ebrm_inverse_std"}
+
+
+def test_posthoc_tools_reach_results(tmp_path, echo):
+    _, say = echo
+    base = ["data=synthetic", SHIFTED, "evaluation.plots=false", *TINY]
+    results = run_experiment(_compose(base), tmp_path / "a", echo=say)
+    ph = results["posthoc"]
+    assert ph["debias"]["mode"] == "transductive" and ph["debias"]["feature"] == "chars"
+    assert (
+        ph["pessimistic"]["beta"] > 0
+        and "std of the base reward" in ph["pessimistic"]["beta_source"]
+    )
+    assert ph["ood_flags"]["mahalanobis_fitted_on"] == "head"
+    for block in (results["test"], results["ood"]["shifted"]):
+        length = block["length"]
+        assert 0.0 <= length["chosen_longer"] <= 1.0
+        assert length["reward_spearman"] == block["methods"]["base"]["length_spearman"]
+        sel = block["selection"]
+        assert sel["alphas"] == [0.05, 0.1, 0.2] and set(sel["scores"]) == SCORES
+        assert (
+            sel["n_calibration"] + results["test"]["selection"]["n_scored"]
+            == results["n_pairs"]["test"]
+        )
+        for score in sel["scores"].values():
+            for method in ("ltt", "conformal"):
+                assert set(score[method]) == {0.05, 0.1, 0.2}
+                for entry in score[method].values():
+                    assert 0.0 <= entry["risk"] <= 1.0 and 0.0 <= entry["coverage"] <= 1.0
+                    assert entry["accepted_none"] == (entry["coverage"] == 0.0)
+            assert len(score["curve"]["coverage"]) == len(score["curve"]["risk"]) == 20
+    assert results["ood"]["shifted"]["selection"]["n_scored"] == 60
+    flags = results["ood"]["shifted"]["ood_flags"]
+    assert set(flags) == FLAGS and all(0.0 <= v <= 1.0 for v in flags.values())
+    assert "ood_flags" not in results["test"]
+    # debiasing removes most of the length-reward correlation the base reward has
+    methods = results["test"]["methods"]
+    assert abs(methods["lwr"]["length_spearman"]) < abs(methods["base"]["length_spearman"])
+
+    # inductive debiasing and a configured beta; beta -> infinity is EBRM's mean
+    inductive = run_experiment(
+        _compose([*base, "posthoc.debias.mode=inductive", "posthoc.pessimistic.beta=1e6"]),
+        tmp_path / "b",
+        echo=say,
+    )
+    assert inductive["posthoc"]["debias"]["fitted_on"] == "calibrator"
+    assert inductive["posthoc"]["pessimistic"] == {"beta": 1e6, "beta_source": "configured"}
+    im = inductive["test"]["methods"]
+    assert im["pessimistic"]["accuracy"] == im["ebrm_mean"]["accuracy"]
+    assert _jsonable(im["base"]) == _jsonable(methods["base"])  # the rest is unchanged
+    # posthoc=none: the methods and keys of a run before these tools
+    none = run_experiment(_compose([*base, "posthoc=none"]), tmp_path / "c", echo=say)
+    assert not {"lwr", "ebrm+lwr", "lwr+ebrm", "pessimistic"} & set(none["test"]["methods"])
+    assert "posthoc" not in none and "selection" not in none["test"]
+    assert "ood_flags" not in none["ood"]["shifted"]
+    assert _jsonable(none["test"]["methods"]["ebrm"]) == _jsonable(methods["ebrm"])
+
+
+def test_old_committed_runs_still_render():
+    from skebrm.experiments.report import format_table
+
+    for name in ("default_main_job", "rmb_full"):
+        for path in sorted((REPO / "docs" / "runs" / name).rglob("results.json"))[:2]:
+            text = format_table(json.loads(path.read_text()))
+            assert "| ebrm |" in text, path
 
 
 def test_votes_and_best_of_k_reach_results_and_tables(tmp_path, echo):
