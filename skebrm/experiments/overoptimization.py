@@ -10,7 +10,10 @@ bands over prompts and the gold-selected oracle as the ceiling. A proxy over-opt
 when its gold curve peaks before ``n = N`` and falls.
 
 Proxies: the base Bradley–Terry head; EBRM's refined reward (hybrid mode from the base
-reward) and refined − λ·std (``ebrm_penalties``); the baselines of
+reward) and refined − λ·std (``ebrm_penalties``); the pessimistic reward
+``pessimistic_b{β}``, the entropic risk ``−β log E[exp(−r / β)]`` of EBRM's grid
+distribution, for each β of ``pessimistic_betas``
+(:meth:`~skebrm.GridDistribution.entropic_risk`); the baselines of
 ``overoptimization.proxies`` (head ensembles mean / worst-case / uncertainty-weighted;
 the Laplace Bayesian last layer's mean − λ·std; an entry set to null is skipped).
 """
@@ -32,6 +35,7 @@ __all__ = [
     "fit_proxies",
     "format_overoptimization",
     "gold_labelled_pairs",
+    "pessimistic_against_ensembles",
     "proxy_agreement",
     "run_overoptimization",
     "summarise_curves",
@@ -136,6 +140,12 @@ def fit_proxies(cfg, pairs: dict, *, progress: bool = False) -> tuple[dict[str, 
             return refined(Z) - lam * calibrator.score_uncertainty(Z)
 
         scorers[f"ebrm_minus_{float(lam):g}std"] = penalised
+    for beta in ov.get("pessimistic_betas") or []:
+
+        def pessimistic(Z, beta=float(beta)):
+            return calibrator.predict_distribution(Z).entropic_risk(beta)
+
+        scorers[f"pessimistic_b{float(beta):g}"] = pessimistic
     for name, node in (ov.proxies or {}).items():
         if node is None:
             continue
@@ -191,6 +201,42 @@ def summarise_curves(curves: dict[str, metrics.BestOfNCurve], reference: str = "
     return out
 
 
+ENSEMBLE_PROXIES = ("bt_ensemble_worst_case", "bt_ensemble_uncertainty_weighted")
+"""The ensemble proxies the pessimistic reward is compared with."""
+
+
+def pessimistic_against_ensembles(summary: dict) -> dict | None:
+    """Peak gold of each ``pessimistic_b{β}`` proxy against the best ensemble proxy.
+
+    Returns
+    -------
+    dict or None
+        ``ensembles`` (name -> peak gold of the worst-case and uncertainty-weighted
+        ensembles present), ``best_ensemble`` (its name), ``pessimistic`` (name -> peak
+        gold, its difference to the best ensemble, and ``at_least_best_ensemble``), and
+        ``best_pessimistic``; None where the run has no pessimistic or no ensemble proxy.
+    """
+    ens = {n: summary[n]["peak_gold"] for n in ENSEMBLE_PROXIES if n in summary}
+    pess = {n: s["peak_gold"] for n, s in summary.items() if n.startswith("pessimistic_b")}
+    if not ens or not pess:
+        return None
+    best_name = max(ens, key=ens.get)
+    best = ens[best_name]
+    return {
+        "ensembles": ens,
+        "best_ensemble": best_name,
+        "pessimistic": {
+            n: {
+                "peak_gold": g,
+                "minus_best_ensemble": g - best,
+                "at_least_best_ensemble": bool(g >= best),
+            }
+            for n, g in pess.items()
+        },
+        "best_pessimistic": max(pess, key=pess.get),
+    }
+
+
 def format_overoptimization(results: dict) -> str:
     """The run's table (one row per proxy) and its settings, as Markdown."""
     src = results["source"]
@@ -219,7 +265,18 @@ def format_overoptimization(results: dict) -> str:
             f"mean {src.get('eval_mean_tokens', float('nan')):.0f} tokens per sample, "
             f"{src.get('eval_stopped', float('nan')):.0%} ended before the limit."
         )
-    return "\n\n".join([*lines, _table(results)])
+    parts = [*lines, _table(results)]
+    versus = results.get("pessimistic_vs_ensembles")
+    if versus:
+        best = versus["best_ensemble"]
+        diffs = ", ".join(
+            f"{name} {v['minus_best_ensemble']:+.3f}" for name, v in versus["pessimistic"].items()
+        )
+        parts.append(
+            f"Pessimistic reward against the best ensemble proxy ({best}, peak gold "
+            f"{versus['ensembles'][best]:.3f}), difference in peak gold: {diffs}."
+        )
+    return "\n\n".join(parts)
 
 
 def _table(results: dict) -> str:
@@ -378,6 +435,9 @@ def _run(cfg, output_dir: Path, echo, data) -> dict:
         },
         "timings_s": timings,
     }
+    versus = pessimistic_against_ensembles(results["summary"])
+    if versus is not None:
+        results["pessimistic_vs_ensembles"] = versus
     report = _gold_report(cfg)
     if report is not None:
         results["gold_report"] = report

@@ -26,7 +26,9 @@ from skebrm.experiments.bon_data import (
     select_prompts,
 )
 from skebrm.experiments.overoptimization import (
+    fit_proxies,
     gold_labelled_pairs,
+    pessimistic_against_ensembles,
     proxy_agreement,
     run_overoptimization,
 )
@@ -70,8 +72,17 @@ def test_synthetic_config_end_to_end(tmp_path, load_script):
         "bt_ensemble_worst_case",
         "bt_ensemble_uncertainty_weighted",
         "laplace_bt_minus_1std",
+        *(f"pessimistic_b{b:g}" for b in (0.1, 0.25, 0.5, 1.0, 2.0, 4.0)),
     }
     assert set(res["summary"]) == expected | {"oracle"}
+    versus = res["pessimistic_vs_ensembles"]
+    ens = {n: res["summary"][n]["peak_gold"] for n in ENSEMBLES}
+    assert versus["ensembles"] == ens and versus["best_ensemble"] == max(ens, key=ens.get)
+    for name, v in versus["pessimistic"].items():
+        gap = res["summary"][name]["peak_gold"] - max(ens.values())
+        assert v["minus_best_ensemble"] == pytest.approx(gap)
+        assert v["at_least_best_ensemble"] == (gap >= 0)
+    assert any("Pessimistic reward against the best ensemble proxy" in line for line in lines)
     assert set(res["agreement"]) == expected
     assert res["n_train_pairs"] == 60 * 8 and res["label_noise"] == 0.25
     n = res["curves"]["base"]["n"]
@@ -94,6 +105,48 @@ def test_synthetic_config_end_to_end(tmp_path, load_script):
     )
     assert "| base | " in md and "KL at peak" in md and "60 training prompts × 8 samples" in md
     assert (docs / "figures" / "overoptimization_synthetic-run-best_of_n.png").exists()
+
+
+ENSEMBLES = ("bt_ensemble_worst_case", "bt_ensemble_uncertainty_weighted")
+
+
+def test_pessimistic_proxies_are_the_entropic_risk_of_ebrm():
+    cfg = _compose(
+        [
+            "experiment=overoptimization_synthetic",
+            "overoptimization.proxies=null",
+            "overoptimization.pessimistic_betas=[0.5,1e6]",
+            *FAST,
+        ]
+    )
+    data = make_synthetic_best_of_n(n_train_prompts=20, n_eval_prompts=4, random_state=0)
+    pairs = gold_labelled_pairs(
+        data.train_features, data.train_gold, pairs_per_prompt=8, label_noise=0.25
+    )
+    scorers, calibrator = fit_proxies(cfg, pairs)
+    Z = data.eval_features.reshape(-1, data.eval_features.shape[-1])
+    dist = calibrator.predict_distribution(Z)
+    np.testing.assert_allclose(scorers["pessimistic_b0.5"](Z), dist.entropic_risk(0.5))
+    # beta -> infinity: the distribution's mean; smaller beta: never above it
+    np.testing.assert_allclose(scorers["pessimistic_b1e+06"](Z), dist.mean(), atol=1e-4)
+    assert np.all(scorers["pessimistic_b0.5"](Z) <= dist.mean() + 1e-12)
+
+
+def test_pessimistic_against_ensembles_on_a_plain_summary():
+    summary = {
+        "base": {"peak_gold": 0.1},
+        "bt_ensemble_worst_case": {"peak_gold": 0.30},
+        "bt_ensemble_uncertainty_weighted": {"peak_gold": 0.25},
+        "pessimistic_b1": {"peak_gold": 0.31},
+        "pessimistic_b2": {"peak_gold": 0.20},
+    }
+    out = pessimistic_against_ensembles(summary)
+    assert out["best_ensemble"] == "bt_ensemble_worst_case"
+    assert out["best_pessimistic"] == "pessimistic_b1"
+    assert out["pessimistic"]["pessimistic_b1"]["minus_best_ensemble"] == pytest.approx(0.01)
+    assert out["pessimistic"]["pessimistic_b1"]["at_least_best_ensemble"] is True
+    assert out["pessimistic"]["pessimistic_b2"]["at_least_best_ensemble"] is False
+    assert pessimistic_against_ensembles({"base": {"peak_gold": 0.1}}) is None
 
 
 def test_gold_labelled_pairs_against_a_loop():
