@@ -4,7 +4,7 @@ One configuration of the RL over-optimisation study's training loop: the policy
 (``--policy``: ``tiny``, the random one-layer Llama of the tests; ``smollm2``,
 SmolLM2-135M-Instruct offline; or a model folder), ``--prompts`` prompts x
 ``--generations`` completions of up to ``--max-new-tokens`` tokens per step, full
-fine-tuning in float32 on CPU, and a reward (``--reward``: ``length``, a free function of
+fine-tuning in float32 on CPU (``--device cuda --dtype bfloat16`` on a GPU), and a reward (``--reward``: ``length``, a free function of
 the text, so the figure is the trainer's own cost; or ``minilm``, the MiniLM reward model
 through :class:`skebrm.experiments.rl.TextReward`, as a proxy costs). Chat-templated
 prompts of the bundled HH-RLHF sample.
@@ -52,16 +52,16 @@ def _prompts(n: int) -> list[str]:
     return out
 
 
-def _policy(name: str):
+def _policy(name: str, dtype: str):
     from skebrm.experiments.rl import build_tiny_policy, load_policy
 
     if name == "tiny":
         model, tok = build_tiny_policy()
         return model, tok
-    return load_policy(name)
+    return load_policy(name, dtype=dtype)
 
 
-def _reward(name: str):
+def _reward(name: str, device: str):
     if name == "length":
 
         def length_reward(completions, **kwargs):
@@ -75,7 +75,8 @@ def _reward(name: str):
         from skebrm.extraction import EmbeddingExtractor, load_minilm
 
         model, tok = load_minilm()
-        return TextReward(EmbeddingExtractor(model, tok, max_length=128).fit(), name="minilm")
+        extractor = EmbeddingExtractor(model, tok, max_length=128, device=device).fit()
+        return TextReward(extractor, name="minilm")
     raise SystemExit(f"bench_grpo: --reward must be length or minilm, got {name!r}")
 
 
@@ -107,6 +108,8 @@ def main(argv=None) -> dict:
     ap.add_argument("--warmup", type=int, default=1)
     ap.add_argument("--learning-rate", type=float, default=1e-5)
     ap.add_argument("--threads", type=int, default=None)
+    ap.add_argument("--device", default="cpu", help="cpu or cuda")
+    ap.add_argument("--dtype", default="float32", choices=["float32", "bfloat16"])
     ap.add_argument("--out", default=str(HERE / "results"))
     args = ap.parse_args(argv)
     if args.threads:
@@ -117,7 +120,7 @@ def main(argv=None) -> dict:
 
     from skebrm.experiments.rl import grpo_config
 
-    model, tok = _policy(args.policy)
+    model, tok = _policy(args.policy, args.dtype)
     n_steps = args.warmup + args.steps
     prompts = _prompts(args.prompts * n_steps)
     dataset = datasets.Dataset.from_dict({"prompt": [prompt_messages(p) for p in prompts]})
@@ -136,8 +139,8 @@ def main(argv=None) -> dict:
             logging_steps=1,
             save_strategy="no",
             report_to="none",
-            bf16=False,
-            use_cpu=True,
+            bf16=args.dtype == "bfloat16",
+            use_cpu=args.device == "cpu",
             seed=0,
             dataloader_num_workers=0,
             shuffle_dataset=False,
@@ -145,7 +148,7 @@ def main(argv=None) -> dict:
         )
         trainer = GRPOTrainer(
             model=model,
-            reward_funcs=[_reward(args.reward)],
+            reward_funcs=[_reward(args.reward, args.device)],
             args=config,
             train_dataset=dataset,
             processing_class=tok,
@@ -166,6 +169,9 @@ def main(argv=None) -> dict:
         text = tok.apply_chat_template(rows, tokenize=False, add_generation_prompt=True)
         enc = tok(text, return_tensors="pt", padding=True, add_special_tokens=False)
         enc.pop("token_type_ids", None)
+        enc = {k: v.to(model.device) for k, v in enc.items()}
+        if model.device.type == "cuda":
+            torch.cuda.synchronize()
         t0 = time.perf_counter()
         with torch.no_grad():
             model.generate(
@@ -177,6 +183,8 @@ def main(argv=None) -> dict:
                 max_new_tokens=args.max_new_tokens,
                 pad_token_id=tok.pad_token_id,
             )
+        if model.device.type == "cuda":
+            torch.cuda.synchronize()
         if s >= args.warmup:
             gen_times.append(time.perf_counter() - t0)
     tok.padding_side = side
