@@ -505,3 +505,15 @@ def test_cli_multirun_over_proxies_resumes_and_reports(tmp_path):
         assert (run["folder"] / "checkpoints" / "checkpoint-3").is_dir()
     md = format_rl_overoptimization(runs)
     assert "| base, β=0 |" in md and "| ebrm_minus_1std, β=0 |" in md
+
+
+@pytest.mark.slow
+def test_grpo_benchmark_runs_on_the_tiny_policy(tmp_path, load_script):
+    bench = load_script("benchmarks/bench_grpo.py")
+    argv = ["--policy", "tiny", "--steps", "2", "--warmup", "0", "--prompts", "1"]
+    argv += ["--generations", "2", "--max-new-tokens", "4", "--out", str(tmp_path)]
+    res = bench.main(argv)
+    assert len(res["seconds_per_step_all"]) == 2 and len(res["generate_seconds_all"]) == 2
+    assert res["step_over_generate"] == res["seconds_per_step"] / res["generate_seconds"]
+    saved = json.loads(next(tmp_path.glob("grpo-*.json")).read_text())
+    assert saved["completions_per_step"] == 2 and saved["settings"]["policy"] == "tiny"
