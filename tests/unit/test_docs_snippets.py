@@ -124,3 +124,34 @@ def test_the_docs_name_no_issue_numbers_and_no_paths_outside_the_repository():
         name = page.relative_to(REPO).as_posix()
         assert not re.search(r"\bissues? [0-9]", text, flags=re.I), name
         assert "../shared" not in text, name
+
+
+def _modules() -> list[str]:
+    import pkgutil
+
+    import skebrm
+
+    names = ["skebrm"]
+    for info in pkgutil.walk_packages(skebrm.__path__, "skebrm."):
+        if ".experiments" not in info.name and not info.name.endswith("__main__"):
+            names.append(info.name)
+    return names
+
+
+@pytest.mark.parametrize("module", _modules())
+def test_docstring_examples_run(module):
+    import doctest
+    import importlib
+
+    try:
+        mod = importlib.import_module(module)
+    except ImportError as exc:  # an optional extra that is not installed
+        pytest.skip(f"{module}: {exc}")
+    flags = doctest.ELLIPSIS | doctest.NORMALIZE_WHITESPACE
+    finder = doctest.DocTestFinder(exclude_empty=True)
+    runner = doctest.DocTestRunner(optionflags=flags)
+    for test in finder.find(mod, module):
+        if test.name.startswith(module):  # not the names it imports from elsewhere
+            runner.run(test)
+    results = runner.summarize(verbose=False)
+    assert results.failed == 0, f"{module}: {results.failed} docstring example(s) failed"
