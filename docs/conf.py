@@ -46,9 +46,10 @@ myst_heading_anchors = 3
 
 # --- API pages -------------------------------------------------------------------
 autosummary_generate = True
+templates_path = ["_templates"]
 autosummary_imported_members = True
 autodoc_typehints = "none"
-autodoc_default_options = {"inherited-members": False}
+
 numpydoc_show_class_members = False
 numpydoc_class_members_toctree = False
 numpydoc_xref_param_type = False
