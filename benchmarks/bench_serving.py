@@ -18,16 +18,19 @@ Three sections (``--sections overhead,load,throughput``):
   p99 and throughput come from the clients' clocks. Run for the MiniLM bundle and for a
   tiny random RM (the server's own overhead). The server is stopped with SIGTERM and must
   exit with status 0.
-* ``throughput``: the server's texts/s against the bare RM forward pass, in the same run.
-  A MiniLM bundle with the basis energy (the cheap calibrator), served by a real
-  ``skebrm-serve`` process, answers ``--throughput-requests`` (100) requests of
-  ``--texts-per-request`` texts, once from each number of concurrent clients in
-  ``--throughput-clients`` (8 and 32), after a warm-up of 8 requests; the bare
-  forward (``tokenizer(texts, truncation, padding)`` + ``model(**batch).logits``, the
-  texts rendered with the same template) runs in this process on the same texts, in
-  batches of the bundle's RM batch size and of the server's ``--max-batch-size``, before
-  and after the server runs; the baseline is the faster of those (the mean of its two
-  runs). Prints server / bare ratios; the goal is 0.9x or more.
+* ``throughput``: the server's texts/s against the bare RM forward pass, in the same run,
+  in ``--throughput-rounds`` (3) interleaved rounds so that both see the same machine
+  load. A MiniLM bundle with the basis energy (the cheap calibrator) is served by a real
+  ``skebrm-serve`` process. Each round runs the bare forward (``tokenizer(texts,
+  truncation, padding)`` + ``model(**batch).logits``, the texts rendered with the same
+  template) on the round's texts, in batches of the bundle's RM batch
+  size and of the server's ``--max-batch-size``, in request order and sorted by token
+  count (least padding), in a worker process of its own (started as the server is, so
+  both run under the same conditions); then the server answers ``--throughput-requests`` (50) requests
+  of ``--texts-per-request`` texts from each number of concurrent clients in
+  ``--throughput-clients`` (8 and 32). The ratio of a round is the server's texts/s over
+  the fastest bare variant of that round; the median over rounds is printed. The goal is
+  0.9x or more.
 
 Writes ``benchmarks/results/serving-<UTC stamp>.json`` (atomically) and prints the
 Markdown tables for ``benchmarks/README.md``. Run:
@@ -39,6 +42,7 @@ from __future__ import annotations
 import argparse
 import copy
 import datetime as dt
+import json
 import os
 import platform
 import signal
@@ -347,6 +351,52 @@ def _bare_forward_rate(model, tok, texts: list[str], batch_size: int, max_length
     return len(texts) / (time.perf_counter() - t0)
 
 
+_BARE_WORKER = """
+import json, sys
+sys.path.insert(0, sys.argv[1])
+from bench_serving import _bare_forward_rate
+from skebrm.extraction import load_minilm
+orders, max_length = json.load(open(sys.argv[2]))
+model, tok = load_minilm()
+_bare_forward_rate(model, tok, orders["in order"][:16], 16, max_length)
+print("ready", flush=True)
+for line in sys.stdin:
+    batch_size, order = json.loads(line)
+    rate = _bare_forward_rate(model, tok, orders[order], batch_size, max_length)
+    print(json.dumps(rate), flush=True)
+"""
+
+
+class _BareWorker:
+    """The bare forward in its own Python process, started as the server is, so both run
+    under the same conditions (process start, scheduling); one ``rate`` call at a time."""
+
+    def __init__(self, orders: dict, max_length: int, tmp: Path):
+        path = tmp / "texts.json"
+        write_json_atomic(path, [orders, max_length])
+        env = dict(os.environ, HF_HUB_OFFLINE="1", PYTHONWARNINGS="ignore")
+        env["PYTHONPATH"] = os.pathsep.join([str(REPO), env.get("PYTHONPATH", "")])
+        self.proc = subprocess.Popen(
+            [sys.executable, "-c", _BARE_WORKER, str(HERE), str(path)],
+            stdin=subprocess.PIPE,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.DEVNULL,
+            text=True,
+            env=env,
+        )
+        if self.proc.stdout.readline().strip() != "ready":
+            raise RuntimeError("the bare-forward worker did not start")
+
+    def rate(self, batch_size: int, order: str) -> float:
+        self.proc.stdin.write(json.dumps([batch_size, order]) + "\n")
+        self.proc.stdin.flush()
+        return float(self.proc.stdout.readline())
+
+    def close(self) -> None:
+        self.proc.stdin.close()
+        self.proc.wait(60)
+
+
 def bench_throughput(
     n_requests: int,
     per_request: int,
@@ -354,7 +404,11 @@ def bench_throughput(
     max_length: int,
     max_batch_size: int,
     rm_batch_size: int,
+    rounds: int,
 ) -> dict:
+    """Interleaved rounds: the bare forward, then the server at each number of clients."""
+    import httpx
+
     model, tok = load_minilm()
     rows = _requests_rows(n_requests, per_request)
     fit_rows = [(p, r) for ps, rs in rows[:32] for p, r in zip(ps, rs)]
@@ -369,45 +423,73 @@ def bench_throughput(
     # a call with truncation/padding changes a fast tokenizer's backend state, which the
     # bundle's tokenizer fingerprint covers: the bare forward gets its own copy
     tok = copy.deepcopy(tok)
-    batch_sizes = sorted({rm_batch_size, max_batch_size})
-    _bare_forward_rate(model, tok, texts[:max_batch_size], max_batch_size, max_length)  # warm-up
-    bare = {b: [_bare_forward_rate(model, tok, texts, b, max_length)] for b in batch_sizes}
-    runs = []
+    # the texts in request order, and sorted by token count (the least padding per batch)
+    n_tokens = [len(ids) for ids in tok(texts, truncation=True, max_length=max_length)["input_ids"]]
+    orders = {
+        "in order": texts,
+        "sorted by length": [texts[i] for i in np.argsort(n_tokens, kind="stable")],
+    }
+    variants = [(b, o) for b in sorted({rm_batch_size, max_batch_size}) for o in orders]
+    bare = {f"batch {b}, {o}": [] for b, o in variants}
+    served = {c: [] for c in clients_list}
     with tempfile.TemporaryDirectory() as tmp:
         folder = bundle.save_pretrained(Path(tmp) / "bundle")
         loaded = RefinedRewardModel.from_pretrained(folder)
         reference = [loaded.score(p, r) for p, r in rows]
+        worker = _BareWorker(orders, max_length, Path(tmp))
         proc, url, log = start_server(
             folder, Path(tmp) / "server.log", "--max-batch-size", str(max_batch_size)
         )
         try:
-            import httpx
-
-            # warm-up: the server's first batches
-            load_test(url, rows[:8], reference[:8], 8, tol=float("inf"))
-            for clients in clients_list:
-                before = httpx.get(f"{url}/health", timeout=5).json()
-                out = load_test(url, rows, reference, clients, tol=1e-4)
-                after = httpx.get(f"{url}/health", timeout=5).json()
-                batches = after["batches"] - before["batches"]
-                out["mean_texts_per_batch"] = (after["texts"] - before["texts"]) / max(1, batches)
-                runs.append(out)
+            load_test(url, rows[:8], reference[:8], 8, tol=float("inf"))  # warm-up
+            for k in range(rounds):
+                for b, o in variants:
+                    bare[f"batch {b}, {o}"].append(worker.rate(b, o))
+                for clients in clients_list:
+                    before = httpx.get(f"{url}/health", timeout=5).json()
+                    out = load_test(url, rows, reference, clients, tol=1e-4)
+                    after = httpx.get(f"{url}/health", timeout=5).json()
+                    n_batches = max(1, after["batches"] - before["batches"])
+                    out["mean_texts_per_batch"] = (after["texts"] - before["texts"]) / n_batches
+                    served[clients].append(out)
                 print(
-                    f"server, {clients} clients: {out['texts_per_second']:.1f} texts/s, p50 "
-                    f"{out['latency_p50_ms']:.0f} ms, p99 {out['latency_p99_ms']:.0f} ms",
+                    f"round {k}: bare "
+                    + ", ".join(f"{v[-1]:.1f}" for v in bare.values())
+                    + "; server "
+                    + ", ".join(f"{served[c][-1]['texts_per_second']:.1f}" for c in clients_list)
+                    + " texts/s",
                     flush=True,
                 )
         finally:
             code = stop_server(proc, log)
-    for b in batch_sizes:
-        bare[b].append(_bare_forward_rate(model, tok, texts, b, max_length))
-    bare_mean = {b: float(np.mean(v)) for b, v in bare.items()}
-    best = max(bare_mean, key=bare_mean.get)
-    for b, v in bare_mean.items():
-        print(f"bare RM forward, batch {b}: {v:.1f} texts/s ({bare[b]})", flush=True)
-    for r in runs:
-        r["ratio_vs_bare"] = r["texts_per_second"] / bare_mean[best]
-        print(f"{r['clients']} clients: {r['ratio_vs_bare']:.2f}x the bare forward", flush=True)
+            worker.close()
+    best_per_round = [max(v[k] for v in bare.values()) for k in range(rounds)]
+    runs = []
+    for clients, outs in served.items():
+        ratios = [o["texts_per_second"] / b for o, b in zip(outs, best_per_round)]
+        lat = [o["latency_p99_ms"] for o in outs]
+        runs.append(
+            {
+                "clients": clients,
+                "requests_per_round": n_requests,
+                "texts_per_second": [o["texts_per_second"] for o in outs],
+                "ratio_vs_bare": ratios,
+                "median_ratio_vs_bare": float(np.median(ratios)),
+                "latency_p50_ms": [o["latency_p50_ms"] for o in outs],
+                "latency_p99_ms": lat,
+                "mean_texts_per_batch": [o["mean_texts_per_batch"] for o in outs],
+                "failed_requests": sum(o["failed_requests"] for o in outs),
+                "refined_texts_off_by_more_than_tol": sum(
+                    o["refined_texts_off_by_more_than_tol"] for o in outs
+                ),
+                "base_reward_max_abs_diff": max(o["base_reward_max_abs_diff"] for o in outs),
+            }
+        )
+        print(
+            f"{clients} clients: {np.median(ratios):.2f}x the fastest bare forward (median of "
+            f"{rounds} rounds: {', '.join(f'{r:.2f}' for r in ratios)})",
+            flush=True,
+        )
     return {
         "model": "minilm",
         "calibrator": "basis",
@@ -415,9 +497,9 @@ def bench_throughput(
         "texts_per_request": per_request,
         "max_batch_size": max_batch_size,
         "rm_batch_size": rm_batch_size,
-        "bare_texts_per_second": {str(b): v for b, v in bare.items()},
-        "bare_baseline_batch": best,
-        "bare_baseline_texts_per_second": bare_mean[best],
+        "rounds": rounds,
+        "bare_texts_per_second": bare,
+        "bare_fastest_per_round": best_per_round,
         "runs": runs,
         "exit_code": code,
     }
@@ -460,24 +542,25 @@ def _tables(result: dict) -> str:
             )
     tp = result.get("throughput")
     if tp:
-        bare = ", ".join(
-            f"batch {b}: {np.mean(v):.1f}" for b, v in tp["bare_texts_per_second"].items()
-        )
+        bare = "; ".join(f"{k}: {np.median(v):.1f}" for k, v in tp["bare_texts_per_second"].items())
         lines += [
             "",
-            f"Bare RM forward (texts/s, mean of a run before and after the server): {bare}; "
-            f"baseline batch {tp['bare_baseline_batch']}.",
+            f"Bare RM forward, texts/s (median of {tp['rounds']} rounds): {bare}.",
             "",
-            "| clients | requests × texts | texts/s | vs bare forward | p50 latency | "
-            "p99 latency | texts per server batch | failed |",
+            "| clients | requests × texts per round | server texts/s per round | vs fastest "
+            "bare forward of the round | median ratio | p50 / p99 latency (median) | texts "
+            "per server batch | failed |",
             "|---|---|---|---|---|---|---|---|",
         ]
         for r in tp["runs"]:
             lines.append(
-                f"| {r['clients']} | {r['requests']} × {tp['texts_per_request']} | "
-                f"{r['texts_per_second']:.1f} | {r['ratio_vs_bare']:.2f}× | "
-                f"{r['latency_p50_ms']:.0f} ms | {r['latency_p99_ms']:.0f} ms | "
-                f"{r['mean_texts_per_batch']:.1f} | {r['failed_requests']} |"
+                f"| {r['clients']} | {r['requests_per_round']} × {tp['texts_per_request']} | "
+                + ", ".join(f"{x:.1f}" for x in r["texts_per_second"])
+                + " | "
+                + ", ".join(f"{x:.2f}×" for x in r["ratio_vs_bare"])
+                + f" | **{r['median_ratio_vs_bare']:.2f}×** | "
+                f"{np.median(r['latency_p50_ms']):.0f} / {np.median(r['latency_p99_ms']):.0f} ms"
+                f" | {np.mean(r['mean_texts_per_batch']):.1f} | {r['failed_requests']} |"
             )
     return "\n".join(lines)
 
@@ -494,7 +577,8 @@ def main(argv=None) -> Path:
     parser.add_argument("--load-max-length", type=int, default=128)
     parser.add_argument("--load-models", default="minilm,tiny")
     parser.add_argument("--throughput-clients", default="8,32")
-    parser.add_argument("--throughput-requests", type=int, default=100)
+    parser.add_argument("--throughput-requests", type=int, default=50, help="per round")
+    parser.add_argument("--throughput-rounds", type=int, default=3)
     parser.add_argument("--max-batch-size", type=int, default=64, help="the server's")
     parser.add_argument("--rm-batch-size", type=int, default=16, help="the bundle's")
     parser.add_argument("--out", type=Path, default=HERE / "results")
@@ -534,6 +618,7 @@ def main(argv=None) -> Path:
             args.load_max_length,
             args.max_batch_size,
             args.rm_batch_size,
+            args.throughput_rounds,
         )
     result["machine"]["loadavg_end"] = os.getloadavg()
     result["seconds_total"] = time.perf_counter() - start

@@ -44,7 +44,6 @@ from __future__ import annotations
 import contextlib
 import dataclasses
 import json
-import logging
 import math
 from dataclasses import asdict, dataclass
 
@@ -63,8 +62,6 @@ __all__ = [
     "special_tokens",
     "strip_token_sources",
 ]
-
-logger = logging.getLogger("skebrm.serving")
 
 #: Bodies larger than this are parsed on a worker thread instead of the event loop.
 THREADED_PARSE_BYTES = 256 * 1024
@@ -407,8 +404,8 @@ def create_app(bundle, settings: ServerSettings | None = None) -> FastAPI:
 
     @app.exception_handler(Exception)
     async def _internal_error(request: Request, exc: Exception):
-        # the client gets a fixed message; the traceback goes to the server's log only
-        logger.error("internal error on %s", request.url.path, exc_info=exc)
+        # the client gets a fixed message; Starlette re-raises the exception after this
+        # answer, so the server's log (uvicorn's) has the traceback
         return JSONResponse(
             status_code=500,
             content={"detail": "internal server error; the server's log has the details."},

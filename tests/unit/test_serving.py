@@ -431,3 +431,21 @@ def test_the_app_strips_the_rm_tokenizers_special_tokens_by_default(extraction_t
     with _client(bundle, ServerSettings(strip_tokens=())) as client:
         resp = client.post("/get_reward", json={"query": ["<s>P R</s><pad>"], "prompts": ["P"]})
     assert resp.status_code == 422
+
+
+def test_the_start_up_line_names_each_token_and_its_source():
+    from skebrm.serving.cli import build_parser, describe_stripping
+
+    line = describe_stripping([("<pad>", "RM pad_token"), ("<|im_end|>", "policy eos_token")])
+    assert line == (
+        "stripping from both ends of queries and prompts: '<pad>' (RM pad_token), "
+        "'<|im_end|>' (policy eos_token)."
+    )
+    assert describe_stripping([], ("</s>",)) == (
+        "stripping no special tokens from queries and prompts; from the end of responses: '</s>'."
+    )
+    args = build_parser().parse_args(
+        ["--model", "m", "--policy-tokenizer", "p", "--strip-token", "<a>", "--strip-token", "<b>"]
+    )
+    assert (args.policy_tokenizer, args.strip_token) == ("p", ["<a>", "<b>"])
+    assert not args.keep_rm_special_tokens
