@@ -23,12 +23,19 @@ served reward's favour with probability π, so the gain is ``(2π − 1) · m / 
 
 from __future__ import annotations
 
+from numbers import Real
+
 import numpy as np
 from scipy import stats
+
+from skebrm._pairs import check_pairs
+from skebrm._params import check_rewards
+from skebrm.exceptions import GuardPowerWarning, RefinementWarning, warn_user
 
 __all__ = [
     "MAX_UNDETECTED_GAIN",
     "POWER",
+    "GuardMixin",
     "decide",
     "min_detectable_gain",
     "pair_credit",
@@ -172,3 +179,85 @@ def power_message(owner: str, scores: dict, confidence: float) -> str | None:
         f"gains below {MAX_UNDETECTED_GAIN:g} points go unseen. Decide the guard on more "
         "pairs (a larger validation_fraction, or more pairs given to fit_guard)."
     )
+
+
+class GuardMixin:
+    """The estimator's guard: :meth:`fit_guard` and the decision ``fit`` takes on its
+    guard half. Mixed into :class:`~skebrm.EnergyRewardCalibrator`, which provides
+    ``_check_X``, ``_settings``, ``posterior_`` and the ``guard`` parameters."""
+
+    def _guard_scores(self, post, X, y, g, penalty: float, source: str) -> dict:
+        """The guard's scores on the rows ``g`` (laid out chosen, rejected, ...): the
+        served reward ``refine − penalty · std`` against the base reward ``y``."""
+        settings = self._settings()
+        served = post.refine(X[g], y[g], settings)
+        if penalty > 0:
+            served = served - penalty * post.distribution(X[g], settings, mode=False).std()
+        return decide(
+            served, y[g], confidence=self.guard_confidence, penalty=penalty, source=source
+        )
+
+    def fit_guard(self, X, y, *, pair_id, chosen, penalty: float = 0.0):
+        """Decide the guard on pairs you supply, e.g. from the distribution to be served.
+
+        The guard that ``validation_fraction`` fits sees held-out pairs of the training
+        distribution only, so it cannot see a loss on another one. This re-decides it on
+        the given pairs: the pairwise accuracy (ties ½) of the served reward, ``predict(X,
+        base_reward=y) − penalty · std``, against that of ``y``. The network is not changed
+        and no ``validation_fraction`` is needed.
+
+        The test is exact: with ``d`` the per-pair difference of credit (1 right, ½ tie,
+        0 wrong) between the served and the base reward, the null hypothesis "refinement
+        does not rank better" makes every non-zero ``d`` equally likely positive or
+        negative, and ``p_value = P(Σ d* ≥ Σ d)`` over those sign flips. Without ties this
+        is the one-sided exact McNemar (sign) test ``P(Binom(b + c, ½) ≥ b)``, ``b`` the
+        pairs the served reward gets right and the base reward wrong, ``c`` the reverse.
+        Refinement helps when ``p_value ≤ 1 − guard_confidence``.
+
+        ``guard_scores_["min_detectable_gain"]`` is the guard's power: the smallest gain
+        in pairwise accuracy (points) that the test detects with 80 % power at its level,
+        for the number of pairs and the discordance rate observed (``None``: no gain is
+        detectable); above 2 points a :class:`~skebrm.exceptions.GuardPowerWarning` says
+        so. ``refinement_helps_`` and ``guard_scores_`` are replaced; with
+        ``guard="base"`` and a rejection, :meth:`predict` returns the base reward, and a
+        bundle serves the base reward without the penalty. A ``RefinementWarning`` is
+        raised when refinement does not help (unless ``guard="off"``).
+
+        Parameters
+        ----------
+        X : array-like of shape (n_samples, n_features)
+            Embeddings of both responses of every guard pair (not the training rows).
+        y : array-like of shape (n_samples,)
+            The frozen reward model's reward of each row.
+        pair_id, chosen : array-like of shape (n_samples,)
+            Pair metadata, as in :meth:`fit`.
+        penalty : float, default=0.0
+            λ of the served reward ``refined − λ · std`` (a bundle passes its own).
+
+        Returns
+        -------
+        self : EnergyRewardCalibrator
+        """
+        caller = f"{type(self).__name__}.fit_guard"
+        X = self._check_X(X, caller)
+        y = check_rewards(y, X.shape[0], "y", caller)
+        if not isinstance(penalty, Real) or not np.isfinite(penalty) or penalty < 0:
+            raise ValueError(f"{caller}: penalty must be a finite float >= 0, got {penalty!r}.")
+        idx_c, idx_r = check_pairs(pair_id, chosen, X.shape[0], caller=caller)
+        rows = np.column_stack([idx_c, idx_r]).reshape(-1)
+        scores = self._guard_scores(self.posterior_, X, y, rows, float(penalty), "fit_guard")
+        self.refinement_helps_ = scores.pop("helps")
+        self.guard_scores_ = scores
+        self._warn_guard()
+        return self
+
+    def _warn_guard(self) -> None:
+        if self.guard == "off":
+            return
+        s, confidence = self.guard_scores_, self.guard_confidence
+        if self.refinement_helps_ is False:
+            message = refinement_message(type(self).__name__, s, self.guard, confidence)
+            warn_user(message, RefinementWarning)
+        power = power_message(type(self).__name__, s, confidence)
+        if power is not None:
+            warn_user(power, GuardPowerWarning)
