@@ -8,6 +8,12 @@ mode finders (global, and hybrid from the RM's own reward) and the grid energies
 become a :class:`~skebrm.GridDistribution`. The estimator passes the inference settings
 of each call (:class:`InferenceSettings`), so ``set_params`` after ``fit`` takes effect.
 
+It also holds the fit's reward grid (:class:`RewardGrid`), the one network factory used
+by fitting and loading (:func:`network_spec`, :func:`build_network`), the device fallback
+of loading and unpickling (:func:`available_device`) and the estimator's methods that
+read the posterior (:class:`PosteriorMethodsMixin`). Inference is thread safe: the
+inference copy is built under a lock and only read afterwards.
+
 Batch invariance: every matrix product sees a whole number of tiles of
 :data:`~skebrm._inference.ROW_TILE` rows (rows and grid padded with zeros), so a row's
 results do not depend, bit for bit on CPU, on the batch it came in.
