@@ -467,7 +467,7 @@ def _run(cfg, output_dir: Path, echo: Callable[[str], None]) -> dict:
             conf if pairs is None else {k: (c[pairs], y[pairs]) for k, (c, y) in conf.items()}
         )
         return {
-            "calibration": "half of the test split's prompts (seeded)",
+            "calibration": "a seeded half of the test split's prompts",
             "n_calibration": int(len(sel_cal)),
             "n_scored": int(len(next(iter(scored_conf.values()))[0])),
             **select,

@@ -116,7 +116,63 @@ def format_table(results: dict) -> str:
     for name, ood in results.get("ood", {}).items():
         parts += ["", f"out of distribution: {name} ({_describe(ood, ood['n_pairs'])})", ""]
         parts.append(markdown_table(*_method_rows(ood["methods"])))
+    parts += _posthoc_parts(results)
     return "\n".join(parts)
+
+
+def _posthoc_parts(results: dict) -> list[str]:
+    """Length statistics, pair selection and out-of-distribution flags, where a run has them."""
+    blocks = {"test": results["test"], **results.get("ood", {})}
+    parts: list[str] = []
+    if any("length" in b for b in blocks.values()):
+        rows = [
+            [
+                name,
+                _fmt(b["length"]["chosen_longer"]),
+                _fmt(b["length"]["reward_spearman"]),
+                _fmt(b["methods"].get("lwr", {}).get("length_spearman")),
+            ]
+            for name, b in blocks.items()
+            if "length" in b
+        ]
+        header = ["set", "chosen is longer", "Spearman(base, length)", "Spearman(lwr, length)"]
+        parts += ["", "length bias", "", markdown_table(header, rows)]
+    if any("selection" in b for b in blocks.values()):
+        alphas = next(b["selection"]["alphas"] for b in blocks.values() if "selection" in b)
+        header = ["set", "score", "method"] + [f"risk / coverage @ α={a:g}" for a in alphas]
+        rows = []
+        for name, b in blocks.items():
+            for score, entry in b.get("selection", {}).get("scores", {}).items():
+                for method in b["selection"]["methods"]:
+                    per = entry[method]
+                    cells = []
+                    for a in alphas:
+                        e = per.get(a, per.get(str(a)))
+                        none = e.get("accepted_none")
+                        cells.append(
+                            "accepts none" if none else f"{_fmt(e['risk'])} / {_fmt(e['coverage'])}"
+                        )
+                    rows.append([name, score, method, *cells])
+        calibration = next(
+            b["selection"]["calibration"] for b in blocks.values() if "selection" in b
+        )
+        parts += [
+            "",
+            f"pair selection (calibrated on {calibration})",
+            "",
+            markdown_table(header, rows),
+        ]
+    flags = {n: b["ood_flags"] for n, b in blocks.items() if "ood_flags" in b}
+    if flags:
+        names = sorted({k for f in flags.values() for k in f})
+        rows = [[n, *(_fmt(f.get(k)) for k in names)] for n, f in flags.items()]
+        parts += [
+            "",
+            "out-of-distribution AUROC (in: test split)",
+            "",
+            markdown_table(["set", *names], rows),
+        ]
+    return parts
 
 
 def _describe(block: dict, n_pairs: int) -> str:

@@ -207,9 +207,17 @@ SCORES = {"margin", "laplace_probability", "ebrm_probability", "ebrm_inverse_std
 
 
 def test_posthoc_tools_reach_results(tmp_path, echo):
-    _, say = echo
     base = ["data=synthetic", SHIFTED, "evaluation.plots=false", *TINY]
+    lines, say = echo
     results = run_experiment(_compose(base), tmp_path / "a", echo=say)
+    table = "\n".join(lines)
+    for title in (
+        "length bias",
+        "pair selection (calibrated on a seeded half",
+        "out-of-distribution AUROC",
+    ):
+        assert title in table, title
+    assert "| lwr+ebrm |" in table and "| shifted | margin | ltt |" in table
     ph = results["posthoc"]
     assert ph["debias"]["mode"] == "transductive" and ph["debias"]["feature"] == "chars"
     assert (
