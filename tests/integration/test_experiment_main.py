@@ -486,6 +486,44 @@ def test_embed_pairs_keys_the_cache_by_texts_only(tmp_path):
     np.testing.assert_array_equal(again.embeddings, data.embeddings)
     assert again.disagreement is None
     np.testing.assert_array_equal(again.response_key, data.response_key)
+    # lengths come from the texts after the cache, chosen row first
+    np.testing.assert_array_equal(data.length, [6.0, 8.0, 6.0, 5.0])
+    np.testing.assert_array_equal(data.markdown, [0.0, 0.0, 0.0, 0.0])
+
+
+def test_lengths_travel_with_their_rows():
+    from skebrm.debias import markdown_element_count
+    from skebrm.experiments.data import response_lengths
+
+    records = [
+        {"prompt": "p", "chosen": "# T\n- **a**", "rejected": "plain"},
+        {"prompt": "q", "chosen": "x", "rejected": "`code` and *it*"},
+    ]
+    length, markdown = response_lengths(records)
+    texts = [r[f] for r in records for f in ("chosen", "rejected")]
+    np.testing.assert_array_equal(length, [len(t) for t in texts])
+    np.testing.assert_array_equal(markdown, [markdown_element_count(t) for t in texts])
+    data = make_synthetic_pairs(n_pairs=40, random_state=3)
+    idx = np.array([5, 1, 30])
+    sub = data.take(idx)
+    np.testing.assert_array_equal(sub.length[0::2], data.length[2 * idx])
+    np.testing.assert_array_equal(sub.markdown[1::2], data.markdown[2 * idx + 1])
+    flipped = flip_labels(data, 1.0, random_state=0)
+    np.testing.assert_array_equal(flipped.length[0::2], data.length[1::2])
+    np.testing.assert_array_equal(flipped.markdown[1::2], data.markdown[0::2])
+    parts = split_pairs(data, [0.5, 0.5], random_state=0)
+    back = EmbeddedPairs.concat(parts)
+    np.testing.assert_array_equal(back.length, np.concatenate([p.length for p in parts]))
+    assert EmbeddedPairs.concat([replace(parts[0], length=None), parts[1]]).length is None
+    assert data.feature("chars") is data.length and data.feature("markdown") is data.markdown
+    with pytest.raises(ValueError, match="name must be 'chars' or 'markdown'"):
+        data.feature("tokens")
+    with pytest.raises(ValueError, match="length must have shape"):
+        replace(data, length=data.length[:-1])
+    # the lengths come from a second stream: every other draw is as before
+    for name in ("embeddings", "rewards", "response_key"):
+        again = make_synthetic_pairs(n_pairs=40, random_state=3, length_bias=0.0)
+        np.testing.assert_array_equal(getattr(again, name), getattr(data, name))
 
 
 def test_load_pairs_coercing_texts(tmp_path):
