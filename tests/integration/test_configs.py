@@ -25,6 +25,7 @@ GROUPS = (
     "sampler",
     "bon_data",
     "policy",
+    "posthoc",
 )
 SHARED_DATA = Path(__file__).resolve().parents[2].parent / "shared" / "data"
 # model nodes that download from the hub or convert large files: the target is resolved,
