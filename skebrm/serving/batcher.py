@@ -4,15 +4,18 @@ Requests wait in a queue; one worker takes the first, then gathers the requests 
 arrive within ``max_wait_s`` (or are already waiting) until ``max_batch_size`` texts are
 collected, scores them in one call on a single scoring thread (so the event loop keeps
 answering while the model runs, and the model never runs twice at once) and hands each
-request its own slice. A request larger than ``max_batch_size`` is scored alone. If a
-batch of several requests fails, each of its requests is retried alone, so an error
-reaches only the request that caused it.
+request its own slice (of every per-text array; other fields, such as a flag of the whole
+batch, are handed to every request as they are). A request larger than
+``max_batch_size`` is scored alone. If a batch of several requests fails, each of its
+requests is retried alone, so an error reaches only the request that caused it; an error
+after scoring fails that batch's requests, and the worker goes on with the next batch.
 """
 
 from __future__ import annotations
 
 import asyncio
 import concurrent.futures
+import dataclasses
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -127,7 +130,12 @@ class MicroBatcher:
                     break
                 batch.append(nxt)
                 size += len(nxt.prompts)
-            await self._score_batch(loop, batch)
+            try:
+                await self._score_batch(loop, batch)
+            except Exception as exc:  # never let the worker die: later requests would hang
+                for job in batch:
+                    if not job.future.done():
+                        self._finish(job, exc=exc)
 
     async def _score_batch(self, loop, batch: list[_Job]) -> None:
         prompts = [p for job in batch for p in job.prompts]
@@ -143,11 +151,13 @@ class MicroBatcher:
             return
         self.batches += 1
         self.texts += len(prompts)
-        start = 0
-        for job in batch:
+        slices, start = [], 0
+        for job in batch:  # split first: an error here then fails the batch, not one job
             stop = start + len(job.prompts)
-            self._finish(job, result=_take(scores, start, stop))
+            slices.append(_take(scores, start, stop, len(prompts)))
             start = stop
+        for job, result in zip(batch, slices):
+            self._finish(job, result=result)
 
     def _finish(self, job: _Job, *, result=None, exc: BaseException | None = None) -> None:
         self.pending_texts -= len(job.prompts)
@@ -159,8 +169,18 @@ class MicroBatcher:
             job.future.set_result(result)
 
 
-def _take(scores, start: int, stop: int):
-    """Rows ``start:stop`` of a dataclass of aligned arrays."""
-    cls = type(scores)
-    fields = {k: np.asarray(v)[start:stop] for k, v in vars(scores).items()}
-    return cls(**fields)
+def _take(scores, start: int, stop: int, n: int):
+    """Rows ``start:stop`` of a dataclass of aligned arrays of ``n`` rows; fields that are
+    not such arrays (a flag of the whole batch) are kept as they are."""
+    if not dataclasses.is_dataclass(scores):
+        raise TypeError(
+            f"MicroBatcher: score must return a dataclass of per-text arrays, got "
+            f"{type(scores).__name__}."
+        )
+    fields = {}
+    for f in dataclasses.fields(scores):
+        value = getattr(scores, f.name)
+        if isinstance(value, np.ndarray) and value.ndim >= 1 and value.shape[0] == n:
+            value = value[start:stop]
+        fields[f.name] = value
+    return type(scores)(**fields)

@@ -449,3 +449,55 @@ def test_the_start_up_line_names_each_token_and_its_source():
     )
     assert (args.policy_tokenizer, args.strip_token) == ("p", ["<a>", "<b>"])
     assert not args.keep_rm_special_tokens
+
+
+def test_a_scores_object_with_a_scalar_field_is_split_per_request():
+    """RewardScores carries ``base_served`` (a bool) besides its per-text arrays."""
+    from dataclasses import dataclass
+
+    @dataclass
+    class Scores:
+        base_reward: np.ndarray
+        served: bool
+
+    def score(p, c):
+        return Scores(np.arange(len(p), dtype=float), True)
+
+    async def main():
+        batcher = MicroBatcher(score, max_batch_size=8, max_wait_s=0.05)
+        await batcher.start()
+        both = asyncio.gather(batcher.submit(["a"], ["x"]), batcher.submit(["b", "c"], ["y", "z"]))
+        got = await asyncio.wait_for(both, 5)
+        await batcher.stop()
+        return got, batcher
+
+    (one, two), batcher = asyncio.run(main())
+    assert batcher.batches == 1
+    np.testing.assert_array_equal(one.base_reward, [0.0])
+    np.testing.assert_array_equal(two.base_reward, [1.0, 2.0])
+    assert one.served is True and two.served is True
+
+
+def test_an_error_after_scoring_fails_the_requests_and_the_batcher_keeps_serving():
+    calls = []
+
+    def score(p, c):
+        calls.append(len(p))
+        if len(calls) == 1:
+            return object()  # nothing the batcher can split
+        return _score(p, c)
+
+    async def main():
+        batcher = MicroBatcher(score, max_batch_size=8, max_wait_s=0.0)
+        await batcher.start()
+        first = await asyncio.wait_for(
+            asyncio.gather(batcher.submit(["a"], ["x"]), return_exceptions=True), 5
+        )
+        second = await asyncio.wait_for(batcher.submit(["b"], ["y"]), 5)
+        await batcher.stop()
+        return first[0], second, batcher
+
+    first, second, batcher = asyncio.run(main())
+    assert isinstance(first, Exception)
+    np.testing.assert_array_equal(second.base_reward, _score(["b"], ["y"]).base_reward)
+    assert batcher.pending_texts == 0
