@@ -1,6 +1,6 @@
 """Extraction throughput: MiniLM and SmolLM2 at 128/256/512 tokens on real texts.
 
-Measures, on real preference texts from ``../shared/data`` (RMB pairwise, long texts):
+Measures, on real preference texts from ``$SKEBRM_DATA_DIR`` (RMB pairwise, long texts):
 
 * ``EmbeddingExtractor`` throughput (texts/s, tokens/s) for MiniLM-L6 and SmolLM2-135M at
   ``max_length`` 128, 256 and 512 (tokenization, truncation and forward included);
@@ -30,13 +30,14 @@ import numpy as np
 import torch
 
 from skebrm.datasets import load_pairs
+from skebrm.experiments import data_dir
 from skebrm.extraction import EmbeddingExtractor, load_minilm, load_smollm2
 from skebrm.extraction.backbones import minilm_path
 
 HERE = Path(__file__).resolve().parent
-DATA = HERE.parent.parent / "shared" / "data" / "rmb_pairwise.jsonl.gz"
+DATA = Path(data_dir()) / "rmb_pairwise.jsonl.gz"
 # Varied lengths (many rows shorter than max_length) for the sorted-vs-unsorted comparison.
-MIXED = HERE.parent.parent / "shared" / "data" / "hh_rlhf_harmless_base_test.jsonl.gz"
+MIXED = Path(data_dir()) / "hh_rlhf_harmless_base_test.jsonl.gz"
 
 
 def _rows(n: int, seed: int = 0, path: Path = DATA) -> list[tuple[str, str]]:

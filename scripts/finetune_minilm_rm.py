@@ -33,8 +33,8 @@ swaps chosen and rejected in the head and calibrator pairs that the study's
 with ``backbone=minilm_rmb_finetuned label_noise=0.3`` (``$SKEBRM_FINETUNED_RM`` pointing at
 it). Several datasets::
 
-    python scripts/finetune_minilm_rm.py --data ../shared/data/rmb_pairwise.jsonl.gz \
-        ../shared/data/ultrafeedback_train_clean.jsonl.gz --n-pairs 0 --max-train-pairs 0
+    python scripts/finetune_minilm_rm.py --data $SKEBRM_DATA_DIR/rmb_pairwise.jsonl.gz \
+        $SKEBRM_DATA_DIR/ultrafeedback_train_clean.jsonl.gz --n-pairs 0 --max-train-pairs 0
 """
 
 from __future__ import annotations
@@ -52,6 +52,7 @@ from tqdm.auto import tqdm
 
 from skebrm._io import sha256_file, staged_directory, write_json_atomic
 from skebrm.datasets import dataset_fingerprint, split_by_prompt
+from skebrm.experiments import data_dir
 from skebrm.experiments.data import (
     flipped_pairs,
     label_noise_seed,
@@ -62,7 +63,7 @@ from skebrm.extraction._formatting import encode_rows
 
 __all__ = ["main"]
 
-RMB = Path(__file__).resolve().parents[1].parent / "shared" / "data" / "rmb_pairwise.jsonl.gz"
+RMB = Path(data_dir()) / "rmb_pairwise.jsonl.gz"
 SPLITS = ("head", "calibrator", "test")
 _STATE = "training_state.pt"
 _FORMAT = 1

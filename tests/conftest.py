@@ -9,6 +9,11 @@ from pathlib import Path
 import pytest
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
+# The studies' preference files: a developer checkout keeps them in a folder beside the
+# repository; $SKEBRM_DATA_DIR names another one.
+os.environ.setdefault(
+    "SKEBRM_DATA_DIR", str(Path(__file__).resolve().parents[2] / "shared" / "data")
+)
 
 EXTRACTION_SPECIALS = ["<pad>", "<s>", "</s>", "<unk>"]
 EXTRACTION_ARCHITECTURES = [

@@ -5,7 +5,7 @@ Every record is a dict with the fields ``id``, ``subset``, ``section``, ``prompt
 
 The package bundles one permissively licensed sample, the Anthropic HH-RLHF
 harmless-base test split (MIT), as :func:`load_hh_rlhf_harmless`. Other files in the
-same schema (for example ``../shared/data/*.jsonl.gz``) load with :func:`load_pairs`.
+same schema (for example the studies' sets, see the user guide) load with :func:`load_pairs`.
 """
 
 from __future__ import annotations

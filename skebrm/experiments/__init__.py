@@ -37,8 +37,10 @@ def conf_dir() -> Path:
 
 
 def data_dir() -> str:
-    """Where the shared preference files live: ``$SKEBRM_DATA_DIR`` or ``../shared/data``."""
-    return os.environ.get("SKEBRM_DATA_DIR", str(_REPO_ROOT.parent / "shared" / "data"))
+    """Where the preference files of the studies live: ``$SKEBRM_DATA_DIR``, else ``data/``
+    at the top of the source checkout (see the user guide's page on studies for the sets,
+    their sources and licences)."""
+    return os.environ.get("SKEBRM_DATA_DIR", str(_REPO_ROOT / "data"))
 
 
 def cache_dir() -> str:

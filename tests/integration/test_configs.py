@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
 
 import numpy as np
@@ -27,7 +28,7 @@ GROUPS = (
     "policy",
     "posthoc",
 )
-SHARED_DATA = Path(__file__).resolve().parents[2].parent / "shared" / "data"
+SHARED_DATA = Path(os.environ["SKEBRM_DATA_DIR"])  # set by conftest.py unless given
 # model nodes that download from the hub or convert large files: the target is resolved,
 # and the config's tiny random twin is built instead
 HEAVY_MODELS = {"smollm2", "skywork_llama3_8b", "oasst_pythia", "oasst_deberta"}

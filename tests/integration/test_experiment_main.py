@@ -446,7 +446,7 @@ def test_annotator_disagreement_and_response_keys_from_records():
 
 
 def test_pandalm_votes_give_disagreement(tmp_path):
-    path = REPO.parent / "shared" / "data" / "pandalm_testset_v1_majority.jsonl.gz"
+    path = Path(os.environ["SKEBRM_DATA_DIR"]) / "pandalm_testset_v1_majority.jsonl.gz"
     if not path.exists():
         pytest.skip("the shared PandaLM file is not next to this checkout")
     pairs = load_pairs_coercing_texts(path)
