@@ -24,10 +24,15 @@ loads.
 ``pickle`` and ``joblib`` go through the same state: the constructor parameters, the
 fitted JSON and the weights as numpy arrays (as skorch does, the module's class is not
 pickled), so a model pickled from CUDA loads on CPU.
+
+:class:`PersistenceMixin` holds the estimator's methods for both (``save_pretrained``,
+``from_pretrained``, ``__getstate__`` and ``__setstate__``), with the device fallback they
+share.
 """
 
 from __future__ import annotations
 
+import os
 import re
 from pathlib import Path
 
@@ -36,13 +41,15 @@ import torch
 
 from skebrm._io import sha256_bytes, write_bytes_atomic
 from skebrm._manifest import canonical, read_manifest, read_payload, write_manifest
-from skebrm._posterior import NETWORKS, build_network
+from skebrm._params import check_version
+from skebrm._posterior import NETWORKS, available_device, build_network
 from skebrm.exceptions import ModelIntegrityError
 
 __all__ = [
     "CONFIG_NAME",
     "FORMAT",
     "FORMAT_VERSION",
+    "PersistenceMixin",
     "construct",
     "document",
     "load_document",
@@ -50,7 +57,8 @@ __all__ = [
     "save_document",
 ]
 
-FORMAT = "skebrm.EnergyRewardCalibrator"
+_NAME = "EnergyRewardCalibrator"
+FORMAT = f"skebrm.{_NAME}"
 FORMAT_VERSION = 2
 CONFIG_NAME = "calibrator.json"
 _WEIGHTS_RE = re.compile(r"^calibrator-[0-9a-f]{16}\.safetensors$")
@@ -299,3 +307,80 @@ def _restore(est, doc: dict, arrays: dict) -> None:
         grid_=post.grid,
         **fitted,
     )
+
+
+class PersistenceMixin:
+    """The estimator's saving, loading and pickling, all through :func:`document`.
+
+    Mixed into :class:`~skebrm.EnergyRewardCalibrator`, which provides ``module_``,
+    ``posterior_``, ``get_params`` and ``_set_fitted``.
+    """
+
+    def save_pretrained(self, directory: str | os.PathLike) -> Path:
+        """Save the fitted estimator to ``directory`` without pickle.
+
+        Writes ``calibrator.json`` (constructor parameters, fitted scalars, grid, package
+        and format versions and checksums) and a safetensors file of the network's
+        weights (CPU tensors), each to a temporary name first, so the folder always holds
+        one complete model. :meth:`from_pretrained` loads it; a file edited after saving
+        is refused.
+
+        Returns
+        -------
+        pathlib.Path
+            ``directory``.
+        """
+        from sklearn.utils.validation import check_is_fitted
+
+        check_is_fitted(self)
+        return save_document(directory, document(self), self.module_)
+
+    @classmethod
+    def from_pretrained(cls, directory: str | os.PathLike, *, device=None):
+        """Load an estimator written by :meth:`save_pretrained` (never unpickles).
+
+        Parameters
+        ----------
+        directory : path-like
+        device : str or torch.device, optional
+            Overrides the saved ``device`` parameter. By default the saved one is kept
+            when it can run here; a CUDA device on a machine without CUDA becomes
+            ``"cpu"`` (with a warning), as when unpickling. Predictions after a round
+            trip are bit-identical on the same device and dtype. A model saved by another
+            version of skebrm loads with a
+            :class:`~skebrm.exceptions.VersionMismatchWarning`.
+        """
+        doc, arrays = load_document(directory)
+        where = f"{_NAME}.from_pretrained"
+        check_version("skebrm", doc.get("skebrm_version"), _NAME, where)
+        params = {k: tuple(v) if isinstance(v, list) else v for k, v in doc["params"].items()}
+        if device is not None:
+            params["device"] = device
+        else:
+            params["device"] = available_device(params.get("device", "auto"), where)
+        est = construct(cls, params, where)
+        restore(est, doc, arrays)
+        return est
+
+    def __getstate__(self):
+        import sklearn
+
+        state = {"_sklearn_version": sklearn.__version__}
+        state["params"] = self.get_params(deep=False)
+        if hasattr(self, "posterior_"):
+            state["document"] = document(self)
+            state["weights"] = state_arrays(self.module_)
+        return state
+
+    def __setstate__(self, state):
+        if "params" not in state:  # a plain dict state (e.g. from an older version)
+            self.__dict__.update(state)
+            return
+        where = f"{_NAME} (unpickled)"
+        check_version("scikit-learn", state.get("_sklearn_version"), _NAME, where)
+        check_version("skebrm", state.get("document", {}).get("skebrm_version"), _NAME, where)
+        for name, value in state["params"].items():
+            setattr(self, name, value)
+        self.device = available_device(self.device, where)
+        if "document" in state:
+            restore(self, state["document"], state["weights"])

@@ -29,9 +29,10 @@ from numbers import Real
 
 import numpy as np
 import torch
+from sklearn.utils.validation import check_is_fitted
 
 from skebrm import _inference as inf
-from skebrm._params import check_finite, check_rewards
+from skebrm._params import check_finite, check_rewards, validate_inputs
 from skebrm._scaling import RewardScaler
 from skebrm.distribution import GridDistribution
 from skebrm.energy import BasisEnergyNet, EnergyNet
@@ -427,9 +428,25 @@ def refine_s(net, chunks, base_s, *, grid_t, grid_width, trusted, bounds, settin
 class PosteriorMethodsMixin:
     """The estimator's methods that read ``p(r | e)`` from its fitted ``posterior_``.
 
-    Mixed into :class:`~skebrm.EnergyRewardCalibrator`, which provides ``_check_X``
-    (``check_is_fitted`` and input validation), ``_settings`` and ``grid_``.
+    Mixed into :class:`~skebrm.EnergyRewardCalibrator`, which provides the inference
+    parameters (``ascent_*``, ``inference_*``, ``device``) and ``grid_``. ``_check_X``
+    (``check_is_fitted`` and input validation) and ``_settings`` also serve the guard.
     """
+
+    def _check_X(self, X, caller):
+        check_is_fitted(self)
+        return validate_inputs(self, X, reset=False, caller=caller)
+
+    def _settings(self) -> InferenceSettings:
+        """The inference parameters (``ascent_*``, ``inference_*``, ``device``) as one object."""
+        return InferenceSettings(
+            dtype=self.inference_dtype,
+            device=self.device,
+            batch_size=int(self.inference_batch_size),
+            ascent_steps=int(self.ascent_steps),
+            ascent_step_size=float(self.ascent_step_size),
+            ascent_shrink=float(self.ascent_shrink),
+        )
 
     def predict_distribution(self, X) -> GridDistribution:
         """``p(r | e)`` of every row from one pass of the energy over the grid.

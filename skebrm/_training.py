@@ -1,4 +1,8 @@
-"""The training loop: batches, gradient accumulation over micro-batches, model selection."""
+"""The training loop: batches, gradient accumulation over micro-batches, model selection.
+
+:func:`training_setup` makes what a fit trains from the estimator's parameters (the reward
+grid, the objective, the network spec), and :func:`run_training` trains it.
+"""
 
 from __future__ import annotations
 
@@ -11,18 +15,21 @@ import numpy as np
 import torch
 
 from skebrm._fused import fused_plan_gradients, supports_fused
-from skebrm._objectives import BatchPlan
+from skebrm._objectives import BatchPlan, make_objective
+from skebrm._posterior import RewardGrid, build_network, network_spec
 from skebrm.energy import Workspace
 
 __all__ = [
     "ACTIVATION_BUDGET",
     "TrainingData",
     "TrainingResult",
+    "TrainingSetup",
     "accumulate_gradients",
     "plan_loss",
     "run_training",
     "selection_validator",
     "train_energy_model",
+    "training_setup",
 ]
 
 
@@ -311,6 +318,61 @@ def train_energy_model(
     return result
 
 
+@dataclass(frozen=True)
+class TrainingSetup:
+    """What a fit trains: the reward grid, the objective on it, the network's spec and the
+    dropout it was given."""
+
+    grid: RewardGrid
+    objective: object
+    spec: dict
+    dropout: float
+
+
+def training_setup(
+    est, n_features: int, y_train, *, sigmas, hidden, reward_hidden, caller: str
+) -> TrainingSetup:
+    """The grid, objective and network spec of a fit with ``est``'s parameters.
+
+    The grid is fitted on the training rewards ``y_train`` (RM units) and widened by
+    ``grid_margin · max(sigmas)`` on each side; a basis network's centres span one
+    ``max(sigmas)`` more. ``dropout="auto"`` is the paper's 0.5 with ``"nce_plus"`` and 0
+    with ``"grid_nll"``. ``sigmas``, ``hidden`` and ``reward_hidden`` are the checked
+    parameters.
+    """
+    sig_max = float(sigmas.max())
+    grid = RewardGrid.fit(
+        y_train,
+        target_std=est.target_std,
+        margin=est.grid_margin * sig_max,
+        size=est.grid_size,
+        caller=caller,
+    )
+    objective = make_objective(
+        est.objective,
+        grid=(torch.as_tensor(grid.centres, dtype=torch.float32), grid.low, grid.width),
+        sigmas=torch.as_tensor(sigmas, dtype=torch.float32),
+        beta=est.beta,
+        n_negatives=est.n_negatives,
+        penalty=est.penalty,
+        preference_weight=est.preference_weight,
+    )
+    dropout = est.dropout
+    if dropout == "auto":
+        dropout = 0.5 if est.objective == "nce_plus" else 0.0
+    pad = (est.grid_margin + 1.0) * sig_max
+    spec = network_spec(
+        est.energy,
+        n_features,
+        hidden=hidden,
+        reward_hidden=reward_hidden,
+        n_basis=est.n_basis,
+        dropout=float(dropout),
+        basis_range=(grid.trusted[0] - pad, grid.trusted[1] + pad),
+    )
+    return TrainingSetup(grid, objective, spec, float(dropout))
+
+
 def selection_validator(X, y, ys, sel, objective, posterior, settings, *, seed, device, pairs):
     """The epoch-selection callback on the selection rows ``sel`` (laid out chosen,
     rejected, ...): the refined and the base pair accuracy there, and the objective's loss
@@ -348,8 +410,6 @@ def run_training(
     Returns ``(module, TrainingResult)``, the module frozen in evaluation mode.
     """
     from threadpoolctl import threadpool_limits
-
-    from skebrm._posterior import build_network
 
     with torch.random.fork_rng(devices=[]), threadpool_limits(limits=1, user_api="blas"):
         torch.manual_seed(seed)

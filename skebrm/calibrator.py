@@ -9,41 +9,21 @@ modules, in :mod:`skebrm._objectives` and in :class:`skebrm.GridDistribution`; s
 
 from __future__ import annotations
 
-import os
 from numbers import Integral, Real
-from pathlib import Path
 
 import numpy as np
 import torch
 from sklearn.base import BaseEstimator, RegressorMixin, clone
-from sklearn.utils.validation import check_is_fitted, check_random_state
+from sklearn.utils.validation import check_random_state
 
-from skebrm import _persistence
 from skebrm._compat import Interval, StrOptions, _fit_context
-from skebrm._guard import GuardMixin
-from skebrm._objectives import make_objective
+from skebrm._guard import GuardMixin, pair_credit
 from skebrm._pairs import check_pairs, fit_layout
-from skebrm._params import (
-    check_fit_params,
-    check_rewards,
-    check_version,
-    draw_seed,
-    validate_inputs,
-)
-from skebrm._posterior import (
-    InferenceSettings,
-    PosteriorMethodsMixin,
-    RewardGrid,
-    available_device,
-    network_spec,
-    resolve_device,
-)
-from skebrm._training import TrainingData, run_training
-from skebrm.exceptions import (
-    ConvergenceWarning,
-    FallbackWarning,
-    warn_user,
-)
+from skebrm._params import check_fit_params, check_rewards, draw_seed, validate_inputs
+from skebrm._persistence import PersistenceMixin
+from skebrm._posterior import PosteriorMethodsMixin, resolve_device
+from skebrm._training import TrainingData, run_training, training_setup
+from skebrm.exceptions import ConvergenceWarning, FallbackWarning, warn_user
 
 __all__ = ["EnergyRewardCalibrator"]
 
@@ -57,7 +37,9 @@ def _warn_once(key: str, message: str) -> None:
         warn_user(message, FallbackWarning)
 
 
-class EnergyRewardCalibrator(GuardMixin, PosteriorMethodsMixin, RegressorMixin, BaseEstimator):
+class EnergyRewardCalibrator(
+    GuardMixin, PosteriorMethodsMixin, PersistenceMixin, RegressorMixin, BaseEstimator
+):
     """Energy-based reward model (EBRM) on top of a frozen reward model.
 
     Learns ``p(r | e) ∝ exp f(e, r)`` from a reward model's embeddings ``e`` (the input of
@@ -319,20 +301,6 @@ class EnergyRewardCalibrator(GuardMixin, PosteriorMethodsMixin, RegressorMixin, 
         self.verbose = verbose
 
     # ------------------------------------------------------------------ fitting
-    def _validate_X(self, est, X, y=None, *, reset: bool, caller: str):
-        return validate_inputs(est, X, y, reset=reset, caller=caller)
-
-    def _settings(self) -> InferenceSettings:
-        """The inference parameters (``ascent_*``, ``inference_*``, ``device``) as one object."""
-        return InferenceSettings(
-            dtype=self.inference_dtype,
-            device=self.device,
-            batch_size=int(self.inference_batch_size),
-            ascent_steps=int(self.ascent_steps),
-            ascent_step_size=float(self.ascent_step_size),
-            ascent_shrink=float(self.ascent_shrink),
-        )
-
     @_fit_context(prefer_skip_nested_validation=True)
     def fit(self, X, y, *, pair_id=None, chosen=None, groups=None):
         """Fit the energy model.
@@ -368,7 +336,7 @@ class EnergyRewardCalibrator(GuardMixin, PosteriorMethodsMixin, RegressorMixin, 
                 "frozen reward model's reward of every row."
             )
         shell = clone(self)  # takes n_features_in_ / feature_names_in_ until fit succeeds
-        X, y = self._validate_X(shell, X, y, reset=True, caller=caller)
+        X, y = validate_inputs(shell, X, y, reset=True, caller=caller)
         hidden, reward_hidden, sigmas = check_fit_params(self, _NAME)
         device = resolve_device(self.device)
         rng = check_random_state(self.random_state)
@@ -385,41 +353,21 @@ class EnergyRewardCalibrator(GuardMixin, PosteriorMethodsMixin, RegressorMixin, 
             caller=caller,
         )
         rows = layout["rows"]
-        sig_max = float(sigmas.max())
-        grid = RewardGrid.fit(
-            y[rows],
-            target_std=self.target_std,
-            margin=self.grid_margin * sig_max,
-            size=self.grid_size,
-            caller=caller,
-        )
-        objective = make_objective(
-            self.objective,
-            grid=(torch.as_tensor(grid.centres, dtype=torch.float32), grid.low, grid.width),
-            sigmas=torch.as_tensor(sigmas, dtype=torch.float32),
-            beta=self.beta,
-            n_negatives=self.n_negatives,
-            penalty=self.penalty,
-            preference_weight=self.preference_weight,
-        )
-        dropout = self.dropout
-        if dropout == "auto":
-            dropout = 0.5 if self.objective == "nce_plus" else 0.0
-        pad = (self.grid_margin + 1.0) * sig_max
-        spec = network_spec(
-            self.energy,
+        setup = training_setup(
+            self,
             X.shape[1],
+            y[rows],
+            sigmas=sigmas,
             hidden=hidden,
             reward_hidden=reward_hidden,
-            n_basis=self.n_basis,
-            dropout=float(dropout),
-            basis_range=(grid.trusted[0] - pad, grid.trusted[1] + pad),
+            caller=caller,
         )
+        grid = setup.grid
         module, result = run_training(
             self,
-            spec,
+            setup.spec,
             TrainingData(X, grid.scaler.transform(y), rows, layout["pref"]),
-            objective,
+            setup.objective,
             y=y,
             posterior=grid.posterior,
             select=layout["select"],
@@ -442,7 +390,7 @@ class EnergyRewardCalibrator(GuardMixin, PosteriorMethodsMixin, RegressorMixin, 
             reward_scale_=grid.scaler.scale,
             trusted_range_=(float(y[rows].min()), float(y[rows].max())),
             grid_=post.grid,
-            dropout_=float(dropout),
+            dropout_=setup.dropout,
             device_=str(device),
             history_=result.history,
             best_epoch_=result.best_epoch,
@@ -465,10 +413,6 @@ class EnergyRewardCalibrator(GuardMixin, PosteriorMethodsMixin, RegressorMixin, 
             setattr(self, name, value)
 
     # --------------------------------------------------------------- inference
-    def _check_X(self, X, caller):
-        check_is_fitted(self)
-        return self._validate_X(self, X, reset=False, caller=caller)
-
     def predict(self, X, *, base_reward=None, return_std: bool = False):
         """The refined reward: a mode of ``p(r | e)``.
 
@@ -536,97 +480,28 @@ class EnergyRewardCalibrator(GuardMixin, PosteriorMethodsMixin, RegressorMixin, 
         ``y``: a density regressor's score, which rewards reproducing the RM (a
         :class:`~skebrm.exceptions.FallbackWarning` says so, once per process).
         """
+        caller = f"{_NAME}.score"
         if pair_id is None and chosen is None:
             _warn_once(
                 "score",
-                f"{_NAME}.score: no pair_id / chosen were passed, so score is the R² of the "
+                f"{caller}: no pair_id / chosen were passed, so score is the R² of the "
                 "global mode against y, not the pairwise accuracy of the refined rewards. "
                 "Pass pair_id= and chosen= (routed by default when metadata routing is on).",
             )
             from sklearn.metrics import r2_score
 
-            X = self._check_X(X, f"{_NAME}.score")
+            X = self._check_X(X, caller)
             mode = self.posterior_.global_mode(X, self._settings())
             return float(r2_score(y, mode, sample_weight=sample_weight))
-        caller = f"{_NAME}.score"
         X = self._check_X(X, caller)
         y = check_rewards(y, X.shape[0], "y", caller)
         idx_c, idx_r = check_pairs(pair_id, chosen, X.shape[0], caller=caller)
-        refined = self.predict(X, base_reward=y)
-        d = refined[idx_c] - refined[idx_r]
-        correct = (d > 0) + 0.5 * (d == 0)
+        rows = np.column_stack([idx_c, idx_r]).reshape(-1)  # chosen, rejected, ...
+        correct = pair_credit(self.predict(X, base_reward=y)[rows])
         if sample_weight is not None:
             w = check_rewards(sample_weight, X.shape[0], "sample_weight", caller)
             return float(np.average(correct, weights=w[idx_c]))
         return float(correct.mean())
-
-    # ------------------------------------------------------------ persistence
-    def save_pretrained(self, directory: str | os.PathLike) -> Path:
-        """Save the fitted estimator to ``directory`` without pickle.
-
-        Writes ``calibrator.json`` (constructor parameters, fitted scalars, grid, package
-        and format versions and checksums) and a safetensors file of the network's
-        weights (CPU tensors), each to a temporary name first, so the folder always holds
-        one complete model. :meth:`from_pretrained` loads it; a file edited after saving
-        is refused.
-
-        Returns
-        -------
-        pathlib.Path
-            ``directory``.
-        """
-        check_is_fitted(self)
-        return _persistence.save_document(directory, _persistence.document(self), self.module_)
-
-    @classmethod
-    def from_pretrained(cls, directory: str | os.PathLike, *, device=None):
-        """Load an estimator written by :meth:`save_pretrained` (never unpickles).
-
-        Parameters
-        ----------
-        directory : path-like
-        device : str or torch.device, optional
-            Overrides the saved ``device`` parameter. By default the saved one is kept
-            when it can run here; a CUDA device on a machine without CUDA becomes
-            ``"cpu"`` (with a warning), as when unpickling. Predictions after a round
-            trip are bit-identical on the same device and dtype. A model saved by another
-            version of skebrm loads with a
-            :class:`~skebrm.exceptions.VersionMismatchWarning`.
-        """
-        doc, arrays = _persistence.load_document(directory)
-        where = f"{_NAME}.from_pretrained"
-        check_version("skebrm", doc.get("skebrm_version"), _NAME, where)
-        params = {k: tuple(v) if isinstance(v, list) else v for k, v in doc["params"].items()}
-        if device is not None:
-            params["device"] = device
-        else:
-            params["device"] = available_device(params.get("device", "auto"), where)
-        est = _persistence.construct(cls, params, where)
-        _persistence.restore(est, doc, arrays)
-        return est
-
-    def __getstate__(self):
-        import sklearn
-
-        state = {"_sklearn_version": sklearn.__version__}
-        state["params"] = self.get_params(deep=False)
-        if hasattr(self, "posterior_"):
-            state["document"] = _persistence.document(self)
-            state["weights"] = _persistence.state_arrays(self.module_)
-        return state
-
-    def __setstate__(self, state):
-        if "params" not in state:  # a plain dict state (e.g. from an older version)
-            self.__dict__.update(state)
-            return
-        where = f"{_NAME} (unpickled)"
-        check_version("scikit-learn", state.get("_sklearn_version"), _NAME, where)
-        check_version("skebrm", state.get("document", {}).get("skebrm_version"), _NAME, where)
-        for name, value in state["params"].items():
-            setattr(self, name, value)
-        self.device = available_device(self.device, where)
-        if "document" in state:
-            _persistence.restore(self, state["document"], state["weights"])
 
     def __sklearn_tags__(self):
         tags = super().__sklearn_tags__()
