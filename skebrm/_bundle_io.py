@@ -266,8 +266,7 @@ def _read_first_format(path: Path, caller: str) -> dict | None:
 
 def load_bundle(cls, pretrained_directory, *, device="cpu", penalty=None, batch_size=None):
     """Load a bundle written by :func:`save_bundle` (see the module docstring)."""
-    from skebrm._bundle_args import _check_batch_size, _check_penalty, _device
-    from skebrm.bundle import _EMBEDDING_KEYS
+    from skebrm._bundle_args import _check_batch_size, _check_penalty, _device, _embedding_diff
     from skebrm.extraction import HeadAdapter
     from skebrm.extraction.extractor import remember_weights_fingerprint
 
@@ -328,11 +327,9 @@ def load_bundle(cls, pretrained_directory, *, device="cpu", penalty=None, batch_
             f"({type(exc).__name__}: {exc}); they were not written by save_pretrained or "
             "were edited."
         ) from exc
-    diff = [
-        f"{key}: saved {settings.get(key)!r}, loaded {bundle.extraction_settings.get(key)!r}"
-        for key in _EMBEDDING_KEYS
-        if settings.get(key) != bundle.extraction_settings.get(key)
-    ]
+    diff = _embedding_diff(
+        settings, bundle.extraction_settings, "saved", "loaded", recorded_only=False
+    )
     if diff:
         raise ModelIntegrityError(
             f"{caller}: the reward model in {str(folder / RM_DIR)!r} is not the one the "

@@ -12,7 +12,9 @@ On disk (:meth:`RefinedRewardModel.save_pretrained`) a bundle is a folder::
 
 Nothing in it is a pickle, and loading never unpickles: the RM is built from its
 safetensors weights, the calibrator through its own pickle-free format. Saving and
-loading live in :mod:`skebrm._bundle_io`.
+loading live in :mod:`skebrm._bundle_io`, the scoring (:class:`RewardScores`, the rows
+scored, the guard's pairs, the repr) in :mod:`skebrm._bundle_scoring` and the argument
+checks in :mod:`skebrm._bundle_args`.
 """
 
 from __future__ import annotations
@@ -20,21 +22,23 @@ from __future__ import annotations
 import copy
 import os
 from collections.abc import Sequence
-from dataclasses import dataclass
 from pathlib import Path
 
-import numpy as np
 import torch
 
-from skebrm import _bundle_io
+from skebrm import _bundle_io, _bundle_scoring
 from skebrm._bundle_args import (
     _check_batch_size,
+    _check_calibrator,
+    _check_fitted_on,
+    _check_name,
     _check_penalty,
-    _check_text_columns,
+    _check_width,
     _device,
 )
+from skebrm._bundle_scoring import RewardScores
 from skebrm.calibrator import EnergyRewardCalibrator
-from skebrm.exceptions import BundleMismatchError, ModelIntegrityError
+from skebrm.exceptions import BundleMismatchError
 
 __all__ = [
     "BUNDLE_FORMAT_VERSION",
@@ -44,51 +48,6 @@ __all__ = [
 ]
 
 BUNDLE_FORMAT_VERSION = _bundle_io.FORMAT_VERSION
-# The extractor's record of what determines an embedding; a calibrator fitted on one
-# setting is only valid for the same one.
-_EMBEDDING_KEYS = (
-    "weights_sha256",
-    "tokenizer_sha256",
-    "head",
-    "template",
-    "max_length",
-    "long_response",
-    "pooling",
-    "dtype",
-)
-
-
-@dataclass(frozen=True)
-class RewardScores:
-    """Per-text rewards of :meth:`RefinedRewardModel.score`, in the RM's units.
-
-    Attributes
-    ----------
-    base_reward : ndarray of shape (n,)
-        The frozen RM's own reward.
-    refined_reward : ndarray of shape (n,)
-        The calibrator's refined reward (mode of ``p(r | e)`` reached from the base reward).
-    std : ndarray of shape (n,)
-        Standard deviation of ``p(r | e)``: the uncertainty of the reward.
-    base_served : bool, default=False
-        True when the calibrator's guard rejected refinement (``guard="base"``): the
-        served reward is then the base reward alone, without the penalty.
-    """
-
-    base_reward: np.ndarray
-    refined_reward: np.ndarray
-    std: np.ndarray
-    base_served: bool = False
-
-    def __len__(self) -> int:
-        return int(self.base_reward.shape[0])
-
-    def penalized(self, penalty: float) -> np.ndarray:
-        """The served reward: ``refined_reward − penalty · std``, or the base reward when
-        the guard rejected refinement (the penalty goes with the refinement)."""
-        if self.base_served:
-            return self.base_reward.copy()
-        return self.refined_reward - penalty * self.std
 
 
 class RefinedRewardModel:
@@ -182,21 +141,13 @@ class RefinedRewardModel:
         name: str = "refined_reward",
         fitted_on: dict | None = None,
     ):
-        from sklearn.utils.validation import check_is_fitted
-
         from skebrm.extraction import EmbeddingExtractor
 
         caller = "RefinedRewardModel"
         self.penalty = _check_penalty(penalty, caller)
         self.batch_size = _check_batch_size(batch_size, caller)
-        if not isinstance(name, str) or not name:
-            raise ValueError(f"{caller}: name must be a non-empty str, got {name!r}.")
-        if not isinstance(calibrator, EnergyRewardCalibrator):
-            raise TypeError(
-                f"{caller}: calibrator must be a fitted EnergyRewardCalibrator, got "
-                f"{type(calibrator).__name__}."
-            )
-        check_is_fitted(calibrator)
+        name = _check_name(name, caller)
+        _check_calibrator(calibrator, caller)
         self.device = _device(device)
         self.template = template
         # every check runs before the caller's model or calibrator is changed
@@ -211,18 +162,11 @@ class RefinedRewardModel:
             device=str(self.device),
             dtype=dtype,
         )._inspect()
-        width = int(extractor.n_features_out_)
-        if calibrator.n_features_in_ != width:
-            raise ModelIntegrityError(
-                f"{caller}: the calibrator was fitted on {calibrator.n_features_in_}-dimensional "
-                f"embeddings, but the scoring layer {extractor.head_name_!r} of "
-                f"{type(extractor.model_).__name__} takes {width}: it was fitted on another "
-                "reward model."
-            )
+        _check_width(calibrator, extractor, caller)
         self.extractor = extractor
         self.extraction_settings = extractor.identity()
         if fitted_on is not None:
-            self._check_fitted_on(fitted_on)
+            _check_fitted_on(fitted_on, self.extraction_settings)
         extractor._place()
         self.reward_model = extractor.model_
         self.tokenizer = extractor.tokenizer_
@@ -230,53 +174,10 @@ class RefinedRewardModel:
             calibrator = copy.deepcopy(calibrator).set_params(device=str(self.device))
         self.calibrator = calibrator
         self.__name__ = name
-        if self._guard_penalty() not in (None, self.penalty):
-            from skebrm.exceptions import RefinementWarning, warn_user
-
-            warn_user(
-                f"RefinedRewardModel: the calibrator's guard was decided for the reward "
-                f"refined - {self._guard_penalty()} * std, but this bundle serves refined - "
-                f"{self.penalty} * std, which no guard evaluated. Call fit_guard on this "
-                "bundle to decide it for the reward served.",
-                RefinementWarning,
-            )
-
-    def _guard_penalty(self) -> float | None:
-        """The penalty the calibrator's guard was decided with (None: no guard yet)."""
-        scores = getattr(self.calibrator, "guard_scores_", None)
-        return None if scores is None else float(scores.get("penalty", 0.0))
-
-    def _check_fitted_on(self, fitted_on) -> None:
-        if not isinstance(fitted_on, dict):
-            raise TypeError(
-                "RefinedRewardModel: fitted_on must be the dict that EmbeddingExtractor."
-                f"identity() returns, got {type(fitted_on).__name__}."
-            )
-        diff = [
-            f"{key}: calibrator fitted on {fitted_on[key]!r}, bundle has "
-            f"{self.extraction_settings.get(key)!r}"
-            for key in _EMBEDDING_KEYS
-            if key in fitted_on and fitted_on[key] != self.extraction_settings.get(key)
-        ]
-        if diff:
-            raise ModelIntegrityError(
-                "RefinedRewardModel: the calibrator was fitted on embeddings made with other "
-                "settings or another reward model than this bundle's (" + "; ".join(diff) + ")."
-            )
+        _bundle_scoring.warn_if_unguarded(self)
 
     def __repr__(self) -> str:
-        s = self.extraction_settings
-        return (
-            f"RefinedRewardModel(model={s['model']!r}, max_length={s['max_length']}, "
-            f"template={s['template']!r}, pooling={s['pooling']!r}, dtype={s['dtype']!r}, "
-            f"penalty={self.penalty}, device={str(self.device)!r}"
-            + (
-                ""
-                if self._guard_penalty() in (None, self.penalty)
-                else f", guard decided at penalty={self._guard_penalty()}"
-            )
-            + ")"
-        )
+        return _bundle_scoring.bundle_repr(self)
 
     # ---------------------------------------------------------------- scoring
     def score(self, prompts: Sequence[str], completions: Sequence[str]) -> RewardScores:
@@ -293,24 +194,7 @@ class RefinedRewardModel:
         RewardScores
             float64 arrays of shape ``(len(prompts),)``, RM units.
         """
-        prompts, completions = _check_text_columns(
-            "RefinedRewardModel.score", prompts=prompts, completions=completions
-        )
-        if not prompts:
-            empty = np.empty(0)
-            return RewardScores(empty, empty.copy(), empty.copy())
-        # the RM's forward runs under torch.inference_mode (inside the extractor); the
-        # calibrator runs under its own no_grad (its cached inference weights must stay
-        # ordinary tensors, which inference mode would not give)
-        res = self.extractor.extract(list(zip(prompts, completions)))
-        refined, std = self._refine(res.embeddings, res.rewards)
-        cal = self.calibrator
-        return RewardScores(
-            base_reward=res.rewards.astype(np.float64),
-            refined_reward=np.asarray(refined, dtype=np.float64),
-            std=np.asarray(std, dtype=np.float64),
-            base_served=cal.guard == "base" and getattr(cal, "refinement_helps_", None) is False,
-        )
+        return _bundle_scoring.score_texts(self, prompts, completions)
 
     def fit_guard(
         self, prompts: Sequence[str], chosen: Sequence[str], rejected: Sequence[str]
@@ -336,28 +220,8 @@ class RefinedRewardModel:
         -------
         self : RefinedRewardModel
         """
-        caller = "RefinedRewardModel.fit_guard"
-        prompts, chosen, rejected = _check_text_columns(
-            caller, prompts=prompts, chosen=chosen, rejected=rejected
-        )
-        if not prompts:
-            raise ValueError(f"{caller}: needs at least one pair, got none.")
-        rows = [row for p, c, r in zip(prompts, chosen, rejected) for row in ((p, c), (p, r))]
-        res = self.extractor.extract(rows)
-        n = len(prompts)
-        self.calibrator.fit_guard(
-            res.embeddings,
-            res.rewards,
-            pair_id=np.repeat(np.arange(n), 2),
-            chosen=np.tile([True, False], n),
-            penalty=self.penalty,
-        )
+        _bundle_scoring.fit_guard_pairs(self, prompts, chosen, rejected)
         return self
-
-    def _refine(self, embeddings: np.ndarray, rewards: np.ndarray):
-        """Refined reward and std in one call of the calibrator (which works inside a
-        caller's ``torch.inference_mode``, as a trainer's reward loop runs it)."""
-        return self.calibrator.predict(embeddings, base_reward=rewards, return_std=True)
 
     def __call__(
         self,
