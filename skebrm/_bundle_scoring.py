@@ -106,7 +106,7 @@ def score_texts(bundle, prompts: Sequence[str], completions: Sequence[str]) -> R
         base_reward=res.rewards.astype(np.float64),
         refined_reward=np.asarray(refined, dtype=np.float64),
         std=np.asarray(std, dtype=np.float64),
-        base_served=cal.guard == "base" and getattr(cal, "refinement_helps_", None) is False,
+        base_served=cal._serves_base(),
     )
 
 

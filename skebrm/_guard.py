@@ -197,6 +197,19 @@ class GuardMixin:
             served, y[g], confidence=self.guard_confidence, penalty=penalty, source=source
         )
 
+    def _fitted_guard(self, post, X, y, g) -> dict:
+        """``refinement_helps_`` and ``guard_scores_`` of a fit: decided on its guard rows
+        ``g`` (the reward served at penalty 0), or both ``None`` when it has none."""
+        if g is None:
+            return {"refinement_helps_": None, "guard_scores_": None}
+        scores = self._guard_scores(post, X, y, g, 0.0, "validation")
+        return {"refinement_helps_": scores.pop("helps"), "guard_scores_": scores}
+
+    def _serves_base(self) -> bool:
+        """Whether the guard rejected refinement with ``guard="base"``: the base reward is
+        then served (without the penalty)."""
+        return self.guard == "base" and getattr(self, "refinement_helps_", None) is False
+
     def fit_guard(self, X, y, *, pair_id, chosen, penalty: float = 0.0):
         """Decide the guard on pairs you supply, e.g. from the distribution to be served.
 

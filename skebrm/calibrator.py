@@ -377,9 +377,7 @@ class EnergyRewardCalibrator(
         for message in result.warnings:
             warn_user(message, ConvergenceWarning)
         post = grid.posterior(module)
-        scores = None
-        if layout["guard"] is not None:
-            scores = self._guard_scores(post, X, y, layout["guard"], 0.0, "validation")
+        guard = self._fitted_guard(post, X, y, layout["guard"])
         self._set_fitted(
             shell,
             module_=module,
@@ -394,10 +392,9 @@ class EnergyRewardCalibrator(
             device_=str(device),
             history_=result.history,
             best_epoch_=result.best_epoch,
-            refinement_helps_=None if scores is None else scores.pop("helps"),
-            guard_scores_=scores,
+            **guard,
         )
-        if scores is not None:
+        if guard["guard_scores_"] is not None:
             self._warn_guard()
         return self
 
@@ -462,7 +459,7 @@ class EnergyRewardCalibrator(
                 return dist.mode, dist.std()
             return post.global_mode(X, settings)
         base = check_rewards(base_reward, X.shape[0], "base_reward", caller)
-        if self.guard == "base" and self.refinement_helps_ is False:
+        if self._serves_base():
             refined = base.copy()
         else:
             refined = post.refine(X, base, settings)
