@@ -184,7 +184,8 @@ def power_message(owner: str, scores: dict, confidence: float) -> str | None:
 class GuardMixin:
     """The estimator's guard: :meth:`fit_guard` and the decision ``fit`` takes on its
     guard half. Mixed into :class:`~skebrm.EnergyRewardCalibrator`, which provides
-    ``_check_X``, ``_settings``, ``posterior_`` and the ``guard`` parameters."""
+    ``posterior_`` and the ``guard`` parameters (``_check_X`` and ``_settings`` come with
+    :class:`~skebrm._posterior.PosteriorMethodsMixin`)."""
 
     def _guard_scores(self, post, X, y, g, penalty: float, source: str) -> dict:
         """The guard's scores on the rows ``g`` (laid out chosen, rejected, ...): the

@@ -1,10 +1,11 @@
 """``EnergyRewardCalibrator``: the EBRM estimator (the scikit-learn shell).
 
-``fit`` validates, lays out the pairs (:mod:`skebrm._pairs`), builds the reward grid and
-the network (:mod:`skebrm._posterior`), trains (:mod:`skebrm._training`), decides the guard
+``fit`` validates, lays out the pairs (:mod:`skebrm._pairs`), sets up the reward grid,
+objective and network and trains (:mod:`skebrm._training`), decides the guard
 (:mod:`skebrm._guard`) and sets the fitted state at once. The numerics live in those
-modules, in :mod:`skebrm._objectives` and in :class:`skebrm.GridDistribution`; saving is
-:mod:`skebrm._persistence`.
+modules, in :mod:`skebrm._posterior`, :mod:`skebrm._objectives` and
+:class:`skebrm.GridDistribution`. The mixins hold the guard, the methods that read the
+posterior and saving and pickling (:mod:`skebrm._persistence`).
 """
 
 from __future__ import annotations
@@ -459,10 +460,7 @@ class EnergyRewardCalibrator(
                 return dist.mode, dist.std()
             return post.global_mode(X, settings)
         base = check_rewards(base_reward, X.shape[0], "base_reward", caller)
-        if self._serves_base():
-            refined = base.copy()
-        else:
-            refined = post.refine(X, base, settings)
+        refined = base.copy() if self._serves_base() else post.refine(X, base, settings)
         if return_std:
             return refined, post.distribution(X, settings, mode=False).std()
         return refined
