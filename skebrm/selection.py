@@ -222,17 +222,6 @@ class PairSelector(BaseEstimator):
         ``"ltt"`` only: MAPIE's correction for testing many thresholds. Fixed-sequence
         testing goes from the strictest threshold down and stops at the first that fails.
 
-    Notes
-    -----
-    What to pass for the usual confidences, for pairs ``(a, b)`` whose preferred response
-    is known:
-
-    * the margin: ``confidence = |r_a − r_b|``, ``correct = (r_a > r_b) == a_preferred``;
-    * a preference probability ``P = P(a ≻ b)`` (a Laplace head's, EBRM's grid one):
-      ``confidence = max(P, 1 − P)``, ``correct = (P > 0.5) == a_preferred``;
-    * an uncertainty ``s`` of the margin: ``confidence = 1 / s`` (or ``−s``), with the
-      ordering's ``correct`` as for the margin.
-
     Attributes
     ----------
     threshold_ : float
@@ -243,6 +232,17 @@ class PairSelector(BaseEstimator):
     calibration_coverage_ : float
         ``"ltt"``: the fraction of calibration pairs accepted.
     n_calibration_ : int
+
+    Notes
+    -----
+    What to pass for the usual confidences, for pairs ``(a, b)`` whose preferred response
+    is known:
+
+    * the margin: ``confidence = |r_a − r_b|``, ``correct = (r_a > r_b) == a_preferred``;
+    * a preference probability ``P = P(a ≻ b)`` (a Laplace head's, EBRM's grid one):
+      ``confidence = max(P, 1 − P)``, ``correct = (P > 0.5) == a_preferred``;
+    * an uncertainty ``s`` of the margin: ``confidence = 1 / s`` (or ``−s``), with the
+      ordering's ``correct`` as for the margin.
 
     Examples
     --------
