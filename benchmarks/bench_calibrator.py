@@ -1,4 +1,4 @@
-"""Benchmark EBRM fit and predict against the faithful reference (issue 5).
+"""Benchmark EBRM fit and predict against the faithful reference implementation.
 
 One run writes one JSON file, ``benchmarks/results/calibrator-<UTC timestamp>.json``,
 and prints a table. Every ratio is library / reference measured in the same process

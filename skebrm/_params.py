@@ -14,6 +14,7 @@ __all__ = [
     "check_device",
     "check_finite",
     "check_rewards",
+    "check_saved_header",
     "check_sigmas",
     "check_widths",
     "warn_ineffective",
@@ -195,4 +196,16 @@ def check_version(package: str, saved, owner: str, where: str) -> None:
             f"{current}; it may load wrongly or predict differently. Refit it, or install "
             f"{package}=={saved}.",
             VersionMismatchWarning,
+        )
+
+
+def check_saved_header(data, *, fmt: str, version: int, what: str, caller: str) -> None:
+    """Refuse ``data`` unless it is a plain saved dict (``to_dict``) of format ``fmt`` at
+    ``version``; the error names ``caller`` and what was expected."""
+    if not isinstance(data, dict) or data.get("format") != fmt:
+        raise ValueError(f"{caller}: data is not a saved {what} (expected format {fmt!r}).")
+    if data.get("version") != version:
+        raise ValueError(
+            f"{caller}: unsupported version {data.get('version')!r}; this skebrm reads "
+            f"version {version}."
         )

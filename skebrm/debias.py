@@ -47,6 +47,7 @@ from sklearn.base import BaseEstimator
 from sklearn.utils.validation import check_is_fitted
 
 from skebrm._compat import Interval, StrOptions, _fit_context
+from skebrm._params import check_saved_header
 
 __all__ = [
     "LengthDebiaser",
@@ -455,15 +456,9 @@ class LengthDebiaser(BaseEstimator):
             knots are not finite, increasing and aligned.
         """
         caller = f"{cls.__name__}.from_dict"
-        if not isinstance(data, dict) or data.get("format") != _FORMAT:
-            raise ValueError(
-                f"{caller}: data is not a saved LengthDebiaser (expected format {_FORMAT!r})."
-            )
-        if data.get("version") != _FORMAT_VERSION:
-            raise ValueError(
-                f"{caller}: unsupported version {data.get('version')!r}; this skebrm reads "
-                f"version {_FORMAT_VERSION}."
-            )
+        check_saved_header(
+            data, fmt=_FORMAT, version=_FORMAT_VERSION, what="LengthDebiaser", caller=caller
+        )
         try:
             params = dict(data["params"])
             kx = np.asarray(data["knots_x"], dtype=np.float64)

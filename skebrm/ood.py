@@ -28,6 +28,7 @@ from sklearn.base import BaseEstimator
 from sklearn.utils.validation import check_is_fitted, validate_data
 
 from skebrm._compat import Interval, StrOptions, _fit_context
+from skebrm._params import check_saved_header
 
 __all__ = ["MahalanobisScorer", "ood_auroc"]
 
@@ -242,15 +243,9 @@ class MahalanobisScorer(BaseEstimator):
             arrays are not finite, aligned and positive definite.
         """
         caller = f"{cls.__name__}.from_dict"
-        if not isinstance(data, dict) or data.get("format") != _FORMAT:
-            raise ValueError(
-                f"{caller}: data is not a saved MahalanobisScorer (expected format {_FORMAT!r})."
-            )
-        if data.get("version") != _FORMAT_VERSION:
-            raise ValueError(
-                f"{caller}: unsupported version {data.get('version')!r}; this skebrm reads "
-                f"version {_FORMAT_VERSION}."
-            )
+        check_saved_header(
+            data, fmt=_FORMAT, version=_FORMAT_VERSION, what="MahalanobisScorer", caller=caller
+        )
         try:
             params = dict(data["params"])
             loc = np.asarray(data["location"], dtype=np.float64)

@@ -197,3 +197,24 @@ def tiny_bundle_parts():
         identity=extractor.identity(),
         max_length=64,
     )
+
+
+def openrlhf_payload_today(tok, prompt, response):
+    """A request as OpenRLHF's SingleTurnAgentExecutor sends it: one query,
+    decode(prompt ids + response ids) with the policy's eos."""
+    prompt_ids = tok(prompt, add_special_tokens=False)["input_ids"]
+    response_ids = tok(response, add_special_tokens=False)["input_ids"] + [tok.eos_token_id]
+    query = tok.decode(prompt_ids + response_ids, skip_special_tokens=False)
+    return {"query": [query], "prompts": [prompt], "labels": [None]}
+
+
+def openrlhf_payload_old(tok, prompts, responses):
+    """Older OpenRLHF: batch_decode of left-padded sequences, BOS added twice, pad after eos."""
+    rows = []
+    for p, r in zip(prompts, responses):
+        ids = [tok.bos_token_id] + tok(p, add_special_tokens=False)["input_ids"]
+        rows.append((ids, tok(r, add_special_tokens=False)["input_ids"] + [tok.eos_token_id]))
+    wp, wr = max(len(p) for p, _ in rows), max(len(r) for _, r in rows)
+    pad = [tok.pad_token_id]
+    seqs = [pad * (wp - len(p)) + p + r + pad * (wr - len(r)) for p, r in rows]
+    return {"query": tok.batch_decode(seqs, skip_special_tokens=False), "prompts": prompts}

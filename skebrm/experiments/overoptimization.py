@@ -38,6 +38,7 @@ __all__ = [
     "pessimistic_against_ensembles",
     "proxy_agreement",
     "run_overoptimization",
+    "study_pairs",
     "summarise_curves",
 ]
 
@@ -109,6 +110,19 @@ def gold_labelled_pairs(
         "flipped": flipped,
         "n_ties": n_ties,
     }
+
+
+def study_pairs(cfg, data) -> dict:
+    """The study's gold-labelled training pairs (Coste's protocol, :func:`gold_labelled_pairs`
+    with ``overoptimization.pairs_per_prompt`` and ``label_noise``, seeded by ``seed``)."""
+    ov = cfg.overoptimization
+    return gold_labelled_pairs(
+        data.train_features,
+        data.train_gold,
+        pairs_per_prompt=int(ov.pairs_per_prompt),
+        label_noise=float(ov.label_noise),
+        random_state=int(cfg.seed),
+    )
 
 
 def fit_proxies(cfg, pairs: dict, *, progress: bool = False) -> tuple[dict[str, Callable], object]:
@@ -374,13 +388,7 @@ def _run(cfg, output_dir: Path, echo, data) -> dict:
     timings["data"] = round(time.perf_counter() - t0, 3)
 
     t0 = time.perf_counter()
-    pairs = gold_labelled_pairs(
-        data.train_features,
-        data.train_gold,
-        pairs_per_prompt=int(ov.pairs_per_prompt),
-        label_noise=float(ov.label_noise),
-        random_state=seed,
-    )
+    pairs = study_pairs(cfg, data)
     scorers, calibrator = fit_proxies(cfg, pairs, progress=progress)
     timings["fit"] = round(time.perf_counter() - t0, 3)
 

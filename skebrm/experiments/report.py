@@ -359,7 +359,7 @@ def study_targets(
     min_gain: float = 0.01,
     recovery: float = 0.5,
 ) -> dict[tuple[str, str, str], dict]:
-    """Issue 12's targets for each (backbone, calibrator, split) of a study.
+    """The full-scale study's targets for each (backbone, calibrator, split) of a study.
 
     Clean runs (``label_noise == 0``) are the seeds; on each split (``"test"`` and every
     out-of-distribution set):

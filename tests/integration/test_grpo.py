@@ -10,39 +10,7 @@ pytest.importorskip("trl")
 datasets = pytest.importorskip("datasets")
 
 from skebrm import RefinedRewardModel  # noqa: E402
-
-CHAT_TEMPLATE = (
-    "{% for m in messages %}{{ m['role'] }}: {{ m['content'] }}\n{% endfor %}"
-    "{% if add_generation_prompt %}assistant: {% endif %}"
-)
-
-
-def _policy():
-    """A tiny random Llama causal LM with the offline MiniLM tokenizer."""
-    import torch
-    from transformers import AutoConfig, AutoModelForCausalLM
-
-    from skebrm.experiments.backbones import offline_tokenizer
-
-    tok = offline_tokenizer()
-    tok.eos_token = "[SEP]"
-    tok.chat_template = CHAT_TEMPLATE
-    tok.model_input_names = ["input_ids", "attention_mask"]  # a causal LM takes no token types
-    config = AutoConfig.for_model(
-        "llama",
-        vocab_size=len(tok),
-        hidden_size=16,
-        intermediate_size=32,
-        num_hidden_layers=1,
-        num_attention_heads=2,
-        num_key_value_heads=1,
-        max_position_embeddings=256,
-        pad_token_id=tok.pad_token_id,
-        eos_token_id=tok.eos_token_id,
-        bos_token_id=tok.cls_token_id,
-    )
-    torch.manual_seed(0)
-    return AutoModelForCausalLM.from_config(config), tok
+from skebrm.experiments.rl.run import build_tiny_policy  # noqa: E402
 
 
 @pytest.mark.parametrize("conversational", [False, True], ids=["text", "conversational"])
@@ -64,7 +32,7 @@ def test_grpo_trainer_runs_two_steps_with_the_bundle(tiny_bundle_parts, tmp_path
     if conversational:
         prompts = [[{"role": "user", "content": p}] for p in prompts]
     dataset = datasets.Dataset.from_dict({"prompt": prompts, "topic": ["a", "b", "c", "d"]})
-    policy, tok = _policy()
+    policy, tok = build_tiny_policy(seed=0)
     args = GRPOConfig(
         output_dir=str(tmp_path),
         per_device_train_batch_size=4,

@@ -32,6 +32,8 @@ httpx = pytest.importorskip("httpx")
 pytest.importorskip("fastapi")
 pytest.importorskip("uvicorn")
 
+from conftest import openrlhf_payload_old, openrlhf_payload_today  # noqa: E402
+
 from skebrm import RefinedRewardModel  # noqa: E402
 
 REPO = Path(__file__).resolve().parents[2]
@@ -237,26 +239,6 @@ def test_start_up_log_names_the_tokens_stripped(server):
     assert "'<|im_end|>' (--strip-token)" in line
 
 
-def _openrlhf_today(tok, prompt, response):
-    """OpenRLHF's SingleTurnAgentExecutor: one query, decode(prompt ids + response ids)."""
-    prompt_ids = tok(prompt, add_special_tokens=False)["input_ids"]
-    response_ids = tok(response, add_special_tokens=False)["input_ids"] + [tok.eos_token_id]
-    query = tok.decode(prompt_ids + response_ids, skip_special_tokens=False)
-    return {"query": [query], "prompts": [prompt], "labels": [None]}
-
-
-def _openrlhf_old(tok, prompts, responses):
-    """Older OpenRLHF: batch_decode of left-padded sequences, BOS added twice, pad after eos."""
-    rows = []
-    for p, r in zip(prompts, responses):
-        ids = [tok.bos_token_id] + tok(p, add_special_tokens=False)["input_ids"]
-        rows.append((ids, tok(r, add_special_tokens=False)["input_ids"] + [tok.eos_token_id]))
-    wp, wr = max(len(p) for p, _ in rows), max(len(r) for _, r in rows)
-    pad = [tok.pad_token_id]
-    seqs = [pad * (wp - len(p)) + p + r + pad * (wr - len(r)) for p, r in rows]
-    return {"query": tok.batch_decode(seqs, skip_special_tokens=False), "prompts": prompts}
-
-
 def test_openrlhf_payloads_score_as_the_clean_texts(server, saved, policy_tokenizer):
     """Both shapes of OpenRLHF's queries score exactly as the prompt and response alone."""
     _, bundle = saved
@@ -270,10 +252,10 @@ def test_openrlhf_payloads_score_as_the_clean_texts(server, saved, policy_tokeni
     ]
     clean = [p.removeprefix("<s>") for p in prompts]
     responses = [r for _, r in texts]
-    payload = _openrlhf_today(tok, prompts[0], responses[0])
+    payload = openrlhf_payload_today(tok, prompts[0], responses[0])
     assert payload["query"][0].endswith("minutes.</s>")
     _check(_post(server, payload), bundle.score(clean[:1], responses[:1]))
-    payload = _openrlhf_old(tok, prompts, responses)
+    payload = openrlhf_payload_old(tok, prompts, responses)
     assert payload["query"][1].startswith("<pad><pad>") and "<s><s><|user|>" in payload["query"][1]
     _check(_post(server, payload), bundle.score(clean, responses))
     # the policy's end-of-turn token given with --strip-token

@@ -10,6 +10,8 @@ import pytest
 
 pytest.importorskip("fastapi")
 
+from conftest import openrlhf_payload_old, openrlhf_payload_today
+
 from skebrm import RewardScores
 from skebrm.serving import (
     MicroBatcher,
@@ -258,27 +260,6 @@ def _policy():
     return extraction_make_tokenizer(POLICY_TEMPLATE)
 
 
-def _openrlhf_today(tok, prompt, response):
-    """SingleTurnAgentExecutor: decode(prompt ids + response ids) with the policy's eos."""
-    prompt_ids = tok(prompt, add_special_tokens=False)["input_ids"]
-    response_ids = tok(response, add_special_tokens=False)["input_ids"] + [tok.eos_token_id]
-    query = tok.decode(prompt_ids + response_ids, skip_special_tokens=False)
-    return {"query": [query], "prompts": [prompt], "labels": [None]}
-
-
-def _openrlhf_old(tok, prompts, responses):
-    """Older experience makers: batch_decode of left-padded sequences, a doubled BOS."""
-    rows = []
-    for p, r in zip(prompts, responses):
-        ids = [tok.bos_token_id] + tok(p, add_special_tokens=False)["input_ids"]
-        rows.append((ids, tok(r, add_special_tokens=False)["input_ids"] + [tok.eos_token_id]))
-    width_p = max(len(p) for p, _ in rows)
-    width_r = max(len(r) for _, r in rows)
-    pad = tok.pad_token_id
-    seqs = [[pad] * (width_p - len(p)) + p + r + [pad] * (width_r - len(r)) for p, r in rows]
-    return {"query": tok.batch_decode(seqs, skip_special_tokens=False), "prompts": prompts}
-
-
 def _chat_prompt(tok, text):
     messages = [{"role": "user", "content": text}]
     return tok.apply_chat_template(messages, add_generation_prompt=True, tokenize=False)
@@ -287,7 +268,7 @@ def _chat_prompt(tok, text):
 def test_openrlhf_today_payload_loses_the_policy_eos():
     tok = _policy()
     prompt = _chat_prompt(tok, "How do I boil an egg?")
-    payload = _openrlhf_today(tok, prompt, "Simmer it for 9 minutes.")
+    payload = openrlhf_payload_today(tok, prompt, "Simmer it for 9 minutes.")
     assert payload["query"][0].endswith("minutes.</s>")
     s = ServerSettings(strip_tokens=tuple(t for t, _ in _special(tok)))
     prompts, responses = parse_reward_request(payload, s)
@@ -299,7 +280,7 @@ def test_openrlhf_old_left_padded_batch_with_a_doubled_bos():
     tok = _policy()
     prompts = [_chat_prompt(tok, "Hi"), _chat_prompt(tok, "A much longer question, padded less")]
     responses = ["Hello there, how can I help you today?", "Short."]
-    payload = _openrlhf_old(tok, prompts, responses)
+    payload = openrlhf_payload_old(tok, prompts, responses)
     assert payload["query"][0].startswith("<pad><pad>") and "<s><s><|user|>" in payload["query"][0]
     assert "Short.</s><pad><pad>" in payload["query"][1] and payload["query"][1].endswith("d>")
     with pytest.raises(RequestError, match="does not start with"):

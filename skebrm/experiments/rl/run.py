@@ -135,21 +135,10 @@ def fit_rl_proxies(cfg, data, *, progress: bool = False) -> tuple[dict[str, Call
     agreement : dict of str to dict
         :func:`~skebrm.experiments.overoptimization.proxy_agreement` of each proxy.
     """
-    from skebrm.experiments.overoptimization import (
-        fit_proxies,
-        gold_labelled_pairs,
-        proxy_agreement,
-    )
+    from skebrm.experiments.overoptimization import fit_proxies, proxy_agreement, study_pairs
 
     ov, seed = cfg.overoptimization, int(cfg.seed)
-    pairs = gold_labelled_pairs(
-        data.train_features,
-        data.train_gold,
-        pairs_per_prompt=int(ov.pairs_per_prompt),
-        label_noise=float(ov.label_noise),
-        random_state=seed,
-    )
-    scorers, _ = fit_proxies(cfg, pairs, progress=progress)
+    scorers, _ = fit_proxies(cfg, study_pairs(cfg, data), progress=progress)
     n_eval, n, d = data.eval_features.shape
     flat = data.eval_features.reshape(n_eval * n, d)
     agreement = {
