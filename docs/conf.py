@@ -81,6 +81,7 @@ API_MODULES = [
     ("skebrm.debias", "Length debiasing of rewards."),
     ("skebrm.selection", "Pair selection with guarantees."),
     ("skebrm.ood", "Out-of-distribution flags."),
+    ("skebrm.steps", "Choosing the refinement step to serve."),
     ("skebrm.integrations.trl", "TRL's reward-function convention."),
 ]
 

@@ -43,6 +43,8 @@ _LAZY = {
     "MahalanobisScorer": "skebrm.ood",
     "PairSelector": "skebrm.selection",
     "SelectionWarning": "skebrm.selection",
+    "StepChoice": "skebrm.steps",
+    "choose_step": "skebrm.steps",
 }
 
 __all__ = [
