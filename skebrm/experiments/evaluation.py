@@ -33,6 +33,7 @@ __all__ = [
     "selection_confidences",
     "selection_report",
     "spearman",
+    "step_choice_report",
 ]
 
 
@@ -401,3 +402,73 @@ def evaluate(
             res["reliability"] = {k: np.asarray(v).tolist() for k, v in curve._asdict().items()}
         out[name] = res
     return out
+
+
+def _pair_rows(pairs: np.ndarray) -> np.ndarray:
+    """The rows (chosen, rejected, ...) of the given pair positions."""
+    pairs = np.asarray(pairs, dtype=np.int64)
+    return np.column_stack([2 * pairs, 2 * pairs + 1]).reshape(-1)
+
+
+def step_choice_report(
+    outputs: dict[str, MethodOutput],
+    halves: tuple[np.ndarray, np.ndarray],
+    *,
+    candidates,
+    confidence: float,
+    n_bootstrap: int = 2000,
+    interval: float = 0.95,
+    random_state: int | None = 0,
+) -> dict:
+    """The choosing guard (:func:`skebrm.steps.choose_step`) decided on one half of a set's
+    prompts and scored on the other, both ways round.
+
+    ``halves``: the pair positions of the two halves. For each fold the step is chosen
+    among ``candidates`` (those in ``outputs``; ``"base"`` is the reference) on the
+    decision half; on the held-out half every candidate's pairwise accuracy (ties ½) is
+    reported, and the chosen step's paired-bootstrap difference to the base there
+    (``interval`` two-sided). ``significantly_worse``: that interval lies below 0.
+    """
+    from skebrm._guard import pair_credit
+    from skebrm.steps import choose_step
+
+    names = ["base", *[c for c in candidates if c != "base" and c in outputs]]
+    folds = []
+    for k, (decide_on, held_out) in enumerate([(halves[0], halves[1]), (halves[1], halves[0])]):
+        rows_d, rows_h = _pair_rows(decide_on), _pair_rows(held_out)
+        choice = choose_step(
+            {n: outputs[n].reward[rows_d] for n in names}, confidence=float(confidence)
+        )
+        held = {n: pair_credit(outputs[n].reward[rows_h]) for n in names}
+        vs = metrics.paired_bootstrap(
+            held[choice.step],
+            held["base"],
+            n_resamples=n_bootstrap,
+            confidence=interval,
+            random_state=None if random_state is None else random_state + k,
+        )
+        folds.append(
+            {
+                "step": choice.step,
+                "reason": choice.reason,
+                "n_decide": int(len(decide_on)),
+                "n_held_out": int(len(held_out)),
+                "decision": choice.to_dict()["scores"],
+                "held_out_accuracy": {n: float(v.mean()) for n, v in held.items()},
+                "chosen_vs_base": vs._asdict(),
+                "significantly_worse": bool(vs.ci_high < 0),
+            }
+        )
+    fixed = {n: float(np.mean([f["held_out_accuracy"][n] for f in folds])) for n in names}
+    chosen = float(np.mean([f["held_out_accuracy"][f["step"]] for f in folds]))
+    best_fixed = max(fixed, key=fixed.get)
+    return {
+        "candidates": names,
+        "confidence": float(confidence),
+        "folds": folds,
+        "chosen_accuracy": chosen,
+        "fixed_accuracy": fixed,
+        "best_fixed": best_fixed,
+        "chosen_minus_best_fixed": chosen - fixed[best_fixed],
+        "chosen_minus_base": chosen - fixed["base"],
+    }

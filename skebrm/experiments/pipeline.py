@@ -25,6 +25,10 @@ The post-hoc tools of the ``posthoc`` config node are scored on the same sets:
   distance (:class:`~skebrm.MahalanobisScorer` fitted on the head split's embeddings, the
   rows the base RM was trained on), EBRM's std, the Laplace head's posterior std and the
   negative base margin.
+* ``step_choice``: the choosing guard (:func:`~skebrm.steps.choose_step` over
+  ``posthoc.step_choice.candidates``) decided on a seeded half of each set's prompts and
+  scored on the other half, both ways round
+  (:func:`~skebrm.experiments.evaluation.step_choice_report`).
 
 :func:`build` is the one place where config nodes with ``_target_`` become objects.
 """
@@ -64,6 +68,7 @@ from skebrm.experiments.evaluation import (
     reward_output,
     selection_confidences,
     selection_report,
+    step_choice_report,
 )
 from skebrm.experiments.report import format_table, write_json
 
@@ -278,6 +283,7 @@ def _posthoc(cfg):
                 "pessimistic": {"enabled": False},
                 "selection": {"enabled": False},
                 "ood_flags": {"enabled": False},
+                "step_choice": {"enabled": False},
             }
         )
     return node
@@ -413,6 +419,18 @@ def _run(cfg, output_dir: Path, echo: Callable[[str], None]) -> dict:
             if ph.pessimistic.beta is not None
             else f"std of the base reward on the {fit_on} split",
         }
+    choose = None
+    step_node = ph.get("step_choice")
+    if step_node is not None and step_node.enabled:
+        choose = {
+            "candidates": [str(c) for c in step_node.candidates],
+            "confidence": float(step_node.confidence),
+        }
+        posthoc_info["step_choice"] = {
+            **choose,
+            "decided_on": "a seeded half of each set's prompts, scored on the other half "
+            "(both ways round)",
+        }
     scorer = None
     if ph.ood_flags.enabled:
         from skebrm.ood import MahalanobisScorer
@@ -445,6 +463,17 @@ def _run(cfg, output_dir: Path, echo: Callable[[str], None]) -> dict:
             block["n_pairs_disagreement"] = int(np.nansum(d.disagreement))
         outs = all_outputs(d) if outs is None else outs
         block["methods"] = evaluate(d, outs, **eval_kw)
+        if choose is not None:
+            halves = split_pair_indices(d, [0.5, 0.5], random_state=seed)
+            block["step_choice"] = step_choice_report(
+                outs,
+                (halves[0], halves[1]),
+                candidates=choose["candidates"],
+                confidence=choose["confidence"],
+                n_bootstrap=eval_kw["n_bootstrap"],
+                interval=eval_kw["confidence"],
+                random_state=seed,
+            )
         if debias is not None:
             block["length"] = {
                 "feature": debias["feature"],

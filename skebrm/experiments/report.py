@@ -172,7 +172,44 @@ def _posthoc_parts(results: dict) -> list[str]:
             "",
             markdown_table(["set", *names], rows),
         ]
+    steps = {n: b["step_choice"] for n, b in blocks.items() if "step_choice" in b}
+    if steps:
+        rows = []
+        for n, sc in steps.items():
+            folds = sc["folds"]
+            rows.append(
+                [
+                    n,
+                    " / ".join(f["step"] for f in folds),
+                    " / ".join(_interval(f["chosen_vs_base"]) for f in folds),
+                    "yes" if any(f["significantly_worse"] for f in folds) else "no",
+                    _fmt(sc["chosen_accuracy"]),
+                    f"{sc['best_fixed']} {_fmt(sc['fixed_accuracy'][sc['best_fixed']])}",
+                    f"{sc['chosen_minus_best_fixed']:+.3f}",
+                ]
+            )
+        header = [
+            "set",
+            "chosen (fold 1 / 2)",
+            "chosen − base on the other half",
+            "significantly worse",
+            "chosen accuracy",
+            "best fixed step",
+            "chosen − best fixed",
+        ]
+        confidence = next(iter(steps.values()))["confidence"]
+        parts += [
+            "",
+            f"choosing guard (decided on half of each set's prompts, confidence {confidence:g})",
+            "",
+            markdown_table(header, rows),
+        ]
     return parts
+
+
+def _interval(vs: dict) -> str:
+    """``+0.012 [-0.004, +0.028]`` of a paired-bootstrap record."""
+    return f"{vs['difference']:+.3f} [{vs['ci_low']:+.3f}, {vs['ci_high']:+.3f}]"
 
 
 def _describe(block: dict, n_pairs: int) -> str:

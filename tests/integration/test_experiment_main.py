@@ -215,6 +215,7 @@ def test_posthoc_tools_reach_results(tmp_path, echo):
         "length bias",
         "pair selection (calibrated on a seeded half",
         "out-of-distribution AUROC",
+        "choosing guard (decided on half of each set's prompts",
     ):
         assert title in table, title
     assert "| lwr+ebrm |" in table and "| shifted | margin | ltt |" in table
@@ -225,6 +226,15 @@ def test_posthoc_tools_reach_results(tmp_path, echo):
         and "std of the base reward" in ph["pessimistic"]["beta_source"]
     )
     assert ph["ood_flags"]["mahalanobis_fitted_on"] == "head"
+    assert ph["step_choice"]["candidates"] == ["base", "lwr", "ebrm", "lwr+ebrm", "ebrm_mean"]
+    for block in (results["test"], results["ood"]["shifted"]):
+        sc = block["step_choice"]
+        assert sc["candidates"] == ph["step_choice"]["candidates"]
+        assert [f["n_decide"] + f["n_held_out"] for f in sc["folds"]] == [block["n_pairs"]] * 2
+        for f in sc["folds"]:
+            assert f["step"] in sc["candidates"]
+            assert f["step"] == "base" or f["decision"][f["step"]]["passes"]
+            assert set(f["held_out_accuracy"]) == set(sc["candidates"])
     for block in (results["test"], results["ood"]["shifted"]):
         length = block["length"]
         assert 0.0 <= length["chosen_longer"] <= 1.0
@@ -265,6 +275,7 @@ def test_posthoc_tools_reach_results(tmp_path, echo):
     none = run_experiment(_compose([*base, "posthoc=none"]), tmp_path / "c", echo=say)
     assert not {"lwr", "ebrm+lwr", "lwr+ebrm", "pessimistic"} & set(none["test"]["methods"])
     assert "posthoc" not in none and "selection" not in none["test"]
+    assert "step_choice" not in none["test"]
     assert "ood_flags" not in none["ood"]["shifted"]
     assert _jsonable(none["test"]["methods"]["ebrm"]) == _jsonable(methods["ebrm"])
 

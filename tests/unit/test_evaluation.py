@@ -323,3 +323,42 @@ def test_ood_flags_and_their_aurocs():
     assert set(ood_flag_aurocs(ood_flag_scores({"base": outs_in["base"]}, X_in), f_out)) == {
         "negative_margin"
     }
+
+
+def _credit_rows(correct):
+    r = np.zeros(2 * len(correct))
+    r[0::2] = np.where(correct, 1.0, -1.0)
+    return r
+
+
+def test_step_choice_report_decides_on_one_half_and_scores_the_other():
+    from skebrm.experiments.evaluation import step_choice_report
+
+    rng = np.random.default_rng(3)
+    n = 400
+    base_ok = rng.random(n) < 0.6
+    helps = base_ok | (rng.random(n) < 0.5)  # fixes about half the base's errors
+    hurts = base_ok & (rng.random(n) < 0.7)
+    outputs = {
+        "base": reward_output(_credit_rows(base_ok)),
+        "helps": reward_output(_credit_rows(helps)),
+        "hurts": reward_output(_credit_rows(hurts)),
+    }
+    perm = rng.permutation(n)
+    halves = (perm[: n // 2], perm[n // 2 :])
+    report = step_choice_report(
+        outputs, halves, candidates=["base", "helps", "hurts", "absent"], confidence=0.9
+    )
+    assert report["candidates"] == ["base", "helps", "hurts"]
+    for k, fold in enumerate(report["folds"]):
+        assert fold["step"] == "helps" and not fold["significantly_worse"]
+        held = halves[1 - k]
+        # held-out accuracy by hand
+        assert fold["held_out_accuracy"]["helps"] == pytest.approx(helps[held].mean())
+        assert fold["held_out_accuracy"]["base"] == pytest.approx(base_ok[held].mean())
+        assert fold["chosen_vs_base"]["difference"] == pytest.approx(
+            helps[held].mean() - base_ok[held].mean()
+        )
+    assert report["best_fixed"] == "helps"
+    assert report["chosen_minus_best_fixed"] == pytest.approx(0.0)
+    assert report["chosen_minus_base"] == pytest.approx(helps.mean() - base_ok.mean())
