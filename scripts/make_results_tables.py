@@ -15,7 +15,9 @@ misorder and disagreement AUROCs, ECEs and best-of-k accuracies by method (see
 existed show "–" there. Where the runs carry the base margin, a table of the full-scale
 study's targets follows (:func:`skebrm.experiments.report.targets_table`); where a family's runs
 vary the share of flipped labels, a label-noise table and plot
-(:func:`skebrm.experiments.report.label_noise_table`).
+(:func:`skebrm.experiments.report.label_noise_table`). Where runs carry the post-hoc
+tools, their tables and targets follow
+(:func:`skebrm.experiments.report_posthoc.posthoc_tables`).
 
 Usage::
 
@@ -42,6 +44,7 @@ from skebrm.experiments.report import (
     targets_table,
     write_text,
 )
+from skebrm.experiments.report_posthoc import posthoc_tables
 
 
 def _label_noise_plot(runs, path: Path) -> bool:
@@ -143,6 +146,9 @@ def build_markdown(folders: list[Path], figures: Path, docs: Path) -> str:
                 targets_table(runs),
                 "",
             ]
+        posthoc = posthoc_tables(runs)
+        if posthoc:
+            parts += [posthoc, ""]
         plot = figures / f"{slug}-label_noise.png"
         if _label_noise_plot(runs, plot):
             parts += [

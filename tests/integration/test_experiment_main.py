@@ -260,6 +260,27 @@ def test_posthoc_tools_reach_results(tmp_path, echo):
     methods = results["test"]["methods"]
     assert abs(methods["lwr"]["length_spearman"]) < abs(methods["base"]["length_spearman"])
 
+    # the post-hoc tables and targets over runs (one seed here)
+    from skebrm.experiments.report_posthoc import posthoc_tables, posthoc_targets
+
+    targets = posthoc_targets([(tmp_path / "a", results)])
+    (key,) = targets
+    t = targets[key]
+    assert key == (results["backbone"], results["calibrator"]) and t["n_seeds"] == 1
+    assert set(t["flags"]) == {"shifted"} and set(t["flags"]["shifted"]) == FLAGS
+    assert set(t["steps"]) == {"test", "shifted"} and isinstance(t["e"], bool)
+    m = results["test"]["methods"]
+    assert t["a_best"][1]["gain"] >= m["lwr"]["accuracy"] - m["base"]["accuracy"] - 1e-12
+    page = posthoc_tables([(tmp_path / "a", results)])
+    for title in (
+        "Length debiasing",
+        "Pair selection",
+        "Out-of-distribution AUROC",
+        "Choosing guard",
+        "Targets of the post-hoc tools",
+    ):
+        assert title in page, title
+
     # inductive debiasing and a configured beta; beta -> infinity is EBRM's mean
     inductive = run_experiment(
         _compose([*base, "posthoc.debias.mode=inductive", "posthoc.pessimistic.beta=1e6"]),
