@@ -32,7 +32,12 @@ Three sections (``--sections overhead,load,throughput``):
   the fastest bare variant of that round; the median over rounds is printed. The goal is
   0.9x or more. A second ratio compares like with like: the bare forward at the bundle's
   RM batch size in request order (the server sees one micro-batch at a time, so it can
-  never sort a whole round by length as the fastest bare variant does).
+  never sort a whole round by length as the fastest bare variant does). One server is
+  started per entry of ``--score-chunk-sizes`` (``default,16,64``): its
+  ``--score-chunk-size``, the texts per scoring call (``default``: none given, the
+  server's default of half the RM batch size; 64, the ``--max-batch-size``: one call per
+  micro-batch, as before chunked scoring); each round runs every server in turn. "texts
+  per scoring call" is the mean over the round, ``/health``'s ``texts`` over ``batches``.
 
 Writes ``benchmarks/results/serving-<UTC stamp>.json`` (atomically) and prints the
 Markdown tables for ``benchmarks/README.md``. Run:
@@ -407,8 +412,10 @@ def bench_throughput(
     max_batch_size: int,
     rm_batch_size: int,
     rounds: int,
+    score_chunk_sizes: tuple = (None,),
 ) -> dict:
-    """Interleaved rounds: the bare forward, then the server at each number of clients."""
+    """Interleaved rounds: the bare forward, then each server (one per entry of
+    ``score_chunk_sizes``, None: the server's default) at each number of clients."""
     import httpx
 
     model, tok = load_minilm()
@@ -433,51 +440,68 @@ def bench_throughput(
     }
     variants = [(b, o) for b in sorted({rm_batch_size, max_batch_size}) for o in orders]
     bare = {f"batch {b}, {o}": [] for b, o in variants}
-    served = {c: [] for c in clients_list}
+    # the server's default chunk is half the RM batch size
+    chunks = [c or max(1, rm_batch_size // 2) for c in score_chunk_sizes]
+    configs = [(i, c, d) for i, (c, d) in enumerate(zip(chunks, score_chunk_sizes))]
+    served = {(i, c): [] for i, _, _ in configs for c in clients_list}
+    servers = []
     with tempfile.TemporaryDirectory() as tmp:
         folder = bundle.save_pretrained(Path(tmp) / "bundle")
         loaded = RefinedRewardModel.from_pretrained(folder)
         reference = [loaded.score(p, r) for p, r in rows]
         worker = _BareWorker(orders, max_length, Path(tmp))
-        proc, url, log = start_server(
-            folder, Path(tmp) / "server.log", "--max-batch-size", str(max_batch_size)
-        )
+        codes = []
         try:
-            load_test(url, rows[:8], reference[:8], 8, tol=float("inf"))  # warm-up
+            for i, _, given in configs:  # an idle server costs the others nothing
+                flags = ["--max-batch-size", str(max_batch_size)]
+                if given is not None:
+                    flags += ["--score-chunk-size", str(given)]
+                servers.append(start_server(folder, Path(tmp) / f"server{i}.log", *flags))
+                load_test(servers[-1][1], rows[:8], reference[:8], 8, tol=float("inf"))  # warm-up
             for k in range(rounds):
                 for b, o in variants:
                     bare[f"batch {b}, {o}"].append(worker.rate(b, o))
-                for clients in clients_list:
-                    before = httpx.get(f"{url}/health", timeout=5).json()
-                    out = load_test(url, rows, reference, clients, tol=1e-4)
-                    after = httpx.get(f"{url}/health", timeout=5).json()
-                    n_batches = max(1, after["batches"] - before["batches"])
-                    out["mean_texts_per_batch"] = (after["texts"] - before["texts"]) / n_batches
-                    served[clients].append(out)
+                for (i, _, _), (_, url, _) in zip(configs, servers):
+                    for clients in clients_list:
+                        before = httpx.get(f"{url}/health", timeout=5).json()
+                        out = load_test(url, rows, reference, clients, tol=1e-4)
+                        after = httpx.get(f"{url}/health", timeout=5).json()
+                        n_batches = max(1, after["batches"] - before["batches"])
+                        out["mean_texts_per_batch"] = (after["texts"] - before["texts"]) / n_batches
+                        served[(i, clients)].append(out)
                 print(
                     f"round {k}: bare "
                     + ", ".join(f"{v[-1]:.1f}" for v in bare.values())
                     + "; server "
-                    + ", ".join(f"{served[c][-1]['texts_per_second']:.1f}" for c in clients_list)
+                    + ", ".join(
+                        f"{served[(i, c)][-1]['texts_per_second']:.1f}"
+                        for i, _, _ in configs
+                        for c in clients_list
+                    )
                     + " texts/s",
                     flush=True,
                 )
         finally:
-            code = stop_server(proc, log)
+            for proc, _, log in servers:
+                codes.append(stop_server(proc, log))
             worker.close()
+    code = max(codes, key=abs, default=0)
     best_per_round = [max(v[k] for v in bare.values()) for k in range(rounds)]
     # like with like: the texts in the order the requests come, in RM batches of the
     # bundle's batch size (the server never sees more than one micro-batch at a time, so
     # it cannot sort a whole round by length as the fastest bare variant does)
     in_order = bare[f"batch {rm_batch_size}, in order"]
     runs = []
-    for clients, outs in served.items():
+    for (i, clients), outs in served.items():
+        chunk, given = configs[i][1], configs[i][2]
         ratios = [o["texts_per_second"] / b for o, b in zip(outs, best_per_round)]
         ratios_in_order = [o["texts_per_second"] / b for o, b in zip(outs, in_order)]
         lat = [o["latency_p99_ms"] for o in outs]
         runs.append(
             {
                 "clients": clients,
+                "score_chunk_size": chunk,
+                "server_default": given is None,
                 "requests_per_round": n_requests,
                 "texts_per_second": [o["texts_per_second"] for o in outs],
                 "ratio_vs_bare": ratios,
@@ -495,7 +519,8 @@ def bench_throughput(
             }
         )
         print(
-            f"{clients} clients: {np.median(ratios):.2f}x the fastest bare forward (median of "
+            f"{clients} clients, chunk {chunk}{' (default)' if given is None else ''}: "
+            f"{np.median(ratios):.2f}x the fastest bare forward (median of "
             f"{rounds} rounds: {', '.join(f'{r:.2f}' for r in ratios)}); "
             f"{np.median(ratios_in_order):.2f}x the bare forward at batch {rm_batch_size} in "
             f"request order ({', '.join(f'{r:.2f}' for r in ratios_in_order)})",
@@ -508,6 +533,8 @@ def bench_throughput(
         "texts_per_request": per_request,
         "max_batch_size": max_batch_size,
         "rm_batch_size": rm_batch_size,
+        "score_chunk_sizes": chunks,
+        "exit_codes": codes,
         "rounds": rounds,
         "bare_texts_per_second": bare,
         "bare_fastest_per_round": best_per_round,
@@ -558,15 +585,20 @@ def _tables(result: dict) -> str:
             "",
             f"Bare RM forward, texts/s (median of {tp['rounds']} rounds): {bare}.",
             "",
-            "| clients | requests × texts per round | server texts/s per round | vs fastest "
+            "| clients | chunk (texts per scoring call, at most) | requests × texts per round | server "
+            "texts/s per round | vs fastest "
             "bare forward of the round | median ratio | vs bare at the RM batch size in "
-            "request order | median ratio | p50 / p99 latency (median) | texts per server "
-            "batch | failed |",
-            "|---|---|---|---|---|---|---|---|---|---|",
+            "request order | median ratio | p50 / p99 latency (median) | texts per scoring "
+            "call | failed |",
+            "|---|---|---|---|---|---|---|---|---|---|---|",
         ]
         for r in tp["runs"]:
+            chunk = r.get("score_chunk_size", "")
+            if r.get("server_default"):
+                chunk = f"{chunk} (default)"
             lines.append(
-                f"| {r['clients']} | {r['requests_per_round']} × {tp['texts_per_request']} | "
+                f"| {r['clients']} | {chunk} | {r['requests_per_round']} × "
+                f"{tp['texts_per_request']} | "
                 + ", ".join(f"{x:.1f}" for x in r["texts_per_second"])
                 + " | "
                 + ", ".join(f"{x:.2f}×" for x in r["ratio_vs_bare"])
@@ -595,6 +627,12 @@ def main(argv=None) -> Path:
     parser.add_argument("--throughput-rounds", type=int, default=3)
     parser.add_argument("--max-batch-size", type=int, default=64, help="the server's")
     parser.add_argument("--rm-batch-size", type=int, default=16, help="the bundle's")
+    parser.add_argument(
+        "--score-chunk-sizes",
+        default="default,16,64",
+        help="one server per entry (its --score-chunk-size; 'default': none given, half "
+        "the RM batch size; --max-batch-size: one scoring call per micro-batch)",
+    )
     parser.add_argument("--out", type=Path, default=HERE / "results")
     args = parser.parse_args(argv)
     sections = set(args.sections.split(","))
@@ -633,6 +671,7 @@ def main(argv=None) -> Path:
             args.max_batch_size,
             args.rm_batch_size,
             args.throughput_rounds,
+            tuple(None if c == "default" else int(c) for c in args.score_chunk_sizes.split(",")),
         )
     result["machine"]["loadavg_end"] = os.getloadavg()
     result["seconds_total"] = time.perf_counter() - start

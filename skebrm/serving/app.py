@@ -92,6 +92,10 @@ class ServerSettings:
         response, before the prefix check (see the module docstring). None:
         :func:`create_app` uses the RM tokenizer's pad / eos / BOS tokens; ``()`` strips
         none.
+    score_chunk_size : int or None
+        Texts per scoring call: a micro-batch is scored in chunks of whole requests, each
+        answered when its chunk is done (see :class:`~skebrm.serving.MicroBatcher`). None:
+        :func:`create_app` uses half the bundle's RM ``batch_size``.
     """
 
     max_batch_size: int = 64
@@ -102,8 +106,14 @@ class ServerSettings:
     max_pending_texts: int = 4096
     strip_suffixes: tuple = ()
     strip_tokens: tuple | None = None
+    score_chunk_size: int | None = None
 
     def __post_init__(self):
+        c = self.score_chunk_size
+        if c is not None and (not isinstance(c, int) or isinstance(c, bool) or c < 1):
+            raise ValueError(
+                f"ServerSettings: score_chunk_size must be a positive int or None, got {c!r}."
+            )
         for name in (
             "max_batch_size",
             "max_texts_per_request",
@@ -366,6 +376,11 @@ def _floats(values) -> list:
     return [float(v) if math.isfinite(v) else None for v in values]
 
 
+def _half_batch_size(bundle) -> int | None:
+    batch_size = getattr(bundle, "batch_size", None)
+    return max(1, batch_size // 2) if isinstance(batch_size, int) else None
+
+
 def create_app(bundle, settings: ServerSettings | None = None) -> FastAPI:
     """A FastAPI app serving ``bundle`` (a :class:`~skebrm.RefinedRewardModel`).
 
@@ -383,6 +398,7 @@ def create_app(bundle, settings: ServerSettings | None = None) -> FastAPI:
         max_batch_size=settings.max_batch_size,
         max_wait_s=settings.max_wait_ms / 1000.0,
         max_pending_texts=settings.max_pending_texts,
+        chunk_size=settings.score_chunk_size or _half_batch_size(bundle),
     )
 
     @contextlib.asynccontextmanager

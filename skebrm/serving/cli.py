@@ -53,6 +53,15 @@ def build_parser() -> argparse.ArgumentParser:
         default=d.max_wait_ms,
         help=f"wait for other requests to join a batch (default {d.max_wait_ms})",
     )
+    p.add_argument(
+        "--score-chunk-size",
+        type=int,
+        default=None,
+        metavar="N",
+        help="texts per scoring call: a micro-batch is scored in chunks of whole requests, "
+        "each answered when its chunk is done (default: half the RM batch size; the "
+        "--max-batch-size value scores a micro-batch in one call)",
+    )
     p.add_argument("--max-texts-per-request", type=int, default=d.max_texts_per_request)
     p.add_argument("--max-chars-per-text", type=int, default=d.max_chars_per_text)
     p.add_argument("--max-request-bytes", type=int, default=d.max_request_bytes)
@@ -129,6 +138,7 @@ def main(argv: list[str] | None = None) -> int:
             max_chars_per_text=args.max_chars_per_text,
             max_request_bytes=args.max_request_bytes,
             max_pending_texts=args.max_pending_texts,
+            score_chunk_size=args.score_chunk_size,
             strip_suffixes=tuple(args.strip_suffix),
             strip_tokens=tuple(args.strip_token),
         )

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import threading
+import time
 
 import numpy as np
 import pytest
@@ -482,3 +483,128 @@ def test_an_error_after_scoring_fails_the_requests_and_the_batcher_keeps_serving
     assert isinstance(first, Exception)
     np.testing.assert_array_equal(second.base_reward, _score(["b"], ["y"]).base_reward)
     assert batcher.pending_texts == 0
+
+
+# ------------------------------------------------------------- chunked scoring
+def test_a_request_in_the_first_chunk_is_answered_before_the_last_chunk_is_scored():
+    """A micro-batch scored in chunks answers each request as soon as its chunk is done,
+    so its client can send the next request while the other chunks are scored."""
+    release = threading.Event()
+    calls = []
+
+    def score(p, c):
+        calls.append(list(c))
+        if len(calls) > 1:
+            assert release.wait(5), "the test did not release the second chunk"
+        return _score(p, c)
+
+    async def main():
+        batcher = MicroBatcher(score, max_batch_size=8, max_wait_s=0.2, chunk_size=4)
+        await batcher.start()
+        reqs = [(["p", "p"], [f"c{i}", f"c{i}"]) for i in range(4)]
+        futures = [asyncio.ensure_future(batcher.submit(p, c)) for p, c in reqs]
+        first = await asyncio.wait_for(asyncio.gather(*futures[:2]), 5)
+        later_pending = [not f.done() for f in futures[2:]]
+        release.set()
+        rest = await asyncio.wait_for(asyncio.gather(*futures[2:]), 5)
+        await batcher.stop()
+        return reqs, [*first, *rest], later_pending, batcher
+
+    reqs, results, later_pending, batcher = asyncio.run(main())
+    assert later_pending == [True, True]  # answered while the second chunk was still running
+    assert calls == [["c0", "c0", "c1", "c1"], ["c2", "c2", "c3", "c3"]]
+    for (p, c), got in zip(reqs, results):
+        np.testing.assert_array_equal(got.refined_reward, _score(p, c).refined_reward)
+    assert batcher.batches == 2 and batcher.texts == 8 and batcher.pending_texts == 0
+
+
+def test_a_request_that_waited_while_the_scorer_was_busy_is_scored_without_waiting_again():
+    """max_wait_s counts from when a request arrived: one that queued while the previous
+    batch was scored goes to the scorer as soon as it is free."""
+    release = threading.Event()
+    times = []
+
+    def score(p, c):
+        times.append(("start", time.perf_counter()))
+        if c == ["first"]:
+            assert release.wait(5)
+        times.append(("end", time.perf_counter()))
+        return _score(p, c)
+
+    async def main():
+        batcher = MicroBatcher(score, max_batch_size=8, max_wait_s=1.0)
+        await batcher.start()
+        first = asyncio.ensure_future(batcher.submit(["a"], ["first"]))
+        await asyncio.sleep(1.1)  # the first batch is with the scorer
+        second = asyncio.ensure_future(batcher.submit(["b"], ["second"]))
+        await asyncio.sleep(1.1)  # the second request has waited max_wait_s
+        release.set()
+        await asyncio.wait_for(asyncio.gather(first, second), 5)
+        await batcher.stop()
+
+    asyncio.run(main())
+    (_, _), (_, first_end), (_, second_start), _ = times
+    assert second_start - first_end < 0.5  # the old code waited another max_wait_s here
+
+
+def test_chunks_hold_whole_requests_of_similar_length_and_errors_stay_with_their_request():
+    calls = []
+
+    def score(p, c):
+        calls.append(len(p))
+        if "boom" in c:
+            raise ValueError("cannot score boom")
+        return _score(p, c)
+
+    async def main():
+        batcher = MicroBatcher(score, max_batch_size=64, max_wait_s=0.2, chunk_size=4)
+        await batcher.start()
+        reqs = [*_requests(12), (["x"], ["boom"]), (["y"] * 9, ["big"] * 9)]
+        results = await asyncio.wait_for(
+            asyncio.gather(*(batcher.submit(p, c) for p, c in reqs), return_exceptions=True), 5
+        )
+        await batcher.stop()
+        return reqs, results, batcher
+
+    reqs, results, batcher = asyncio.run(main())
+    for (p, c), got in zip(reqs, results):
+        if "boom" in c:
+            assert isinstance(got, ValueError) and "boom" in str(got)
+            continue
+        ref = _score(p, c)
+        np.testing.assert_array_equal(got.refined_reward, ref.refined_reward)
+        np.testing.assert_array_equal(got.std, ref.std)
+    # one micro-batch; every chunk within chunk_size, except the 9-text request, alone;
+    # the chunk with "boom" is retried request by request
+    assert 9 in calls and all(n <= 4 for n in calls if n != 9)
+    assert batcher.pending_texts == 0
+
+
+def test_chunks_are_balanced_and_sorted_by_length():
+    from skebrm.serving.batcher import _Job
+
+    batcher = MicroBatcher(_score, max_batch_size=64, chunk_size=8)
+    jobs = [_Job(["p" * k, "q"], ["c", "c"], None) for k in (9, 1, 5, 3, 7)]
+    chunks = batcher._chunks(jobs)  # 10 texts in chunks of at most 8: 6 + 4, not 8 + 2
+    assert [[len(j.prompts[0]) for j in chunk] for chunk in chunks] == [[1, 3, 5], [7, 9]]
+    assert MicroBatcher(_score, max_batch_size=64)._chunks(jobs) == [jobs]
+
+
+def test_chunk_size_is_validated_and_the_app_defaults_to_half_the_rm_batch_size():
+    with pytest.raises(ValueError, match="chunk_size must be a positive int or None"):
+        MicroBatcher(_score, chunk_size=0)
+    with pytest.raises(ValueError, match="score_chunk_size must be a positive int or None"):
+        ServerSettings(score_chunk_size=0)
+    from skebrm.serving import create_app
+
+    bundle = _FakeBundle()
+    assert create_app(bundle).state.batcher.chunk_size is None  # no batch_size: one call
+    bundle.batch_size = 16
+    assert create_app(bundle).state.batcher.chunk_size == 8
+    settings = ServerSettings(score_chunk_size=64)
+    assert create_app(bundle, settings).state.batcher.chunk_size == 64
+    from skebrm.serving.cli import build_parser
+
+    args = build_parser().parse_args(["--model", "m", "--score-chunk-size", "4"])
+    assert args.score_chunk_size == 4
+    assert build_parser().parse_args(["--model", "m"]).score_chunk_size is None
