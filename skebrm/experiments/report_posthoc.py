@@ -98,7 +98,10 @@ def _selection(rs, split) -> dict:
         score: {
             method: {
                 a: {
-                    "risk": float(np.mean([e["risk"] for e in es])),
+                    # the risk among accepted pairs, over the seeds that accepted any
+                    "risk": float(np.mean([e["risk"] for e in es if not e.get("accepted_none")]))
+                    if not all(e.get("accepted_none") for e in es)
+                    else 0.0,
                     "max_risk": float(np.max([e["risk"] for e in es])),
                     "coverage": float(np.mean([e["coverage"] for e in es])),
                     "n_none": sum(bool(e.get("accepted_none")) for e in es),
@@ -330,13 +333,17 @@ def posthoc_tables(runs: list[tuple[Path, dict]]) -> str:
                     for a in alphas:
                         e = per[a]
                         cell = f"{_fmt(e['risk'])} / {_fmt(e['coverage'])}"
-                        if e["n_none"]:
+                        if e["n_none"] == e["n_seeds"]:
+                            cell = "accepts none"
+                        elif e["n_none"]:
                             cell += f" ({e['n_none']} of {e['n_seeds']} accept none)"
                         cells.append(cell)
                     rows.append([family, s, score, method, *cells])
     if rows:
         parts += [
-            "Pair selection: realised risk / coverage (means over seeds), calibrated on a "
+            "Pair selection: realised risk / coverage (the risk among accepted pairs, "
+            "averaged over the seeds that accepted any; the coverage over all seeds), "
+            "calibrated on a "
             "seeded half of the RMB test split's prompts and scored on the other half "
             "(test) or on the whole out-of-distribution set; ltt: learn then test (risk ≤ α "
             "with probability 1 − δ, δ = 0.1), conformal: in expectation:",
