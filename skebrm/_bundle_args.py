@@ -143,3 +143,79 @@ def _check_fitted_on(fitted_on, settings: dict) -> None:
             "RefinedRewardModel: the calibrator was fitted on embeddings made with other "
             "settings or another reward model than this bundle's (" + "; ".join(diff) + ")."
         )
+
+
+# ------------------------------------------------------------------ served steps
+#: The rewards a bundle can serve (see :class:`~skebrm.RefinedRewardModel`), in the order
+#: ``fit_guard(steps="all")`` offers them to the step guard.
+STEPS = ("base", "debiased", "refined", "refined+debiased", "mean")
+#: The steps that subtract the debiaser's curve.
+DEBIASED_STEPS = ("debiased", "refined+debiased")
+
+
+def _check_debiaser(debiaser, caller: str):
+    """None, or a fitted :class:`~skebrm.LengthDebiaser` of the feature ``"chars"``."""
+    if debiaser is None:
+        return None
+    from skebrm.debias import LengthDebiaser
+
+    if not isinstance(debiaser, LengthDebiaser):
+        raise TypeError(
+            f"{caller}: debiaser must be a fitted LengthDebiaser (feature='chars') or None, "
+            f"got {type(debiaser).__name__}."
+        )
+    if not hasattr(debiaser, "knots_x_"):
+        raise ValueError(
+            f"{caller}: debiaser must be fitted (LengthDebiaser(feature='chars').fit(lengths, "
+            "base_rewards) on a reference set), got an unfitted LengthDebiaser."
+        )
+    if debiaser.feature != "chars":
+        raise ValueError(
+            f"{caller}: debiaser must have feature='chars' (the bundle measures each "
+            f"completion's length in characters), got {debiaser.feature!r}."
+        )
+    return debiaser
+
+
+def _check_step(step, debiaser, caller: str) -> str:
+    """One of :data:`STEPS`, with the debiaser it needs."""
+    if not isinstance(step, str) or step not in STEPS:
+        raise ValueError(f"{caller}: step must be one of {list(STEPS)}, got {step!r}.")
+    if step in DEBIASED_STEPS and debiaser is None:
+        raise ValueError(
+            f"{caller}: step {step!r} needs a debiaser (a fitted LengthDebiaser with "
+            "feature='chars'), got debiaser=None."
+        )
+    return step
+
+
+def _check_steps(steps, debiaser, caller: str) -> list[str]:
+    """The candidates of ``fit_guard(steps=...)``: ``"base"`` first, then the others in
+    the order given (``"all"``: every step the bundle can compute)."""
+    if isinstance(steps, str) and steps == "all":
+        names = [s for s in STEPS if debiaser is not None or s not in DEBIASED_STEPS]
+    elif isinstance(steps, (list, tuple)) and steps:
+        names = []
+        for i, s in enumerate(steps):
+            if not isinstance(s, str) or s not in STEPS:
+                raise ValueError(f"{caller}: steps[{i}] must be one of {list(STEPS)}, got {s!r}.")
+            _check_step(s, debiaser, caller)
+            if s in names:
+                raise ValueError(f"{caller}: steps names {s!r} twice.")
+            names.append(s)
+    else:
+        raise ValueError(
+            f"{caller}: steps must be 'all' or a non-empty list of step names from "
+            f"{list(STEPS)}, got {steps!r}."
+        )
+    return ["base"] + [s for s in names if s != "base"]
+
+
+def _check_confidence(confidence, caller: str) -> float:
+    if (
+        not isinstance(confidence, Real)
+        or isinstance(confidence, bool)
+        or not 0.0 < float(confidence) < 1.0
+    ):
+        raise ValueError(f"{caller}: confidence must be a float in (0, 1), got {confidence!r}.")
+    return float(confidence)

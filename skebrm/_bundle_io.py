@@ -3,7 +3,9 @@
 Layout::
 
     refined_reward_model.json   the manifest (:mod:`skebrm._manifest`): settings, the
-                                extractor's record and the SHA-256 of every file below
+                                extractor's record, the step served, the debiaser
+                                (``LengthDebiaser.to_dict``), the step choice
+                                (``StepChoice.to_dict``) and the SHA-256 of every file below
     reward_model/               the RM and its tokenizer (save_pretrained, safetensors)
     calibrator/                 the calibrator (EnergyRewardCalibrator.save_pretrained)
 
@@ -20,6 +22,10 @@ then parsed from the same bytes, and the small files (configs, tokenizer, calibr
 a private temporary folder that the loaders then read. The RM is built from the verified
 weights, so the bytes that were checked are the bytes that run, and the weights are not
 hashed again (the extractor's fingerprint is the verified one of the manifest).
+
+Format versions: 1 (``config_sha256`` over ``json.dumps``), 2 (the checksummed manifest),
+3 (2 with ``step``, ``debiaser``, ``step_choice`` and ``step_choice_penalty``). Bundles of
+versions 1 and 2 load, serving the step ``"refined"`` without a debiaser or a choice.
 """
 
 from __future__ import annotations
@@ -33,6 +39,7 @@ from pathlib import Path
 
 import torch
 
+from skebrm._bundle_scoring import DEFER_GUARD_WARNING, warn_if_unguarded
 from skebrm._io import (
     _STAGING,
     install_files,
@@ -47,13 +54,16 @@ from skebrm.exceptions import ModelIntegrityError
 __all__ = ["CONFIG_NAME", "FORMAT", "FORMAT_VERSION", "load_bundle", "save_bundle"]
 
 FORMAT = "skebrm.RefinedRewardModel"
-FORMAT_VERSION = 2
+FORMAT_VERSION = 3
+#: The versions this skebrm reads (version 1 through :func:`_read_first_format`).
+READ_VERSIONS = (2, FORMAT_VERSION)
 CONFIG_NAME = "refined_reward_model.json"
 RM_DIR = "reward_model"
 CAL_DIR = "calibrator"
 _PARTS = (RM_DIR, CAL_DIR)
 _OWN_WEIGHTS = re.compile(rf"^{CAL_DIR}/calibrator-[0-9a-f]{{16}}\.safetensors$")
 _REQUIRED = ("penalty", "batch_size", "name", "template", "extraction", "files")
+_REQUIRED_SINCE = {3: ("step",)}  # fields a manifest of that version or later must have
 
 
 # ------------------------------------------------------------------------------- save
@@ -135,6 +145,10 @@ def save_bundle(bundle, save_directory, *, overwrite: bool = False) -> Path:
             "template": bundle.template,
             "extraction": dict(bundle.extraction_settings),
             "embedding_dim": int(bundle.extractor.n_features_out_),
+            "step": bundle.step,
+            "debiaser": None if bundle.debiaser is None else bundle.debiaser.to_dict(),
+            "step_choice": (None if bundle.step_choice_ is None else bundle.step_choice_.to_dict()),
+            "step_choice_penalty": bundle.step_choice_penalty_,
             "files": files,
         }
         write_manifest(target / CONFIG_NAME, config)
@@ -267,7 +281,6 @@ def _read_first_format(path: Path, caller: str) -> dict | None:
 def load_bundle(cls, pretrained_directory, *, device="cpu", penalty=None, batch_size=None):
     """Load a bundle written by :func:`save_bundle` (see the module docstring)."""
     from skebrm._bundle_args import _check_batch_size, _check_penalty, _device, _embedding_diff
-    from skebrm.extraction import HeadAdapter
     from skebrm.extraction.extractor import remember_weights_fingerprint
 
     caller = "RefinedRewardModel.from_pretrained"
@@ -281,7 +294,7 @@ def load_bundle(cls, pretrained_directory, *, device="cpu", penalty=None, batch_
     config = _read_first_format(folder / CONFIG_NAME, caller) or read_manifest(
         folder / CONFIG_NAME,
         format=FORMAT,
-        versions=(FORMAT_VERSION,),
+        versions=READ_VERSIONS,
         where=caller,
         missing=(
             f"{caller}: {str(folder)!r} is not a saved RefinedRewardModel (no {CONFIG_NAME}); "
@@ -292,7 +305,11 @@ def load_bundle(cls, pretrained_directory, *, device="cpu", penalty=None, batch_
             "the bundle again."
         ),
     )
-    missing = [k for k in _REQUIRED if k not in config]
+    version = config.get("format_version")
+    required = _REQUIRED + tuple(
+        k for since, keys in _REQUIRED_SINCE.items() if version >= since for k in keys
+    )
+    missing = [k for k in required if k not in config]
     if missing:
         raise ModelIntegrityError(
             f"{caller}: {str(folder / CONFIG_NAME)!r} lacks the field(s) {missing}."
@@ -300,25 +317,27 @@ def load_bundle(cls, pretrained_directory, *, device="cpu", penalty=None, batch_
     _check_folder(folder, config["files"], caller)
     settings = config["extraction"]
     try:
+        debiaser, choice, choice_penalty = _step_fields(config, caller)
         model, tokenizer, calibrator = _load_parts(folder, config, device, caller)
         # the weights are the verified bytes the manifest vouches for: their fingerprint
         # is the recorded one (a loaded model that differs is caught below all the same
         # for every other setting)
         remember_weights_fingerprint(model, settings["weights_sha256"])
-        bundle = cls(
-            model,
-            tokenizer,
-            calibrator,
-            max_length=settings["max_length"],
-            template=config["template"],
-            head=HeadAdapter(settings["head"], pooling=settings["pooling"]),
-            long_response=settings["long_response"],
-            dtype=settings["dtype"],
-            penalty=config["penalty"] if penalty is None else penalty,
-            batch_size=config["batch_size"] if batch_size is None else batch_size,
-            device=device,
-            name=config["name"],
-        )
+        # the penalty check waits until the step choice is restored (it decides which
+        # guard's penalty counts)
+        defer = DEFER_GUARD_WARNING.set(True)
+        try:
+            bundle = _build(
+                cls,
+                (model, tokenizer, calibrator),
+                config,
+                device=device,
+                penalty=penalty,
+                batch_size=batch_size,
+                debiaser=debiaser,
+            )
+        finally:
+            DEFER_GUARD_WARNING.reset(defer)
     except (ModelIntegrityError, torch.cuda.OutOfMemoryError):
         raise
     except (KeyError, TypeError, ValueError, RuntimeError, AttributeError, OSError) as exc:
@@ -336,4 +355,61 @@ def load_bundle(cls, pretrained_directory, *, device="cpu", penalty=None, batch_
             "bundle was saved with (" + "; ".join(diff) + "); its calibrator does not "
             "apply to it."
         )
+    if choice is not None:
+        bundle.step_choice_ = choice
+        bundle.step_choice_penalty_ = choice_penalty
+    warn_if_unguarded(bundle)
     return bundle
+
+
+def _build(cls, parts, config: dict, *, device, penalty, batch_size, debiaser):
+    """The bundle of the loaded ``(model, tokenizer, calibrator)`` and the saved settings
+    (``penalty`` and ``batch_size`` override the saved ones when not None)."""
+    from skebrm.extraction import HeadAdapter
+
+    settings = config["extraction"]
+    return cls(
+        *parts,
+        max_length=settings["max_length"],
+        template=config["template"],
+        head=HeadAdapter(settings["head"], pooling=settings["pooling"]),
+        long_response=settings["long_response"],
+        dtype=settings["dtype"],
+        penalty=config["penalty"] if penalty is None else penalty,
+        batch_size=config["batch_size"] if batch_size is None else batch_size,
+        device=device,
+        name=config["name"],
+        debiaser=debiaser,
+        step=config.get("step", "refined"),
+    )
+
+
+def _step_fields(config: dict, caller: str):
+    """The saved debiaser, step choice and its penalty (None for a bundle saved without
+    them); ``ModelIntegrityError`` for a choice that did not choose the saved step."""
+    from skebrm.debias import LengthDebiaser
+    from skebrm.steps import StepChoice
+
+    raw = config.get("debiaser")
+    debiaser = None if raw is None else LengthDebiaser.from_dict(raw)
+    raw = config.get("step_choice")
+    choice = None if raw is None else StepChoice.from_dict(raw)
+    penalty = config.get("step_choice_penalty")
+    if penalty is not None:
+        if (
+            not isinstance(penalty, (int, float))
+            or isinstance(penalty, bool)
+            or not math.isfinite(penalty)
+            or penalty < 0
+        ):
+            raise ValueError(
+                f"step_choice_penalty must be a finite float >= 0 or null, got {penalty!r}"
+            )
+        penalty = float(penalty)
+    step = config.get("step", "refined")
+    if choice is not None and choice.step != step:
+        raise ModelIntegrityError(
+            f"{caller}: the step choice chose {choice.step!r}, but the manifest serves step "
+            f"{step!r}; the manifest was edited. Save the bundle again."
+        )
+    return debiaser, choice, penalty

@@ -6,7 +6,8 @@ reward, and refines the reward with a fitted :class:`~skebrm.EnergyRewardCalibra
 
 On disk (:meth:`RefinedRewardModel.save_pretrained`) a bundle is a folder::
 
-    refined_reward_model.json   format version, settings, fingerprints, file checksums
+    refined_reward_model.json   format version, settings, the step served, the debiaser
+                                and the step choice (JSON), fingerprints, file checksums
     reward_model/               the RM and its tokenizer (save_pretrained, safetensors)
     calibrator/                 the calibrator (EnergyRewardCalibrator.save_pretrained)
 
@@ -28,11 +29,14 @@ import torch
 
 from skebrm import _bundle_io, _bundle_scoring
 from skebrm._bundle_args import (
+    STEPS,
     _check_batch_size,
     _check_calibrator,
+    _check_debiaser,
     _check_fitted_on,
     _check_name,
     _check_penalty,
+    _check_step,
     _check_width,
     _device,
 )
@@ -42,6 +46,7 @@ from skebrm.exceptions import BundleMismatchError
 
 __all__ = [
     "BUNDLE_FORMAT_VERSION",
+    "STEPS",
     "BundleMismatchError",
     "RefinedRewardModel",
     "RewardScores",
@@ -58,9 +63,39 @@ class RefinedRewardModel:
     to ``max_length``), run through the RM in batches of rows sorted by length under
     ``torch.inference_mode`` on ``device``; the RM's embedding and reward then go through
     the calibrator (on the same device, without gradients). :meth:`score` gives the base
-    reward, the refined reward and its standard deviation per row; calling the bundle
-    gives ``refined − penalty · std``, so it can be passed to TRL's
+    reward, the refined reward and its standard deviation per row (and the parts of the
+    other steps); calling the bundle gives the reward of the step served, by default
+    ``refined − penalty · std``, so it can be passed to TRL's
     ``GRPOTrainer(reward_funcs=[bundle])``.
+
+    The step served (``step``; ``length`` is the completion's length in characters,
+    ``b̂`` the debiaser's curve and ``α`` its ``alpha``):
+
+    ``"base"``
+        The RM's own reward.
+    ``"debiased"``
+        ``base − α · b̂(length)`` (needs ``debiaser``).
+    ``"refined"`` (the default)
+        ``refined − penalty · std``; when the calibrator's guard (``guard="base"``)
+        rejected refinement and the bundle has no step choice, the base reward alone.
+    ``"refined+debiased"``
+        ``refined − penalty · std − α · b̂(length)`` (needs ``debiaser``).
+    ``"mean"``
+        The mean of ``p(r | e)`` ``− penalty · std``.
+
+    Where the calibrator's guard serves the base reward (as for ``"refined"``), the steps
+    ``"refined+debiased"`` and ``"mean"`` likewise serve the debiased and the base reward,
+    without the penalty (:meth:`RewardScores.served`).
+
+    :meth:`fit_guard` with ``steps=`` chooses the step on preference pairs of the
+    distribution served (:func:`skebrm.steps.choose_step`: an exact sign test of each
+    candidate against the base reward, Bonferroni over the candidates) and records the
+    choice in :attr:`step_choice_`; the choice then decides alone what is served (the
+    calibrator's own guard is not applied on top). Setting :attr:`step` by hand drops the
+    choice. Debiasing *before* refining (the calibrator refines the debiased reward) needs
+    a calibrator fitted on debiased rewards, so it is not a step of one bundle: build a
+    bundle whose calibrator was fitted that way (the experiments evaluate it as
+    ``lwr+ebrm``).
 
     Parameters
     ----------
@@ -86,7 +121,8 @@ class RefinedRewardModel:
         None keeps the model's dtype; otherwise the model instance is converted in place
         (as ``nn.Module.to`` does), after every check.
     penalty : float, default=0.0
-        λ ≥ 0 of the reward ``refined − λ · std`` returned by ``__call__``.
+        λ ≥ 0 of the reward ``refined − λ · std`` returned by ``__call__`` (and of the
+        steps ``"refined+debiased"`` and ``"mean"``).
     batch_size : int, default=16
         Rows per RM forward pass. A float32 RM's embeddings change in their last bits
         with the padding and size of the batch a row is in, and the refinement's
@@ -103,9 +139,22 @@ class RefinedRewardModel:
         cache). When given, every setting that determines an embedding (weights and
         tokenizer fingerprints, head, template, max_length, pooling, dtype) must match
         this bundle's, else :class:`~skebrm.exceptions.ModelIntegrityError`.
+    debiaser : LengthDebiaser, optional
+        A fitted :class:`~skebrm.LengthDebiaser` with ``feature="chars"``, fitted on the
+        base rewards of a reference set (inductive) and applied to each completion's
+        length in characters; needed by the steps ``"debiased"`` and
+        ``"refined+debiased"``. Used as it is (saved with the bundle through its
+        ``to_dict``).
+    step : {"base", "debiased", "refined", "refined+debiased", "mean"}, default="refined"
+        The reward served (see above); :meth:`fit_guard` with ``steps=`` chooses it.
 
     Attributes
     ----------
+    step_choice_ : StepChoice or None
+        The choice :meth:`fit_guard` made among candidate steps, and its evidence
+        (``step_choice_.reason`` says why); None when the step was not chosen so.
+    step_choice_penalty_ : float or None
+        The penalty the candidates were scored with when the step was chosen.
     extractor : EmbeddingExtractor
         The fitted extractor that runs the RM.
     extraction_settings : dict
@@ -140,6 +189,8 @@ class RefinedRewardModel:
         device: str | torch.device = "cpu",
         name: str = "refined_reward",
         fitted_on: dict | None = None,
+        debiaser=None,
+        step: str = "refined",
     ):
         from skebrm.extraction import EmbeddingExtractor
 
@@ -148,6 +199,8 @@ class RefinedRewardModel:
         self.batch_size = _check_batch_size(batch_size, caller)
         name = _check_name(name, caller)
         _check_calibrator(calibrator, caller)
+        debiaser = _check_debiaser(debiaser, caller)
+        step = _check_step(step, debiaser, caller)
         self.device = _device(device)
         self.template = template
         # every check runs before the caller's model or calibrator is changed
@@ -174,10 +227,41 @@ class RefinedRewardModel:
             calibrator = copy.deepcopy(calibrator).set_params(device=str(self.device))
         self.calibrator = calibrator
         self.__name__ = name
+        self._debiaser = debiaser
+        self._step = step
+        self.step_choice_ = None
+        self.step_choice_penalty_ = None
         _bundle_scoring.warn_if_unguarded(self)
 
     def __repr__(self) -> str:
         return _bundle_scoring.bundle_repr(self)
+
+    # ------------------------------------------------------------ the step served
+    @property
+    def step(self) -> str:
+        """The step served: one of :data:`STEPS` (see the class docstring).
+
+        Setting it checks it (a debiased step needs :attr:`debiaser`) and drops
+        :attr:`step_choice_`: a step set by hand was not chosen by the guard.
+        """
+        return self._step
+
+    @step.setter
+    def step(self, value: str) -> None:
+        self._step = _check_step(value, self._debiaser, "RefinedRewardModel")
+        self.step_choice_ = None
+        self.step_choice_penalty_ = None
+
+    @property
+    def debiaser(self):
+        """The fitted :class:`~skebrm.LengthDebiaser` (``feature="chars"``), or None."""
+        return self._debiaser
+
+    @debiaser.setter
+    def debiaser(self, value) -> None:
+        value = _check_debiaser(value, "RefinedRewardModel")
+        _check_step(self._step, value, "RefinedRewardModel")
+        self._debiaser = value
 
     # ---------------------------------------------------------------- scoring
     def score(self, prompts: Sequence[str], completions: Sequence[str]) -> RewardScores:
@@ -192,35 +276,79 @@ class RefinedRewardModel:
         Returns
         -------
         RewardScores
-            float64 arrays of shape ``(len(prompts),)``, RM units.
+            float64 arrays of shape ``(len(prompts),)``, RM units (the mean of ``p(r |
+            e)`` and, with a debiaser, the debiased reward and the length bias as well);
+            its ``step`` is the step served, ``served(penalty)`` its reward.
         """
         return _bundle_scoring.score_texts(self, prompts, completions)
 
     def fit_guard(
-        self, prompts: Sequence[str], chosen: Sequence[str], rejected: Sequence[str]
+        self,
+        prompts: Sequence[str],
+        chosen: Sequence[str],
+        rejected: Sequence[str],
+        *,
+        steps=None,
+        confidence: float | None = None,
     ) -> RefinedRewardModel:
-        """Decide the calibrator's guard on preference pairs of the distribution served.
+        """Decide the guard on preference pairs of the distribution served.
 
-        Runs the RM on ``(prompt, chosen)`` and ``(prompt, rejected)`` of every pair and
-        passes the embeddings and rewards to
+        Without ``steps`` (the step ``"refined"`` only): runs the RM on ``(prompt,
+        chosen)`` and ``(prompt, rejected)`` of every pair and passes the embeddings and
+        rewards to
         :meth:`EnergyRewardCalibrator.fit_guard <skebrm.EnergyRewardCalibrator.fit_guard>`
         with this bundle's ``penalty``: the guard scores the reward served,
         ``refined − penalty · std``, against the base reward. With the calibrator's
         ``guard="base"``, the bundle then serves the base reward alone (no penalty) unless
         the served reward ranks these pairs better. The calibrator is changed in place
         (and saved with the bundle); a bundle built later with another ``penalty`` warns.
+        A step choice made before is dropped.
+
+        With ``steps``: runs the RM once on both rows of every pair, computes the reward
+        of every candidate step (with this bundle's ``penalty``; the refinement itself,
+        whatever the calibrator's guard says) and chooses among them with
+        :func:`skebrm.steps.choose_step` against the base reward: a candidate is chosen
+        only when an exact one-sided sign test says it ranks these pairs better than the
+        base reward (Bonferroni over the candidates), the base reward otherwise. Sets
+        :attr:`step` to the chosen step and :attr:`step_choice_` to the choice; both are
+        saved with the bundle. The calibrator is not changed.
 
         Parameters
         ----------
         prompts, chosen, rejected : list of str, same length
             One preference pair per index: the prompt, the preferred and the other
             completion.
+        steps : "all" or list of str, optional
+            The candidate steps (:data:`STEPS`); ``"base"`` is always among them, as the
+            reference. ``"all"``: every step this bundle can compute (the debiased ones
+            need :attr:`debiaser`). None: the calibrator's guard of the step
+            ``"refined"``, as above (refused when another step is served).
+        confidence : float in (0, 1), optional
+            Of the step choice (with ``steps`` only): with probability at least
+            ``confidence`` the chosen step is the base or ranks better than it. None: the
+            calibrator's ``guard_confidence``.
 
         Returns
         -------
         self : RefinedRewardModel
         """
-        _bundle_scoring.fit_guard_pairs(self, prompts, chosen, rejected)
+        if steps is None:
+            if confidence is not None:
+                raise ValueError(
+                    "RefinedRewardModel.fit_guard: confidence is only used with steps= (the "
+                    "calibrator's guard uses its guard_confidence), got "
+                    f"confidence={confidence!r} and steps=None."
+                )
+            _bundle_scoring.fit_guard_pairs(self, prompts, chosen, rejected)
+            self.step_choice_ = None
+            self.step_choice_penalty_ = None
+            return self
+        choice = _bundle_scoring.choose_served_step(
+            self, prompts, chosen, rejected, steps=steps, confidence=confidence
+        )
+        self.step = choice.step  # checked; drops any previous choice
+        self.step_choice_ = choice
+        self.step_choice_penalty_ = self.penalty
         return self
 
     def __call__(
@@ -230,7 +358,8 @@ class RefinedRewardModel:
         completion_ids=None,
         **kwargs,
     ) -> list[float | None]:
-        """``refined − penalty · std`` per completion: a TRL reward function.
+        """The reward of the step served per completion (by default ``refined − penalty ·
+        std``): a TRL reward function.
 
         TRL's ``GRPOTrainer`` calls it as ``f(prompts=..., completions=...,
         completion_ids=..., **kwargs)`` with plain strings or conversations (lists of
@@ -287,7 +416,8 @@ class RefinedRewardModel:
         or tokenizer that is not the recorded one, a calibrator of another width, or
         saved settings that do not build a bundle raise
         :class:`~skebrm.exceptions.ModelIntegrityError`. ``penalty`` and ``batch_size``
-        override the saved values.
+        override the saved values. The step served, the debiaser and the step choice are
+        restored (a bundle saved before they existed serves the step ``"refined"``).
         """
         return _bundle_io.load_bundle(
             cls, pretrained_directory, device=device, penalty=penalty, batch_size=batch_size

@@ -173,7 +173,8 @@ def to_rows(
 
 
 def trl_reward(bundle, prompts, completions, **kwargs) -> list[float | None]:
-    """``refined − penalty · std`` for TRL; logs the mean std when ``log_metric`` is passed.
+    """The reward of the bundle's step served (``RewardScores.served``; by default
+    ``refined − penalty · std``) for TRL; logs the mean std when ``log_metric`` is passed.
 
     Rows whose prompt and completion are both empty (nothing to score) get ``None``.
     Conversations go through the RM's chat template when its row template is one, else
@@ -191,7 +192,7 @@ def trl_reward(bundle, prompts, completions, **kwargs) -> list[float | None]:
     if not keep:
         return out
     scores = bundle.score([p[i] for i in keep], [c[i] for i in keep])
-    rewards = scores.penalized(bundle.penalty)
+    rewards = scores.served(bundle.penalty)
     for i, r in zip(keep, rewards):
         out[i] = float(r) if np.isfinite(r) else None
     log_metric: Callable | None = kwargs.get("log_metric")

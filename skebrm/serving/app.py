@@ -4,14 +4,18 @@
 (``prompts`` and ``labels`` optional), as OpenRLHF's remote reward client sends it, and
 answers::
 
-    {"rewards": [refined − λ·std, ...],
+    {"rewards": [the reward of the bundle's step served, ...],
      "scores": [refined, ...],
      "extra_logs": {"reward_std": [...], "base_reward": [...]}}
 
 one entry per text, in order. Each ``query`` is prompt + response: with ``prompts`` the
 response is what follows the prompt (a query that does not start with its prompt is
 refused); without them the whole query is scored as a response to an empty prompt.
-``labels`` are accepted and ignored. ``GET /health`` reports the model and the limits.
+``labels`` are accepted and ignored. The rewards are those of the bundle's step served
+(``RewardScores.served``; by default ``refined − λ·std``). ``GET /health`` reports the
+model, the step served (``step``) and why it was chosen (``step_reason``: the reason of
+the bundle's step choice, None when the step was not chosen by ``fit_guard(steps=...)``),
+and the limits.
 
 Special tokens
 --------------
@@ -429,11 +433,14 @@ def create_app(bundle, settings: ServerSettings | None = None) -> FastAPI:
 
     @app.get("/health")
     async def health():
+        choice = getattr(bundle, "step_choice_", None)
         return {
             "status": "ok",
             "model": bundle.extraction_settings["model"],
             "reward": bundle.__name__,
             "penalty": bundle.penalty,
+            "step": getattr(bundle, "step", "refined"),
+            "step_reason": None if choice is None else choice.reason,
             "max_length": bundle.extraction_settings["max_length"],
             "batches": batcher.batches,
             "texts": batcher.texts,
@@ -459,7 +466,7 @@ def create_app(bundle, settings: ServerSettings | None = None) -> FastAPI:
                 422, f"the reward model could not score this request: {exc}"
             ) from exc
         return {
-            "rewards": _floats(scores.penalized(bundle.penalty)),
+            "rewards": _floats(scores.served(bundle.penalty)),
             "scores": _floats(scores.refined_reward),
             "extra_logs": {
                 "reward_std": _floats(scores.std),

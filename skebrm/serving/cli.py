@@ -20,7 +20,7 @@ import argparse
 import signal
 import sys
 
-__all__ = ["build_parser", "describe_stripping", "main"]
+__all__ = ["build_parser", "describe_step", "describe_stripping", "main"]
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -117,6 +117,15 @@ def describe_stripping(sources, suffixes=()) -> str:
     return text + "."
 
 
+def describe_step(bundle) -> str:
+    """One line for the start-up log: the step the bundle serves and why."""
+    choice = getattr(bundle, "step_choice_", None)
+    step = getattr(bundle, "step", "refined")
+    if choice is None:
+        return f"serving step {step!r} (no step choice: the saved or default step)."
+    return f"serving step {step!r}, chosen by the step guard: {choice.reason}"
+
+
 def main(argv: list[str] | None = None) -> int:
     """Entry point of ``skebrm-serve``."""
     args = build_parser().parse_args(argv)
@@ -163,6 +172,7 @@ def main(argv: list[str] | None = None) -> int:
     )
     settings = dataclasses.replace(settings, strip_tokens=tuple(t for t, _ in sources))
     print(f"skebrm-serve: {bundle!r} from {args.model}", file=sys.stderr, flush=True)
+    print(f"skebrm-serve: {describe_step(bundle)}", file=sys.stderr, flush=True)
     print(f"skebrm-serve: {describe_stripping(sources, settings.strip_suffixes)}", file=sys.stderr)
     server = uvicorn.Server(
         uvicorn.Config(
