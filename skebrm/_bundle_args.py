@@ -209,13 +209,3 @@ def _check_steps(steps, debiaser, caller: str) -> list[str]:
             f"{list(STEPS)}, got {steps!r}."
         )
     return ["base"] + [s for s in names if s != "base"]
-
-
-def _check_confidence(confidence, caller: str) -> float:
-    if (
-        not isinstance(confidence, Real)
-        or isinstance(confidence, bool)
-        or not 0.0 < float(confidence) < 1.0
-    ):
-        raise ValueError(f"{caller}: confidence must be a float in (0, 1), got {confidence!r}.")
-    return float(confidence)

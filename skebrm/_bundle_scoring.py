@@ -20,11 +20,11 @@ import numpy as np
 from skebrm._bundle_args import (
     DEBIASED_STEPS,
     STEPS,
-    _check_confidence,
     _check_step,
     _check_steps,
     _check_text_columns,
 )
+from skebrm._params import check_confidence
 from skebrm.exceptions import RefinementWarning, warn_user
 
 __all__ = [
@@ -321,7 +321,7 @@ def choose_served_step(
     names = _check_steps(steps, bundle.debiaser, caller)
     if confidence is None:
         confidence = bundle.calibrator.guard_confidence
-    confidence = _check_confidence(confidence, caller)
+    confidence = check_confidence(confidence, caller)
     _, row_prompts, row_completions = _pair_rows(caller, prompts, chosen, rejected)
     scores = _score_rows(bundle, row_prompts, row_completions, gated=False)
     candidates = {name: scores.served(bundle.penalty, name) for name in names}

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import inspect
-from numbers import Integral
+from numbers import Integral, Real
 
 import numpy as np
 import torch
@@ -11,6 +11,7 @@ import torch
 from skebrm.exceptions import IneffectiveParameterWarning, warn_user
 
 __all__ = [
+    "check_confidence",
     "check_device",
     "check_finite",
     "check_rewards",
@@ -209,3 +210,14 @@ def check_saved_header(data, *, fmt: str, version: int, what: str, caller: str) 
             f"{caller}: unsupported version {data.get('version')!r}; this skebrm reads "
             f"version {version}."
         )
+
+
+def check_confidence(confidence, caller: str) -> float:
+    """``confidence`` as a float in (0, 1), else a ``ValueError`` naming ``caller``."""
+    if (
+        not isinstance(confidence, Real)
+        or isinstance(confidence, bool)
+        or not 0.0 < float(confidence) < 1.0
+    ):
+        raise ValueError(f"{caller}: confidence must be a float in (0, 1), got {confidence!r}.")
+    return float(confidence)

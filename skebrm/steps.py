@@ -26,12 +26,12 @@ from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
-from numbers import Real
 
 import numpy as np
 
 from skebrm._guard import min_detectable_gain, pair_credit, sign_flip_p_value
 from skebrm._pairs import check_pairs
+from skebrm._params import check_confidence, check_saved_header
 
 __all__ = ["StepChoice", "choose_step"]
 
@@ -109,17 +109,9 @@ class StepChoice:
     @classmethod
     def from_dict(cls, data: Mapping) -> StepChoice:
         """The choice saved by :meth:`to_dict`."""
-        if not isinstance(data, Mapping) or data.get("format") != _FORMAT:
-            raise ValueError(
-                f"StepChoice.from_dict: expected a dict with format {_FORMAT!r}, got "
-                f"{type(data).__name__} with format "
-                f"{data.get('format') if isinstance(data, Mapping) else None!r}."
-            )
-        if data.get("version") != _VERSION:
-            raise ValueError(
-                f"StepChoice.from_dict: format version {data.get('version')!r} is not "
-                f"supported (this skebrm reads version {_VERSION})."
-            )
+        check_saved_header(
+            data, fmt=_FORMAT, version=_VERSION, what="StepChoice", caller="StepChoice.from_dict"
+        )
         scores = data["scores"]
         if data["step"] not in scores or data["base"] not in scores:
             raise ValueError(
@@ -191,12 +183,7 @@ def choose_step(
         raise ValueError(
             f"{caller}: base={base!r} must be one of the candidates, got {sorted(candidates)}."
         )
-    if (
-        not isinstance(confidence, Real)
-        or isinstance(confidence, bool)
-        or not 0.0 < float(confidence) < 1.0
-    ):
-        raise ValueError(f"{caller}: confidence must be a float in (0, 1), got {confidence!r}.")
+    confidence = check_confidence(confidence, caller)
     if (pair_id is None) != (chosen is None):
         raise ValueError(f"{caller}: pass both pair_id and chosen, or neither.")
     base_r = _pair_rewards(base, candidates[base], None, caller)

@@ -55,7 +55,7 @@ from fastapi import FastAPI, Request
 from fastapi.responses import JSONResponse
 from starlette.concurrency import run_in_threadpool
 
-from skebrm.serving.batcher import MicroBatcher, ServerBusyError
+from skebrm.serving.batcher import MicroBatcher, ServerBusyError, check_chunk_size
 
 __all__ = [
     "RequestError",
@@ -113,11 +113,7 @@ class ServerSettings:
     score_chunk_size: int | None = None
 
     def __post_init__(self):
-        c = self.score_chunk_size
-        if c is not None and (not isinstance(c, int) or isinstance(c, bool) or c < 1):
-            raise ValueError(
-                f"ServerSettings: score_chunk_size must be a positive int or None, got {c!r}."
-            )
+        check_chunk_size(self.score_chunk_size, "ServerSettings", "score_chunk_size")
         for name in (
             "max_batch_size",
             "max_texts_per_request",

@@ -34,6 +34,12 @@ import numpy as np
 __all__ = ["MicroBatcher", "ServerBusyError"]
 
 
+def check_chunk_size(value, owner: str, name: str) -> None:
+    """A positive int or None, else a ``ValueError`` naming ``owner`` and ``name``."""
+    if value is not None and (not isinstance(value, int) or isinstance(value, bool) or value < 1):
+        raise ValueError(f"{owner}: {name} must be a positive int or None, got {value!r}.")
+
+
 class ServerBusyError(RuntimeError):
     """More texts are waiting than the batcher accepts (``max_pending_texts``)."""
 
@@ -76,12 +82,7 @@ class MicroBatcher:
         max_pending_texts: int = 4096,
         chunk_size: int | None = None,
     ):
-        if chunk_size is not None and (
-            not isinstance(chunk_size, int) or isinstance(chunk_size, bool) or chunk_size < 1
-        ):
-            raise ValueError(
-                f"MicroBatcher: chunk_size must be a positive int or None, got {chunk_size!r}."
-            )
+        check_chunk_size(chunk_size, "MicroBatcher", "chunk_size")
         self.score = score
         self.max_batch_size = int(max_batch_size)
         self.max_wait_s = float(max_wait_s)
