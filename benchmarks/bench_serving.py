@@ -33,9 +33,9 @@ Three sections (``--sections overhead,load,throughput``):
   0.9x or more. A second ratio compares like with like: the bare forward at the bundle's
   RM batch size in request order (the server sees one micro-batch at a time, so it can
   never sort a whole round by length as the fastest bare variant does). One server is
-  started per entry of ``--score-chunk-sizes`` (``default,16,64``): its
+  started per entry of ``--score-chunk-sizes`` (``default,8,64``): its
   ``--score-chunk-size``, the texts per scoring call (``default``: none given, the
-  server's default of half the RM batch size; 64, the ``--max-batch-size``: one call per
+  server's default of the RM batch size; 64, the ``--max-batch-size``: one call per
   micro-batch, as before chunked scoring); each round runs every server in turn. "texts
   per scoring call" is the mean over the round, ``/health``'s ``texts`` over ``batches``.
 
@@ -52,6 +52,7 @@ import datetime as dt
 import json
 import os
 import platform
+import resource
 import signal
 import socket
 import subprocess
@@ -258,12 +259,14 @@ def load_test(url, requests_rows, reference, clients: int, tol: float) -> dict:
                 )
 
     threads = [threading.Thread(target=worker) for _ in range(clients)]
+    cpu0 = _own_cpu_seconds()
     t0 = time.perf_counter()
     for t in threads:
         t.start()
     for t in threads:
         t.join()
     wall = time.perf_counter() - t0
+    client_cpu = _own_cpu_seconds() - cpu0
     lat = np.asarray(latencies)
     n_texts = sum(len(p) for p, _ in requests_rows)
     done = [d for d in diffs if d is not None]
@@ -288,7 +291,21 @@ def load_test(url, requests_rows, reference, clients: int, tol: float) -> dict:
         "latency_max_ms": 1000 * float(lat.max()),
         "requests_per_second": len(requests_rows) / wall,
         "texts_per_second": n_texts / wall,
+        # CPU the clients (this process's threads) took from the cores the server runs on
+        "client_cpu_seconds": client_cpu,
+        "client_cpu_share": client_cpu / (wall * (os.cpu_count() or 1)),
     }
+
+
+def _own_cpu_seconds() -> float:
+    usage = resource.getrusage(resource.RUSAGE_SELF)
+    return usage.ru_utime + usage.ru_stime
+
+
+def _process_cpu_seconds(pid: int) -> float:
+    """User + system CPU seconds of process ``pid`` so far (Linux ``/proc``)."""
+    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
 
 
 def _requests_rows(n_requests: int, per_request: int) -> list[tuple[list, list]]:
@@ -440,8 +457,8 @@ def bench_throughput(
     }
     variants = [(b, o) for b in sorted({rm_batch_size, max_batch_size}) for o in orders]
     bare = {f"batch {b}, {o}": [] for b, o in variants}
-    # the server's default chunk is half the RM batch size
-    chunks = [c or max(1, rm_batch_size // 2) for c in score_chunk_sizes]
+    # the server's default chunk is the RM batch size
+    chunks = [c or rm_batch_size for c in score_chunk_sizes]
     configs = [(i, c, d) for i, (c, d) in enumerate(zip(chunks, score_chunk_sizes))]
     served = {(i, c): [] for i, _, _ in configs for c in clients_list}
     servers = []
@@ -461,13 +478,18 @@ def bench_throughput(
             for k in range(rounds):
                 for b, o in variants:
                     bare[f"batch {b}, {o}"].append(worker.rate(b, o))
-                for (i, _, _), (_, url, _) in zip(configs, servers):
+                for (i, _, _), (proc, url, _) in zip(configs, servers):
                     for clients in clients_list:
                         before = httpx.get(f"{url}/health", timeout=5).json()
+                        server_cpu = _process_cpu_seconds(proc.pid)
                         out = load_test(url, rows, reference, clients, tol=1e-4)
+                        server_cpu = _process_cpu_seconds(proc.pid) - server_cpu
                         after = httpx.get(f"{url}/health", timeout=5).json()
                         n_batches = max(1, after["batches"] - before["batches"])
                         out["mean_texts_per_batch"] = (after["texts"] - before["texts"]) / n_batches
+                        out["server_cpu_share"] = server_cpu / (
+                            out["wall_seconds"] * (os.cpu_count() or 1)
+                        )
                         served[(i, clients)].append(out)
                 print(
                     f"round {k}: bare "
@@ -511,6 +533,8 @@ def bench_throughput(
                 "latency_p50_ms": [o["latency_p50_ms"] for o in outs],
                 "latency_p99_ms": lat,
                 "mean_texts_per_batch": [o["mean_texts_per_batch"] for o in outs],
+                "server_cpu_share": [o["server_cpu_share"] for o in outs],
+                "client_cpu_share": [o["client_cpu_share"] for o in outs],
                 "failed_requests": sum(o["failed_requests"] for o in outs),
                 "refined_texts_off_by_more_than_tol": sum(
                     o["refined_texts_off_by_more_than_tol"] for o in outs
@@ -589,8 +613,8 @@ def _tables(result: dict) -> str:
             "texts/s per round | vs fastest "
             "bare forward of the round | median ratio | vs bare at the RM batch size in "
             "request order | median ratio | p50 / p99 latency (median) | texts per scoring "
-            "call | failed |",
-            "|---|---|---|---|---|---|---|---|---|---|---|",
+            "call | CPU share server / clients (median) | failed |",
+            "|---|---|---|---|---|---|---|---|---|---|---|---|",
         ]
         for r in tp["runs"]:
             chunk = r.get("score_chunk_size", "")
@@ -606,9 +630,17 @@ def _tables(result: dict) -> str:
                 + ", ".join(f"{x:.2f}×" for x in r.get("ratio_vs_bare_rm_batch_in_order", []))
                 + f" | **{r.get('median_ratio_vs_bare_rm_batch_in_order', float('nan')):.2f}×** | "
                 f"{np.median(r['latency_p50_ms']):.0f} / {np.median(r['latency_p99_ms']):.0f} ms"
-                f" | {np.mean(r['mean_texts_per_batch']):.1f} | {r['failed_requests']} |"
+                f" | {np.mean(r['mean_texts_per_batch']):.1f} | {_cpu_shares(r)} | "
+                f"{r['failed_requests']} |"
             )
     return "\n".join(lines)
+
+
+def _cpu_shares(run: dict) -> str:
+    if "server_cpu_share" not in run:  # results written before the shares were recorded
+        return "–"
+    server, clients = np.median(run["server_cpu_share"]), np.median(run["client_cpu_share"])
+    return f"{100 * server:.0f} % / {100 * clients:.0f} %"
 
 
 def main(argv=None) -> Path:
@@ -629,9 +661,9 @@ def main(argv=None) -> Path:
     parser.add_argument("--rm-batch-size", type=int, default=16, help="the bundle's")
     parser.add_argument(
         "--score-chunk-sizes",
-        default="default,16,64",
-        help="one server per entry (its --score-chunk-size; 'default': none given, half "
-        "the RM batch size; --max-batch-size: one scoring call per micro-batch)",
+        default="default,8,64",
+        help="one server per entry (its --score-chunk-size; 'default': none given, the "
+        "RM batch size; --max-batch-size: one scoring call per micro-batch)",
     )
     parser.add_argument("--out", type=Path, default=HERE / "results")
     args = parser.parse_args(argv)

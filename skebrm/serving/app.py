@@ -99,7 +99,7 @@ class ServerSettings:
     score_chunk_size : int or None
         Texts per scoring call: a micro-batch is scored in chunks of whole requests, each
         answered when its chunk is done (see :class:`~skebrm.serving.MicroBatcher`). None:
-        :func:`create_app` uses half the bundle's RM ``batch_size``.
+        :func:`create_app` uses the bundle's RM ``batch_size`` (one RM batch per call).
     """
 
     max_batch_size: int = 64
@@ -376,9 +376,9 @@ def _floats(values) -> list:
     return [float(v) if math.isfinite(v) else None for v in values]
 
 
-def _half_batch_size(bundle) -> int | None:
+def _rm_batch_size(bundle) -> int | None:
     batch_size = getattr(bundle, "batch_size", None)
-    return max(1, batch_size // 2) if isinstance(batch_size, int) else None
+    return batch_size if isinstance(batch_size, int) and batch_size > 0 else None
 
 
 def create_app(bundle, settings: ServerSettings | None = None) -> FastAPI:
@@ -398,7 +398,7 @@ def create_app(bundle, settings: ServerSettings | None = None) -> FastAPI:
         max_batch_size=settings.max_batch_size,
         max_wait_s=settings.max_wait_ms / 1000.0,
         max_pending_texts=settings.max_pending_texts,
-        chunk_size=settings.score_chunk_size or _half_batch_size(bundle),
+        chunk_size=settings.score_chunk_size or _rm_batch_size(bundle),
     )
 
     @contextlib.asynccontextmanager

@@ -59,7 +59,7 @@ def build_parser() -> argparse.ArgumentParser:
         default=None,
         metavar="N",
         help="texts per scoring call: a micro-batch is scored in chunks of whole requests, "
-        "each answered when its chunk is done (default: half the RM batch size; the "
+        "each answered when its chunk is done (default: the RM batch size; the "
         "--max-batch-size value scores a micro-batch in one call)",
     )
     p.add_argument("--max-texts-per-request", type=int, default=d.max_texts_per_request)

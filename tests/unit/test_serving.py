@@ -590,7 +590,7 @@ def test_chunks_are_balanced_and_sorted_by_length():
     assert MicroBatcher(_score, max_batch_size=64)._chunks(jobs) == [jobs]
 
 
-def test_chunk_size_is_validated_and_the_app_defaults_to_half_the_rm_batch_size():
+def test_chunk_size_is_validated_and_the_app_defaults_to_the_rm_batch_size():
     with pytest.raises(ValueError, match="chunk_size must be a positive int or None"):
         MicroBatcher(_score, chunk_size=0)
     with pytest.raises(ValueError, match="score_chunk_size must be a positive int or None"):
@@ -600,7 +600,7 @@ def test_chunk_size_is_validated_and_the_app_defaults_to_half_the_rm_batch_size(
     bundle = _FakeBundle()
     assert create_app(bundle).state.batcher.chunk_size is None  # no batch_size: one call
     bundle.batch_size = 16
-    assert create_app(bundle).state.batcher.chunk_size == 8
+    assert create_app(bundle).state.batcher.chunk_size == 16
     settings = ServerSettings(score_chunk_size=64)
     assert create_app(bundle, settings).state.batcher.chunk_size == 64
     from skebrm.serving.cli import build_parser
