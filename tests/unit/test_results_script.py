@@ -134,3 +134,30 @@ def test_sweeps_that_vary_the_label_noise_get_a_table_and_a_plot(m, tmp_path):
     assert "| minilm | basis | yes | 0.600 / 0.600 (+0.0) | 0.600 / 0.610 (+1.0) |" in text
     assert "| smollm2 | basis |" not in text.split("Label noise:")[1]
     assert (docs / "figures" / "demo-sweep-label_noise.png").stat().st_size > 0
+
+
+def test_a_folder_of_rl_runs_gets_the_table_the_answer_and_the_plot(m, tmp_path):
+    import json
+
+    from skebrm.experiments.rl.tracking import append_jsonl
+
+    sweep = tmp_path / "rl" / "smollm2"
+    for proxy, gold in (("base", [0.0, 0.6, 0.1]), ("ebrm_minus_1std", [0.0, 0.3, 0.7])):
+        folder = sweep / f"{proxy}-beta0.0-seed0"
+        folder.mkdir(parents=True)
+        (folder / "run.json").write_text(json.dumps({"proxy": proxy, "beta": 0.0}))
+        for step, (g, kl) in enumerate(zip(gold, (0.0, 2.0, 6.0))):
+            record = {"step": 10 * step, "gold": g, "proxy": g + 0.1 * step, "kl": kl}
+            record.update(length=20.0 + step, distinct_2=0.8 - 0.1 * step)
+            append_jsonl(folder / "tracking.jsonl", record)
+    page = tmp_path / "docs" / "results" / "rl.md"
+    page.parent.mkdir(parents=True)
+    page.write_text("# RL\n\n<!-- results:start -->\n<!-- results:end -->\n")
+    figures = tmp_path / "docs" / "figures"
+    assert m.main([str(sweep), "--page", str(page), "--figures", str(figures)]) == 0
+    text = page.read_text()
+    assert "### rl_overoptimization (smollm2)" in text
+    assert "| base, β=0 |" in text and "| ebrm_minus_1std, β=0 |" in text
+    assert "At β = 0: base peaks at gold 0.600 at KL 2.00 (step 10)" in text
+    assert "](../figures/rl_overoptimization-smollm2.png)" in text
+    assert (figures / "rl_overoptimization-smollm2.png").read_bytes()[:4] == b"\x89PNG"
