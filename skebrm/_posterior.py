@@ -455,6 +455,16 @@ class PosteriorMethodsMixin:
         global mode (as ``predict(X)``) and which gives ``mean()``, ``std()``,
         ``quantiles(q)``, ``interval(alpha)``, ``log_density(r)``, ``cdf(r)`` and
         ``preference_probability(other)`` without evaluating the energy again.
+
+        Parameters
+        ----------
+        X : array-like of shape (n_samples, n_features)
+            Embeddings of the rows.
+
+        Returns
+        -------
+        GridDistribution
+            The distribution of the reward of each row, on the grid.
         """
         X = self._check_X(X, f"{type(self).__name__}.predict_distribution")
         return self.posterior_.distribution(X, self._settings())
@@ -464,19 +474,67 @@ class PosteriorMethodsMixin:
         return self.posterior_.distribution(X, self._settings(), mode=mode)
 
     def score_uncertainty(self, X):
-        """The standard deviation of ``p(r | e)`` (RM units); higher is more uncertain."""
+        """The standard deviation of ``p(r | e)`` (RM units); higher is more uncertain.
+
+        Parameters
+        ----------
+        X : array-like of shape (n_samples, n_features)
+            Embeddings of the rows.
+
+        Returns
+        -------
+        ndarray of shape (n_samples,)
+            The standard deviation of each row's reward distribution.
+        """
         return self._distribution(X, f"{type(self).__name__}.score_uncertainty").std()
 
     def predict_mean(self, X):
-        """The mean of ``p(r | e)`` (RM units)."""
+        """The mean of ``p(r | e)`` (RM units).
+
+        Parameters
+        ----------
+        X : array-like of shape (n_samples, n_features)
+            Embeddings of the rows.
+
+        Returns
+        -------
+        ndarray of shape (n_samples,)
+            The mean of each row's reward distribution.
+        """
         return self._distribution(X, f"{type(self).__name__}.predict_mean").mean()
 
     def predict_quantiles(self, X, q):
-        """Quantiles of ``p(r | e)``: array of shape (n_samples, len(q)), RM units."""
+        """Quantiles of ``p(r | e)``: array of shape (n_samples, len(q)), RM units.
+
+        Parameters
+        ----------
+        X : array-like of shape (n_samples, n_features)
+            Embeddings of the rows.
+        q : array-like of float
+            The quantile levels, each in [0, 1].
+
+        Returns
+        -------
+        ndarray of shape (n_samples, len(q))
+            The quantiles of each row's reward distribution at the levels ``q``.
+        """
         return self._distribution(X, f"{type(self).__name__}.predict_quantiles").quantiles(q)
 
     def predict_interval(self, X, alpha: float = 0.1):
-        """Central ``1 − alpha`` interval of ``p(r | e)``: (n_samples, 2), RM units."""
+        """Central ``1 − alpha`` interval of ``p(r | e)``: (n_samples, 2), RM units.
+
+        Parameters
+        ----------
+        X : array-like of shape (n_samples, n_features)
+            Embeddings of the rows.
+        alpha : float, default=0.1
+            Probability mass left outside the interval, in (0, 1), half on each side.
+
+        Returns
+        -------
+        ndarray of shape (n_samples, 2)
+            The lower and upper end of each row's interval.
+        """
         if not isinstance(alpha, Real) or not 0 < alpha < 1:
             raise ValueError(
                 f"{type(self).__name__}.predict_interval: alpha must be in (0, 1), got {alpha!r}."
@@ -485,21 +543,60 @@ class PosteriorMethodsMixin:
 
     def predict_log_density_grid(self, X):
         """``log p(r | e)`` on the grid: ``(grid_, log_density (n_samples, grid_size))``;
-        ``exp(log_density).sum(1) * cell_width == 1``."""
+        ``exp(log_density).sum(1) * cell_width == 1``.
+
+        Parameters
+        ----------
+        X : array-like of shape (n_samples, n_features)
+            Embeddings of the rows.
+
+        Returns
+        -------
+        grid : ndarray of shape (grid_size,)
+            A copy of the reward grid ``grid_`` (RM units).
+        log_density : ndarray of shape (n_samples, grid_size)
+            ``log p(r | e)`` of each row at each grid point.
+        """
         dist = self._distribution(X, f"{type(self).__name__}.predict_log_density_grid")
         return self.grid_.copy(), dist.log_density_grid()
 
     def log_density(self, X, r):
         """``log p(r | e)`` at rewards ``r`` (RM units), piecewise uniform on the grid's
         cells (the derivative of the CDF behind :meth:`predict_quantiles`); ``−inf``
-        outside the grid."""
+        outside the grid.
+
+        Parameters
+        ----------
+        X : array-like of shape (n_samples, n_features)
+            Embeddings of the rows.
+        r : array-like of shape (n_samples,) or (n_samples, k)
+            The rewards at which to evaluate each row's density (RM units).
+
+        Returns
+        -------
+        ndarray
+            ``log p(r | e)``, with the shape of ``r``.
+        """
         caller = f"{type(self).__name__}.log_density"
         dist = self._distribution(X, caller)
         return dist.log_density(check_rewards(r, len(dist), "r", caller))
 
     def predict_energy(self, X, r):
         """The unnormalised log-density ``f(e, r)`` at ``r`` (n_samples,) or (n_samples, k),
-        RM units; the array has the shape of ``r``."""
+        RM units; the array has the shape of ``r``.
+
+        Parameters
+        ----------
+        X : array-like of shape (n_samples, n_features)
+            Embeddings of the rows.
+        r : array-like of shape (n_samples,) or (n_samples, k)
+            The rewards at which to evaluate the energy of each row (RM units).
+
+        Returns
+        -------
+        ndarray
+            The energy ``f(e, r)``, with the shape of ``r``.
+        """
         caller = f"{type(self).__name__}.predict_energy"
         X = self._check_X(X, caller)
         r = np.asarray(r, dtype=np.float64)
@@ -513,7 +610,18 @@ class PosteriorMethodsMixin:
 
     def preference_probability(self, X_a, X_b):
         """``P(r_a > r_b)`` for the independent distributions of row pairs (exact on the
-        grid; two rewards in the same cell are each other's superior with probability ½)."""
+        grid; two rewards in the same cell are each other's superior with probability ½).
+
+        Parameters
+        ----------
+        X_a, X_b : array-like of shape (n_pairs, n_features)
+            Embeddings of the two sides of each pair, row ``i`` of each forming pair ``i``.
+
+        Returns
+        -------
+        ndarray of shape (n_pairs,)
+            The probability that the reward of side ``a`` exceeds that of side ``b``.
+        """
         caller = f"{type(self).__name__}.preference_probability"
         da, db = self._distribution(X_a, caller), self._distribution(X_b, caller)
         if len(da) != len(db):
@@ -525,5 +633,19 @@ class PosteriorMethodsMixin:
 
     def pessimistic_reward(self, X, beta: float):
         """The entropic risk of ``p(r | e)`` at risk aversion ``beta`` (RM units):
-        ``predict_distribution(X).entropic_risk(beta)``."""
+        ``predict_distribution(X).entropic_risk(beta)``.
+
+        Parameters
+        ----------
+        X : array-like of shape (n_samples, n_features)
+            Embeddings of the rows.
+        beta : float
+            The entropic risk's ``β > 0``, in RM units: smaller is more pessimistic (see
+            :meth:`skebrm.GridDistribution.entropic_risk`).
+
+        Returns
+        -------
+        ndarray of shape (n_samples,)
+            The pessimistic reward of each row.
+        """
         return self.predict_distribution(X).entropic_risk(beta)

@@ -61,6 +61,7 @@ class BradleyTerryEnsemble(_PairScoreMixin, BaseEstimator):
     C : float, default=1.0
         Inverse L2 regularisation of each member's logistic regression.
     max_iter : int, default=1000
+        Iterations of each member's LBFGS solver.
     random_state : int, RandomState instance or None, default=None
         Seeds the bootstrap resamples.
 
@@ -115,13 +116,16 @@ class BradleyTerryEnsemble(_PairScoreMixin, BaseEstimator):
         Parameters
         ----------
         X : array-like of shape (n_samples, n_features)
-        y : ignored
+            Embeddings of the rows, two per pair.
+        y : None
+            Ignored; present for scikit-learn API compatibility.
         pair_id, chosen : array-like of shape (n_samples,)
             Pair metadata (see :func:`skebrm.datasets.pairs_to_rows`).
 
         Returns
         -------
-        self
+        self : BradleyTerryEnsemble
+            The fitted ensemble.
         """
         X = validate_data(self, X, dtype=np.float64)
         idx_c, idx_r = check_pairs(pair_id, chosen, X.shape[0], caller="BradleyTerryEnsemble.fit")
@@ -141,13 +145,35 @@ class BradleyTerryEnsemble(_PairScoreMixin, BaseEstimator):
         return self
 
     def predict_members(self, X) -> np.ndarray:
-        """Standardised reward of every member, shape (n_samples, n_estimators)."""
+        """Standardised reward of every member, shape (n_samples, n_estimators).
+
+        Parameters
+        ----------
+        X : array-like of shape (n_samples, n_features)
+            Embeddings of the rows.
+
+        Returns
+        -------
+        ndarray of shape (n_samples, n_estimators)
+            Each member's reward of each row, standardised on the training rows.
+        """
         check_is_fitted(self)
         X = validate_data(self, X, dtype=np.float64, reset=False)
         return (X @ self.coefs_.T - self.reward_mean_) / self.reward_scale_
 
     def predict(self, X) -> np.ndarray:
-        """The aggregated reward of each row (see ``aggregation``)."""
+        """The aggregated reward of each row (see ``aggregation``).
+
+        Parameters
+        ----------
+        X : array-like of shape (n_samples, n_features)
+            Embeddings of the rows.
+
+        Returns
+        -------
+        ndarray of shape (n_samples,)
+            The members' standardised rewards of each row, combined by ``aggregation``.
+        """
         self._validate_params()
         members = self.predict_members(X)
         if self.aggregation == "mean":
@@ -157,7 +183,18 @@ class BradleyTerryEnsemble(_PairScoreMixin, BaseEstimator):
         return members.mean(axis=1) - self.uncertainty_penalty * members.std(axis=1)
 
     def score_uncertainty(self, X) -> np.ndarray:
-        """Standard deviation of the standardised rewards across members."""
+        """Standard deviation of the standardised rewards across members.
+
+        Parameters
+        ----------
+        X : array-like of shape (n_samples, n_features)
+            Embeddings of the rows.
+
+        Returns
+        -------
+        ndarray of shape (n_samples,)
+            The spread of the members' rewards of each row; higher is more uncertain.
+        """
         return self.predict_members(X).std(axis=1)
 
 
@@ -191,12 +228,15 @@ class MLPRewardHead(_PairScoreMixin, BaseEstimator):
     hidden : tuple of int, default=(256,)
         Widths of the hidden layers (ReLU).
     dropout : float, default=0.0
+        Dropout probability after each hidden layer during training; 0 adds no dropout.
     learning_rate : float, default=1e-3
         AdamW learning rate.
     weight_decay : float, default=1e-4
+        AdamW weight decay.
     batch_size : int, default=256
         Rows per step for ``"regression"``, pairs per step for ``"bradley_terry"``.
     max_epochs : int, default=50
+        Passes over the training rows (or pairs).
     random_state : int or None, default=None
         Seeds the weights and the batch order (results are reproducible on CPU).
 
@@ -274,14 +314,18 @@ class MLPRewardHead(_PairScoreMixin, BaseEstimator):
         Parameters
         ----------
         X : array-like of shape (n_samples, n_features)
+            Embeddings of the rows, two per pair.
         y : array-like of shape (n_samples,), optional
             The base RM's reward per row. Required for ``objective="regression"`` and
             for ``filter_conflicts=True``.
         pair_id, chosen : array-like of shape (n_samples,)
+            The pair of each row and whether it is the chosen response (see
+            :func:`skebrm.datasets.pairs_to_rows`).
 
         Returns
         -------
-        self
+        self : MLPRewardHead
+            The fitted head.
         """
         hidden = self._hidden()
         if y is None and (self.objective == "regression" or self.filter_conflicts):
@@ -357,7 +401,18 @@ class MLPRewardHead(_PairScoreMixin, BaseEstimator):
         self.module_.eval()
 
     def predict(self, X) -> np.ndarray:
-        """The reward of each row (on the scale of ``y`` for the regression objective)."""
+        """The reward of each row (on the scale of ``y`` for the regression objective).
+
+        Parameters
+        ----------
+        X : array-like of shape (n_samples, n_features)
+            Embeddings of the rows.
+
+        Returns
+        -------
+        ndarray of shape (n_samples,)
+            The MLP's reward of each row.
+        """
         check_is_fitted(self)
         X = validate_data(self, X, dtype=np.float64, reset=False)
         Xs = torch.as_tensor((X - self.x_mean_) / self.x_scale_, dtype=torch.float32)

@@ -48,9 +48,23 @@ def fit_bradley_terry(
     BLAS runs on one thread during the fit, so the result does not depend on the
     machine's thread count.
 
+    Parameters
+    ----------
+    X_chosen : array-like of shape (n_pairs, n_features)
+        Embeddings of the chosen response of each pair.
+    X_rejected : array-like of shape (n_pairs, n_features)
+        Embeddings of the rejected response of each pair, in the same order.
+    C : float, default=1.0
+        Inverse L2 regularisation strength of the logistic regression.
+    sample_weight : array-like of shape (n_pairs,), default=None
+        Weight of each pair (applied to both of its rows); None weighs pairs equally.
+    max_iter : int, default=1000
+        Iterations of the LBFGS solver.
+
     Returns
     -------
     coef : ndarray of shape (n_features,)
+        The reward weights ``w``.
     """
     X_chosen = np.asarray(X_chosen, dtype=np.float64)
     X_rejected = np.asarray(X_rejected, dtype=np.float64)
@@ -84,7 +98,9 @@ class _PairScoreMixin:
         Parameters
         ----------
         X : array-like of shape (n_samples, n_features)
-        y : ignored
+            Embeddings of the rows, two per pair.
+        y : None
+            Ignored; present for scikit-learn API compatibility.
         pair_id, chosen : array-like of shape (n_samples,)
             Pair metadata (see :func:`skebrm.datasets.pairs_to_rows`); inside a
             meta-estimator, request them with ``set_score_request(pair_id=True,
@@ -93,6 +109,7 @@ class _PairScoreMixin:
         Returns
         -------
         float
+            Fraction of pairs whose chosen row gets the higher reward, ties counting 0.5.
         """
         rewards = self.predict(X)
         idx_c, idx_r = check_pairs(
@@ -159,19 +176,35 @@ class BradleyTerryHead(_PairScoreMixin, BaseEstimator):
         Parameters
         ----------
         X : array-like of shape (n_samples, n_features)
-        y : ignored
+            Embeddings of the rows, two per pair.
+        y : None
+            Ignored; present for scikit-learn API compatibility.
         pair_id, chosen : array-like of shape (n_samples,)
+            The pair of each row and whether it is the chosen response (see
+            :func:`skebrm.datasets.pairs_to_rows`).
 
         Returns
         -------
-        self
+        self : BradleyTerryHead
+            The fitted head.
         """
         _, self.coef_ = self._fit_pairs(X, pair_id, chosen)
         self.intercept_ = 0.0
         return self
 
     def predict(self, X) -> np.ndarray:
-        """The reward of each row."""
+        """The reward of each row.
+
+        Parameters
+        ----------
+        X : array-like of shape (n_samples, n_features)
+            Embeddings of the rows.
+
+        Returns
+        -------
+        ndarray of shape (n_samples,)
+            The reward ``w·x + b`` of each row.
+        """
         check_is_fitted(self)
         X = validate_data(self, X, dtype=np.float64, reset=False)
         return X @ self.coef_ + self.intercept_
@@ -273,13 +306,17 @@ class LaplaceBradleyTerryHead(BradleyTerryHead):
         Parameters
         ----------
         X : array-like of shape (n_samples, n_features)
+            Embeddings of the rows, two per pair.
         y : array-like of shape (n_samples,), optional
             The base reward per row; required with ``weights="base_reward"``, else ignored.
         pair_id, chosen : array-like of shape (n_samples,)
+            The pair of each row and whether it is the chosen response (see
+            :func:`skebrm.datasets.pairs_to_rows`).
 
         Returns
         -------
-        self
+        self : LaplaceBradleyTerryHead
+            The fitted head.
         """
         r2 = float("nan")
         if self.weights == "fit":
@@ -328,7 +365,18 @@ class LaplaceBradleyTerryHead(BradleyTerryHead):
         return np.sqrt(np.maximum(np.einsum("ij,ij->i", E @ self.covariance_, E), 0.0))
 
     def score_uncertainty(self, X) -> np.ndarray:
-        """Posterior standard deviation ``sqrt(eᵀ H⁻¹ e)`` of each row's reward."""
+        """Posterior standard deviation ``sqrt(eᵀ H⁻¹ e)`` of each row's reward.
+
+        Parameters
+        ----------
+        X : array-like of shape (n_samples, n_features)
+            Embeddings of the rows.
+
+        Returns
+        -------
+        ndarray of shape (n_samples,)
+            The posterior standard deviation of each row's reward.
+        """
         check_is_fitted(self)
         X = validate_data(self, X, dtype=np.float64, reset=False)
         return self._quad(X)
@@ -350,10 +398,12 @@ class LaplaceBradleyTerryHead(BradleyTerryHead):
         Parameters
         ----------
         X_a, X_b : array-like of shape (n_pairs, n_features)
+            Embeddings of the two sides of each pair, row ``i`` of each forming pair ``i``.
 
         Returns
         -------
         ndarray of shape (n_pairs,)
+            The posterior standard deviation of each pair's reward margin.
         """
         X_a, X_b = self._pair_rows(X_a, X_b, "pair_uncertainty")
         return self._quad(X_a - X_b)
@@ -364,10 +414,12 @@ class LaplaceBradleyTerryHead(BradleyTerryHead):
         Parameters
         ----------
         X_a, X_b : array-like of shape (n_pairs, n_features)
+            Embeddings of the two sides of each pair, row ``i`` of each forming pair ``i``.
 
         Returns
         -------
         ndarray of shape (n_pairs,)
+            The probability that side ``a`` of each pair is preferred to side ``b``.
         """
         X_a, X_b = self._pair_rows(X_a, X_b, "preference_probability")
         z = X_a - X_b
