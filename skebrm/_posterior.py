@@ -569,13 +569,13 @@ class PosteriorMethodsMixin:
         ----------
         X : array-like of shape (n_samples, n_features)
             Embeddings of the rows.
-        r : array-like of shape (n_samples,) or (n_samples, k)
-            The rewards at which to evaluate each row's density (RM units).
+        r : array-like of shape (n_samples,)
+            The reward at which to evaluate each row's density (RM units), one per row.
 
         Returns
         -------
-        ndarray
-            ``log p(r | e)``, with the shape of ``r``.
+        ndarray of shape (n_samples,)
+            ``log p(r[i] | e_i)`` of each row ``i``.
         """
         caller = f"{type(self).__name__}.log_density"
         dist = self._distribution(X, caller)

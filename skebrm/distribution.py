@@ -162,20 +162,38 @@ class GridDistribution:
         return self.centres[np.argmax(self.log_masses, axis=1)]
 
     def mean(self) -> np.ndarray:
-        """The mean of each row (n,)."""
+        """The mean of each row (n,).
+
+        Returns
+        -------
+        ndarray of shape (n,)
+            The mean reward of each row.
+        """
         # row-wise sums, not ``p @ centres``: a matrix-vector product may round a row
         # differently depending on how many rows come with it
         return (self.masses * self.centres).sum(axis=1)
 
     def var(self) -> np.ndarray:
-        """The variance of each row (n,), within-cell spread ``Δ²/12`` included."""
+        """The variance of each row (n,), within-cell spread ``Δ²/12`` included.
+
+        Returns
+        -------
+        ndarray of shape (n,)
+            The variance of each row's reward.
+        """
         p, c = self.masses, self.centres
         mean = (p * c).sum(axis=1)
         second = (p * c**2).sum(axis=1) + self.width**2 / 12.0
         return np.maximum(second - mean**2, 0.0)
 
     def std(self) -> np.ndarray:
-        """The standard deviation of each row (n,)."""
+        """The standard deviation of each row (n,).
+
+        Returns
+        -------
+        ndarray of shape (n,)
+            The standard deviation of each row's reward.
+        """
         return np.sqrt(self.var())
 
     def entropic_risk(self, beta: float) -> np.ndarray:
@@ -202,6 +220,7 @@ class GridDistribution:
         Returns
         -------
         ndarray of shape (n,)
+            The entropic risk of each row, in the reward's units.
 
         Examples
         --------
@@ -240,7 +259,18 @@ class GridDistribution:
         return self.low + centre - beta * (log_mean_exp + _log_sinhc(self.width / (2.0 * beta)))
 
     def cdf(self, r) -> np.ndarray:
-        """``P(reward ≤ r[i])`` for row ``i`` (n,): piecewise linear between edges."""
+        """``P(reward ≤ r[i])`` for row ``i`` (n,): piecewise linear between edges.
+
+        Parameters
+        ----------
+        r : array-like of shape (n,)
+            One finite reward per row.
+
+        Returns
+        -------
+        ndarray of shape (n,)
+            The cumulative probability of each row at its ``r[i]``.
+        """
         r = self._per_row(r, "r")
         p = self.masses
         pos = (r - self.low) / self.width
@@ -257,6 +287,16 @@ class GridDistribution:
         """Quantiles at levels ``q`` (array-like in [0, 1]): shape (n, len(q)).
 
         Exact inverse of :meth:`cdf`; strictly increasing in ``q`` where mass is > 0.
+
+        Parameters
+        ----------
+        q : float or array-like of float
+            The quantile levels, each in [0, 1].
+
+        Returns
+        -------
+        ndarray of shape (n, len(q))
+            The quantile of each row at each level.
         """
         q = np.atleast_1d(np.asarray(q, dtype=np.float64))
         if q.ndim != 1 or not np.isfinite(q).all() or np.any((q < 0) | (q > 1)):
@@ -275,14 +315,36 @@ class GridDistribution:
         return out
 
     def interval(self, alpha: float = 0.1) -> np.ndarray:
-        """Central ``1 − alpha`` interval of each row: shape (n, 2)."""
+        """Central ``1 − alpha`` interval of each row: shape (n, 2).
+
+        Parameters
+        ----------
+        alpha : float, default=0.1
+            Probability mass left outside the interval, in (0, 1), half on each side.
+
+        Returns
+        -------
+        ndarray of shape (n, 2)
+            The lower and upper end of each row's interval.
+        """
         if not isinstance(alpha, Real) or not 0 < alpha < 1:
             raise ValueError(f"GridDistribution.interval: alpha must be in (0, 1), got {alpha!r}.")
         return self.quantiles([alpha / 2, 1 - alpha / 2])
 
     def log_density(self, r) -> np.ndarray:
         """``log p(r[i])`` for row ``i`` (n,): ``log p_j − log Δ`` in the cell of ``r[i]``,
-        ``−inf`` outside the grid (the right edge belongs to the last cell)."""
+        ``−inf`` outside the grid (the right edge belongs to the last cell).
+
+        Parameters
+        ----------
+        r : array-like of shape (n,)
+            One finite reward per row.
+
+        Returns
+        -------
+        ndarray of shape (n,)
+            The log-density of each row at its ``r[i]``.
+        """
         r = self._per_row(r, "r")
         pos = (r - self.low) / self.width
         j = np.clip(np.floor(pos).astype(np.int64), 0, self.n_cells - 1)
@@ -291,11 +353,29 @@ class GridDistribution:
         return out
 
     def log_density_grid(self) -> np.ndarray:
-        """``log p`` on every cell (n, G); ``exp(·).sum(1) · Δ == 1``."""
+        """``log p`` on every cell (n, G); ``exp(·).sum(1) · Δ == 1``.
+
+        Returns
+        -------
+        ndarray of shape (n, G)
+            The log-density of each row in each of the ``G`` cells.
+        """
         return self.log_masses - np.log(self.width)
 
     def preference_probability(self, other: GridDistribution) -> np.ndarray:
-        """``P(r_self[i] > r_other[i])`` for independent rows (n,), exact on the grid."""
+        """``P(r_self[i] > r_other[i])`` for independent rows (n,), exact on the grid.
+
+        Parameters
+        ----------
+        other : GridDistribution
+            The distributions to compare with, as many rows as this one.
+
+        Returns
+        -------
+        ndarray of shape (n,)
+            The probability that row ``i`` of this distribution exceeds row ``i`` of
+            ``other``.
+        """
         if not isinstance(other, GridDistribution):
             raise TypeError(
                 "GridDistribution.preference_probability: other must be a GridDistribution, "

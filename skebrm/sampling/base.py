@@ -38,13 +38,15 @@ _TURN = re.compile(r"(?:^|\n\n)(Human|Assistant):\s?")
 class Completion:
     """One sampled completion.
 
-    Attributes
+    Parameters
     ----------
     text : str
         The decoded completion, without the stop token.
     n_tokens : int
         Tokens generated, the stop token included.
     finish_reason : {"stop", "length"}
+        ``"stop"`` if the policy ended its turn, ``"length"`` if it was cut at
+        ``max_new_tokens``.
     """
 
     text: str
@@ -54,6 +56,17 @@ class Completion:
 
 def prompt_messages(prompt: str) -> list[dict[str, str]]:
     """Chat messages of a prompt: HH-style ``Human:`` / ``Assistant:`` turns, else one user turn.
+
+    Parameters
+    ----------
+    prompt : str
+        The prompt, with HH-style turns or as plain text.
+
+    Returns
+    -------
+    list of dict
+        One ``{"role": ..., "content": ...}`` message per turn, roles ``"user"`` and
+        ``"assistant"``; a trailing empty assistant turn is dropped.
 
     Examples
     --------
@@ -84,11 +97,13 @@ class PolicySampler(ABC):
     Parameters
     ----------
     temperature : float, default=1.0
+        Sampling temperature, > 0 (greedy decoding is not a policy sample).
     top_p : float, default=1.0
         Nucleus sampling; 1.0 is off.
     top_k : int, default=0
         0 is off.
     max_new_tokens : int, default=96
+        Most tokens generated per completion.
     """
 
     backend: str = ""
@@ -127,7 +142,13 @@ class PolicySampler(ABC):
             )
 
     def settings(self) -> dict:
-        """The sampling settings, as stored in cache keys."""
+        """The sampling settings, as stored in cache keys.
+
+        Returns
+        -------
+        dict
+            ``temperature``, ``top_p``, ``top_k`` and ``max_new_tokens``.
+        """
         return {
             "temperature": float(self.temperature),
             "top_p": float(self.top_p),
@@ -157,6 +178,7 @@ class PolicySampler(ABC):
         prompts : sequence of str
             Prompts in the shared schema (see :func:`prompt_messages`).
         n_samples : int
+            Completions to draw for each prompt, >= 1.
         seed : int, default=0
             Seeds this call: the same call with the same seed, settings and batch layout
             gives the same completions on the same hardware.

@@ -21,6 +21,20 @@ def load_causal_lm(name_or_path: str = "smollm2", *, dtype: str = "float32"):
     (:func:`skebrm.extraction.convert_smollm2`); anything else goes to
     ``AutoModelForCausalLM.from_pretrained`` (a local folder, or a hub name where the
     hub is reachable).
+
+    Parameters
+    ----------
+    name_or_path : str, default="smollm2"
+        ``"smollm2"``, a model folder or a hub name.
+    dtype : {"float32", "bfloat16", "float16"}, default="float32"
+        The dtype the weights are loaded in.
+
+    Returns
+    -------
+    model : PreTrainedModel
+        The causal LM, in evaluation mode.
+    tokenizer : PreTrainedTokenizerBase
+        Its tokenizer.
     """
     import torch
     from transformers import AutoModelForCausalLM, AutoTokenizer
@@ -76,11 +90,20 @@ class TransformersSampler(PolicySampler):
         ``"smollm2"``, a folder or hub name (see :func:`load_causal_lm`), or a loaded
         causal LM (then pass ``tokenizer``).
     tokenizer : PreTrainedTokenizerBase, optional
-    temperature, top_p, top_k, max_new_tokens
-        See :class:`~skebrm.sampling.PolicySampler`.
+        The tokenizer of a loaded ``model`` (required then); with a name, the model's own
+        is loaded.
+    temperature : float, default=1.0
+        Sampling temperature, > 0 (see :class:`~skebrm.sampling.PolicySampler`).
+    top_p : float, default=1.0
+        Nucleus sampling; 1.0 is off.
+    top_k : int, default=0
+        Keep the ``top_k`` most likely tokens; 0 is off.
+    max_new_tokens : int, default=96
+        Most tokens generated per completion.
     batch_size : int, default=16
         Rows per ``generate`` call.
     device : str, default="cpu"
+        The torch device the model generates on.
     dtype : str, default="float32"
         For a model loaded by name.
     """
@@ -161,7 +184,18 @@ class TransformersSampler(PolicySampler):
         return {**self._identity, "settings": self.settings()}
 
     def encode_prompt(self, prompt: str) -> list[int]:
-        """Token ids of the chat-templated prompt, with the generation prompt."""
+        """Token ids of the chat-templated prompt, with the generation prompt.
+
+        Parameters
+        ----------
+        prompt : str
+            A prompt in the shared schema (see :func:`prompt_messages`).
+
+        Returns
+        -------
+        list of int
+            The token ids the policy is given for this prompt.
+        """
         self.load()
         text = self.tokenizer_.apply_chat_template(
             prompt_messages(prompt), tokenize=False, add_generation_prompt=True

