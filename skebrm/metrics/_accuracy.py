@@ -16,10 +16,12 @@ def pairwise_correct(reward_chosen, reward_rejected) -> np.ndarray:
     Parameters
     ----------
     reward_chosen, reward_rejected : array-like of shape (n_pairs,)
+        The reward of the chosen and of the rejected response of each pair.
 
     Returns
     -------
     ndarray of shape (n_pairs,)
+        The credit of each pair: 1.0, 0.5 or 0.0.
 
     Examples
     --------
@@ -34,6 +36,16 @@ def pairwise_correct(reward_chosen, reward_rejected) -> np.ndarray:
 
 def pairwise_accuracy(reward_chosen, reward_rejected) -> float:
     """Share of pairs ordered correctly; a tie counts 0.5.
+
+    Parameters
+    ----------
+    reward_chosen, reward_rejected : array-like of shape (n_pairs,)
+        The reward of the chosen and of the rejected response of each pair.
+
+    Returns
+    -------
+    float
+        The mean of :func:`pairwise_correct` over the pairs.
 
     Examples
     --------
@@ -149,9 +161,11 @@ def rewardbench_scores(
     Parameters
     ----------
     reward_chosen, reward_rejected : array-like of shape (n_pairs,)
+        The reward of the chosen and of the rejected response of each pair.
     subset, section : array-like of shape (n_pairs,), optional
         Labels per pair (the ``subset`` and ``section`` fields of the shared schema).
     weighting : {"auto", "rewardbench", "pooled"}, default="auto"
+        How the subsets are weighted inside a section (see above).
 
     Returns
     -------
@@ -249,12 +263,14 @@ def best_of_k_correct(reward_chosen, reward_rejected, group) -> tuple[np.ndarray
     Parameters
     ----------
     reward_chosen, reward_rejected : array-like of shape (n_pairs,)
+        The reward of the chosen and of the rejected response of each pair.
     group : array-like of shape (n_pairs,)
         Hashable label per pair; pairs with one label form one group.
 
     Returns
     -------
     credit : ndarray of shape (n_groups,)
+        The best-of-k credit of each group, in [0, 1].
     k : ndarray of int of shape (n_groups,)
         Responses per group (pairs + 1). Groups are in order of first appearance.
 
@@ -287,6 +303,20 @@ def best_of_k_accuracy(reward_chosen, reward_rejected, group, *, min_k: int = 3)
     The mean of :func:`best_of_k_correct` over the groups with at least ``min_k``
     responses (default 3: at least two rejected, where best-of-k differs from pairwise
     accuracy). NaN when no group is that large. Chance level is the mean of ``1 / k``.
+
+    Parameters
+    ----------
+    reward_chosen, reward_rejected : array-like of shape (n_pairs,)
+        The reward of the chosen and of the rejected response of each pair.
+    group : array-like of shape (n_pairs,)
+        Hashable label per pair; pairs with one label form one group.
+    min_k : int, default=3
+        Fewest responses (pairs + 1) a group needs to be counted, >= 2.
+
+    Returns
+    -------
+    float
+        The mean best-of-k credit of the counted groups, NaN if there are none.
 
     Examples
     --------

@@ -45,17 +45,21 @@ __all__ = [
 class BestOfNCurve(NamedTuple):
     """Best-of-n gold reward per ``n``, with a percentile bootstrap interval over prompts.
 
-    Attributes
+    Parameters
     ----------
     n : ndarray of shape (n_points,)
+        The best-of-n sizes.
     kl : ndarray of shape (n_points,)
         :func:`kl_best_of_n` of each ``n``.
     mean, ci_low, ci_high, std_error : ndarray of shape (n_points,)
         Mean over prompts of the per-prompt estimates, the interval's ends and the
         bootstrap standard error.
     per_prompt : ndarray of shape (n_prompts, n_points)
+        The per-prompt estimates (:func:`best_of_n_per_prompt`).
     n_resamples : int
+        Bootstrap resamples of the prompts.
     confidence : float
+        Two-sided coverage of the interval.
     """
 
     n: np.ndarray
@@ -69,7 +73,13 @@ class BestOfNCurve(NamedTuple):
     confidence: float
 
     def peak(self) -> dict:
-        """The ``n`` of the highest mean gold reward, its KL and gold, and gold at the last n."""
+        """The ``n`` of the highest mean gold reward, its KL and gold, and gold at the last n.
+
+        Returns
+        -------
+        dict
+            ``peak_n``, ``peak_kl``, ``peak_gold``, ``final_n`` and ``final_gold``.
+        """
         i = int(np.argmax(self.mean))
         return {
             "peak_n": int(self.n[i]),
@@ -154,6 +164,18 @@ def best_of_n_weights(n: int, n_samples: int) -> np.ndarray:
     ``i`` is the rank of a sample in ascending proxy order among ``N = n_samples``; the
     weights are 0 below ``i = n`` and sum to 1. Computed in log space (log-gamma).
 
+    Parameters
+    ----------
+    n : int
+        The best-of-n size, in ``[1, n_samples]``.
+    n_samples : int
+        Samples per prompt ``N``, >= 1.
+
+    Returns
+    -------
+    ndarray of shape (n_samples,)
+        The weight of each rank, lowest proxy score first.
+
     Examples
     --------
     >>> best_of_n_weights(2, 3).round(4).tolist()
@@ -188,6 +210,7 @@ def best_of_n_per_prompt(proxy, gold, ns: Sequence[int]) -> np.ndarray:
     Returns
     -------
     ndarray of shape (n_prompts, len(ns))
+        The expected gold reward of the proxy's pick among ``n`` samples, per prompt.
     """
     proxy, gold = _check_scores(proxy, gold, "best_of_n_per_prompt")
     n_prompts, n_samples = proxy.shape
@@ -258,15 +281,20 @@ def best_of_n_curve(
     Parameters
     ----------
     proxy, gold : array-like of shape (n_prompts, N)
+        Proxy and gold rewards of the same ``N`` samples of each prompt.
     ns : sequence of int
+        Best-of-n sizes, each in ``[1, N]``.
     n_resamples : int, default=2000
+        Bootstrap resamples of the prompts.
     confidence : float, default=0.95
         Two-sided coverage of the interval, in (0, 1).
     random_state : int, RandomState instance or None
+        Seeds the resampling.
 
     Returns
     -------
     BestOfNCurve
+        The curve, its bootstrap interval and the per-prompt estimates.
     """
     if not isinstance(n_resamples, Integral) or isinstance(n_resamples, bool) or n_resamples < 1:
         raise ValueError(
@@ -314,10 +342,15 @@ def plot_best_of_n(
         Proxy name to its curve (an ``"oracle"`` entry is drawn dashed, as the ceiling).
     path : path-like, optional
         Where to write the figure (atomically); the format follows the suffix.
+    title : str, default="Best-of-n: gold reward of the proxy's pick"
+        The axes' title.
+    ylabel : str, default="gold reward"
+        The y-axis label.
 
     Returns
     -------
     matplotlib.figure.Figure
+        The figure.
     """
     from matplotlib.figure import Figure
 

@@ -14,6 +14,17 @@ class ReliabilityCurve(NamedTuple):
     """Per-bin statistics of predicted probabilities against observed frequencies.
 
     Empty bins hold NaN in ``mean_predicted`` and ``fraction_positive`` and 0 in ``count``.
+
+    Parameters
+    ----------
+    bin_edges : ndarray of shape (n_bins + 1,)
+        Edges of the bins on [0, 1].
+    mean_predicted : ndarray of shape (n_bins,)
+        Mean predicted probability in each bin.
+    fraction_positive : ndarray of shape (n_bins,)
+        Share of positive outcomes in each bin.
+    count : ndarray of shape (n_bins,)
+        Predictions in each bin.
     """
 
     bin_edges: np.ndarray
@@ -37,6 +48,20 @@ def reliability_curve(prob, outcome, *, n_bins: int = 10) -> ReliabilityCurve:
     """Bin predicted probabilities into ``n_bins`` equal-width bins on [0, 1].
 
     Bin ``k`` holds ``k/n_bins <= p < (k+1)/n_bins``; ``p == 1`` falls in the last bin.
+
+    Parameters
+    ----------
+    prob : array-like of shape (n,)
+        Predicted probabilities, in [0, 1].
+    outcome : array-like of shape (n,)
+        Observed outcomes, 0 or 1.
+    n_bins : int, default=10
+        Equal-width bins on [0, 1].
+
+    Returns
+    -------
+    ReliabilityCurve
+        The edges, mean prediction, positive fraction and count of each bin.
     """
     p, y = _check_prob_outcome(prob, outcome, "reliability_curve")
     if not isinstance(n_bins, (int, np.integer)) or n_bins < 1:
@@ -54,6 +79,20 @@ def expected_calibration_error(prob, outcome, *, n_bins: int = 10) -> float:
 
     ``ECE = Σ_k (n_k / n) · |mean(outcome in bin k) − mean(prob in bin k)|``.
 
+    Parameters
+    ----------
+    prob : array-like of shape (n,)
+        Predicted probabilities, in [0, 1].
+    outcome : array-like of shape (n,)
+        Observed outcomes, 0 or 1.
+    n_bins : int, default=10
+        Equal-width bins on [0, 1].
+
+    Returns
+    -------
+    float
+        The expected calibration error, in [0, 1].
+
     Examples
     --------
     >>> round(expected_calibration_error([0.9, 0.9, 0.1, 0.1], [1, 1, 0, 1]), 6)
@@ -70,6 +109,18 @@ def preference_calibration_data(prob_chosen) -> tuple[np.ndarray, np.ndarray]:
 
     Returns ``(concat(p, 1 − p), concat(ones, zeros))``: each pair seen in both orders.
     A perfectly calibrated preference model has zero ECE on this sample.
+
+    Parameters
+    ----------
+    prob_chosen : array-like of shape (n_pairs,)
+        Predicted ``P(chosen ≻ rejected)`` of each pair.
+
+    Returns
+    -------
+    prob : ndarray of shape (2 * n_pairs,)
+        The probabilities ``p`` followed by ``1 − p``.
+    outcome : ndarray of shape (2 * n_pairs,)
+        Ones for the first half, zeros for the second.
     """
     p = _as_1d("prob_chosen", prob_chosen, caller="preference_calibration_data")
     return np.r_[p, 1.0 - p], np.r_[np.ones(p.size), np.zeros(p.size)]
@@ -110,6 +161,7 @@ def quadrature_preference_probability(log_density_a, log_density_b, grid) -> np.
     Returns
     -------
     ndarray of shape (n,), or float for 1-D inputs
+        ``P(r_a > r_b) + ½·P(r_a = r_b)`` of each row.
 
     Examples
     --------
@@ -146,6 +198,18 @@ def preference_probability(log_density_a, log_density_b, grid) -> np.ndarray:
 
     For a fitted calibrator use ``calibrator.preference_probability(X_a, X_b)`` (exact on
     its grid); this name will be removed.
+
+    Parameters
+    ----------
+    log_density_a, log_density_b : array-like of shape (n, G) or (G,)
+        Log densities of the two rewards at ``grid`` (``-inf`` allowed).
+    grid : array-like of shape (G,)
+        Strictly increasing reward values shared by both densities.
+
+    Returns
+    -------
+    ndarray of shape (n,), or float for 1-D inputs
+        What :func:`quadrature_preference_probability` returns.
     """
     import warnings
 

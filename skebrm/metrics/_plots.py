@@ -43,7 +43,28 @@ def plot_percent_lines(
     figsize: tuple[float, float] = (6.0, 4.4),
     legend_size: int = 7,
 ):
-    """One line per name through its ``{fraction: value}`` points, fractions shown in %."""
+    """One line per name through its ``{fraction: value}`` points, fractions shown in %.
+
+    Parameters
+    ----------
+    lines : dict of str to dict of float to float
+        Line name to its ``{fraction: value}`` points.
+    path : path-like, optional
+        Where to write the figure (atomically); the format follows the suffix.
+    xlabel, ylabel : str
+        The axis labels.
+    title : str, optional
+        The axes' title; none by default.
+    figsize : tuple of (float, float), default=(6.0, 4.4)
+        Width and height of the figure, in inches.
+    legend_size : int, default=7
+        Font size of the legend.
+
+    Returns
+    -------
+    matplotlib.figure.Figure
+        The figure.
+    """
     from matplotlib.figure import Figure
 
     fig = Figure(figsize=figsize)
@@ -69,10 +90,13 @@ def plot_reliability_diagram(
         Method name to its curve (see :func:`reliability_curve`).
     path : path-like, optional
         Where to write the figure (atomically); the format follows the suffix.
+    title : str, default="Reliability of P(chosen ≻ rejected)"
+        The axes' title.
 
     Returns
     -------
     matplotlib.figure.Figure
+        The figure.
     """
     from matplotlib.figure import Figure
 
@@ -100,10 +124,13 @@ def plot_abstention(
         Method name to the output of :func:`abstention_accuracy`.
     path : path-like, optional
         Where to write the figure (atomically).
+    title : str, default="Accuracy when abstaining on the most uncertain pairs"
+        The axes' title.
 
     Returns
     -------
     matplotlib.figure.Figure
+        The figure.
     """
     return plot_percent_lines(
         curves,

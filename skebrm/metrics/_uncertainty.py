@@ -12,7 +12,21 @@ from skebrm.metrics._checks import _as_1d, _same_length
 
 
 class BootstrapResult(NamedTuple):
-    """Difference of two paired means with its percentile bootstrap interval."""
+    """Difference of two paired means with its percentile bootstrap interval.
+
+    Parameters
+    ----------
+    difference : float
+        Mean of ``correct_a − correct_b`` over the pairs.
+    ci_low, ci_high : float
+        Ends of the percentile bootstrap interval of the difference.
+    std_error : float
+        Standard deviation of the bootstrap means (0.0 with one resample).
+    n_resamples : int
+        Bootstrap resamples drawn.
+    confidence : float
+        Two-sided coverage of the interval.
+    """
 
     difference: float
     ci_low: float
@@ -41,13 +55,16 @@ def paired_bootstrap(
         Per-pair scores of two methods on the same pairs (for example
         :func:`pairwise_correct`).
     n_resamples : int, default=2000
+        Bootstrap resamples of the pairs.
     confidence : float, default=0.95
         Two-sided coverage of the interval, in (0, 1).
     random_state : int, RandomState instance or None
+        Seeds the resampling.
 
     Returns
     -------
     BootstrapResult
+        The mean difference, its interval and standard error.
 
     Examples
     --------
@@ -112,8 +129,14 @@ def misorder_auroc(uncertainty, reward_chosen, reward_rejected) -> float:
     Parameters
     ----------
     uncertainty : array-like of shape (n_pairs,)
+        Uncertainty of each pair; higher is more uncertain.
     reward_chosen, reward_rejected : array-like of shape (n_pairs,)
         Rewards of the model whose errors are predicted (usually the base RM).
+
+    Returns
+    -------
+    float
+        The AUROC, in [0, 1], or NaN.
 
     Examples
     --------
@@ -132,6 +155,16 @@ def margin_uncertainty(reward_chosen, reward_rejected) -> np.ndarray:
 
     The uncertainty any reward model has for free; an uncertainty method is worth its
     cost only where it predicts errors (:func:`misorder_auroc`) better than this.
+
+    Parameters
+    ----------
+    reward_chosen, reward_rejected : array-like of shape (n_pairs,)
+        The reward of the chosen and of the rejected response of each pair.
+
+    Returns
+    -------
+    ndarray of shape (n_pairs,)
+        Minus the absolute reward margin of each pair.
 
     Examples
     --------
@@ -154,8 +187,14 @@ def disagreement_auroc(uncertainty, disagreement) -> float:
     Parameters
     ----------
     uncertainty : array-like of shape (n_pairs,)
+        Uncertainty of each pair; higher is more uncertain.
     disagreement : array-like of shape (n_pairs,)
         0 / 1 / NaN per pair (see :attr:`skebrm.experiments.data.EmbeddedPairs.disagreement`).
+
+    Returns
+    -------
+    float
+        The AUROC over the pairs with votes, in [0, 1], or NaN.
 
     Examples
     --------
@@ -188,9 +227,11 @@ def abstention_accuracy(
     Parameters
     ----------
     uncertainty : array-like of shape (n_pairs,)
+        Uncertainty of each pair; higher is more uncertain.
     correct : array-like of shape (n_pairs,)
         Per-pair credit, e.g. from :func:`pairwise_correct`.
-    fractions : sequence of float in [0, 1)
+    fractions : sequence of float in [0, 1), default=(0.1, 0.2, 0.3)
+        Shares of the pairs to abstain on.
 
     Returns
     -------
