@@ -45,7 +45,7 @@ DEFER_GUARD_WARNING = contextvars.ContextVar("skebrm_defer_guard_warning", defau
 class RewardScores:
     """Per-text rewards of :meth:`RefinedRewardModel.score`, in the RM's units.
 
-    Attributes
+    Parameters
     ----------
     base_reward : ndarray of shape (n,)
         The frozen RM's own reward.
@@ -85,7 +85,18 @@ class RewardScores:
     def penalized(self, penalty: float) -> np.ndarray:
         """The reward of the step ``"refined"``: ``refined_reward − penalty · std``, or the
         base reward when the guard rejected refinement (the penalty goes with the
-        refinement). :meth:`served` gives the reward of the step served."""
+        refinement). :meth:`served` gives the reward of the step served.
+
+        Parameters
+        ----------
+        penalty : float
+            λ of ``refined_reward − λ · std``.
+
+        Returns
+        -------
+        ndarray of shape (n,)
+            The penalised refined reward of each text, or a copy of the base reward.
+        """
         if self.base_served:
             return self.base_reward.copy()
         return self.refined_reward - penalty * self.std

@@ -251,6 +251,7 @@ class GuardMixin:
         Returns
         -------
         self : EnergyRewardCalibrator
+            The estimator, with its guard re-decided.
         """
         caller = f"{type(self).__name__}.fit_guard"
         X = self._check_X(X, caller)

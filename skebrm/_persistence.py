@@ -325,6 +325,11 @@ class PersistenceMixin:
         one complete model. :meth:`from_pretrained` loads it; a file edited after saving
         is refused.
 
+        Parameters
+        ----------
+        directory : path-like
+            The folder to write (created if missing).
+
         Returns
         -------
         pathlib.Path
@@ -342,6 +347,7 @@ class PersistenceMixin:
         Parameters
         ----------
         directory : path-like
+            A folder written by :meth:`save_pretrained`.
         device : str or torch.device, optional
             Overrides the saved ``device`` parameter. By default the saved one is kept
             when it can run here; a CUDA device on a machine without CUDA becomes
@@ -349,6 +355,11 @@ class PersistenceMixin:
             trip are bit-identical on the same device and dtype. A model saved by another
             version of skebrm loads with a
             :class:`~skebrm.exceptions.VersionMismatchWarning`.
+
+        Returns
+        -------
+        EnergyRewardCalibrator
+            The fitted estimator.
         """
         doc, arrays = load_document(directory)
         where = f"{_NAME}.from_pretrained"

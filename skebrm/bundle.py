@@ -276,7 +276,7 @@ class RefinedRewardModel:
         Returns
         -------
         RewardScores
-            float64 arrays of shape ``(len(prompts),)``, RM units (the mean of ``p(r |
+            Float64 arrays of shape ``(len(prompts),)``, RM units (the mean of ``p(r |
             e)`` and, with a debiaser, the debiased reward and the length bias as well);
             its ``step`` is the step served, ``served(penalty)`` its reward.
         """
@@ -331,6 +331,7 @@ class RefinedRewardModel:
         Returns
         -------
         self : RefinedRewardModel
+            The bundle, with its guard (or step choice) re-decided.
         """
         if steps is None:
             if confidence is not None:
@@ -369,6 +370,18 @@ class RefinedRewardModel:
         passes ``log_metric``, the batch's mean std and mean base reward are logged as
         ``<name>/reward_std`` and ``<name>/base_reward``.
 
+        Parameters
+        ----------
+        prompts : list of str or list of list of dict
+            The prompt of each completion, as TRL passes them.
+        completions : list of str or list of list of dict
+            The completions to score, as many as ``prompts``.
+        completion_ids : list of list of int, optional
+            The policy's token ids of each completion; not used.
+        **kwargs
+            Further columns TRL passes; ``log_metric``, when present, logs the batch's
+            mean std and mean base reward.
+
         Returns
         -------
         list of float or None
@@ -392,6 +405,13 @@ class RefinedRewardModel:
         (that bundle's files the new one does not write are deleted); other files are
         never deleted, and a non-empty folder that holds no bundle is refused
         (``FileExistsError``) unless ``overwrite=True``.
+
+        Parameters
+        ----------
+        save_directory : path-like
+            The folder to write (created if missing).
+        overwrite : bool, default=False
+            Write into a non-empty folder that holds no bundle; its other files are kept.
 
         Returns
         -------
@@ -418,6 +438,22 @@ class RefinedRewardModel:
         :class:`~skebrm.exceptions.ModelIntegrityError`. ``penalty`` and ``batch_size``
         override the saved values. The step served, the debiaser and the step choice are
         restored (a bundle saved before they existed serves the step ``"refined"``).
+
+        Parameters
+        ----------
+        pretrained_directory : path-like
+            A folder written by :meth:`save_pretrained`.
+        device : str or torch.device, default="cpu"
+            Where the RM and the calibrator run.
+        penalty : float, optional
+            Overrides the saved ``penalty``.
+        batch_size : int, optional
+            Overrides the saved ``batch_size``.
+
+        Returns
+        -------
+        RefinedRewardModel
+            The loaded bundle.
         """
         return _bundle_io.load_bundle(
             cls, pretrained_directory, device=device, penalty=penalty, batch_size=batch_size

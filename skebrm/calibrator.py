@@ -73,6 +73,8 @@ class EnergyRewardCalibrator(
         Scales of the noise mixture ``(1/K) Σ_k N(r, σ_k²)`` (standardised units) of NCE+'s
         negatives; the label noise ``ν`` of both objectives uses scales ``β·σ_k``.
     beta : float, default=0.1
+        Scale of the label noise relative to the negatives' scales: the noise ``ν`` of
+        both objectives has scales ``β·σ_k``.
     n_negatives : int, default=768
         NCE+ negatives ``M`` per row.
     penalty : float, default=0.05
@@ -88,11 +90,13 @@ class EnergyRewardCalibrator(
         Dropout after every trunk activation. ``"auto"``: the paper's 0.5 with
         ``"nce_plus"``, 0 with ``"grid_nll"`` (dropout widens and flattens the density).
     learning_rate : float, default=9e-5
+        AdamW learning rate.
     weight_decay : float, default=1e-2
         AdamW settings.
     batch_size : int, default=256
         Rows per step (with the preference term, ``batch_size // 2`` whole pairs).
     max_epochs : int, default=5
+        Most passes over the training rows.
     filter_conflicts : bool, default=True
         Keep out of the likelihood term the training pairs the RM misorders (or ties).
     validation_fraction : float or None, default=None
@@ -103,6 +107,8 @@ class EnergyRewardCalibrator(
         With validation, stop once validation accuracy has not improved by more than
         ``tol`` for this many epochs (``ConvergenceWarning`` if ``max_epochs`` runs out).
     tol : float, default=0.0
+        Smallest rise in validation accuracy that counts as an improvement, for epoch
+        selection and ``n_iter_no_change``.
     guard : {"warn", "base", "off"}, default="warn"
         What to do when refinement does not help on the guard pairs: ``"warn"`` raises a
         :class:`~skebrm.exceptions.RefinementWarning`; ``"base"`` also makes
@@ -329,6 +335,7 @@ class EnergyRewardCalibrator(
         Returns
         -------
         self : EnergyRewardCalibrator
+            The fitted estimator.
         """
         caller = f"{_NAME}.fit"
         if y is None:
@@ -431,6 +438,7 @@ class EnergyRewardCalibrator(
         Parameters
         ----------
         X : array-like of shape (n_samples, n_features)
+            Reward-model embeddings, one row per response.
         base_reward : array-like of shape (n_samples,), optional
             Routed as metadata in a ``Pipeline`` (``set_predict_request``).
         return_std : bool, default=False
@@ -474,6 +482,22 @@ class EnergyRewardCalibrator(
         Without them it is scikit-learn's R² of the global mode ``predict(X)`` against
         ``y``: a density regressor's score, which rewards reproducing the RM (a
         :class:`~skebrm.exceptions.FallbackWarning` says so, once per process).
+
+        Parameters
+        ----------
+        X : array-like of shape (n_samples, n_features)
+            Reward-model embeddings, one row per response.
+        y : array-like of shape (n_samples,)
+            The frozen reward model's reward of each row.
+        pair_id, chosen : array-like of shape (n_samples,), optional
+            Pair metadata, as in :meth:`fit`; without them the score is R².
+        sample_weight : array-like of shape (n_samples,), optional
+            Row weights; with pair metadata, each pair weighs its chosen row's weight.
+
+        Returns
+        -------
+        float
+            The pairwise accuracy (ties count ½), or R² without pair metadata.
         """
         caller = f"{_NAME}.score"
         if pair_id is None and chosen is None:
