@@ -109,6 +109,7 @@ def find_scoring_head(model: nn.Module, head=None) -> tuple[str, nn.Linear, str]
     Parameters
     ----------
     model : nn.Module
+        The reward model.
     head : None, str, callable or HeadAdapter
         ``None``: the generic rule (module docstring), which also requires
         ``config.num_labels == 1`` when the model has a config. A str or callable is
@@ -119,7 +120,9 @@ def find_scoring_head(model: nn.Module, head=None) -> tuple[str, nn.Linear, str]
     name : str
         Dotted module name of the layer.
     layer : nn.Linear
+        The layer itself, with one output.
     pooling : {"auto", "last_token", "model"}
+        How the layer's input is pooled (see :class:`HeadAdapter`).
     """
     if head is not None:
         adapter = head if isinstance(head, HeadAdapter) else HeadAdapter(head)

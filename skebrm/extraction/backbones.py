@@ -99,10 +99,19 @@ def load_minilm(*, head_seed: int = 0, dtype: torch.dtype = torch.float32):
     The model pools as BERT does (CLS token through the pretrained pooler); the scoring
     layer ``classifier`` is drawn from ``head_seed``.
 
+    Parameters
+    ----------
+    head_seed : int, default=0
+        Seeds the random scoring layer.
+    dtype : torch.dtype, default=torch.float32
+        The dtype the weights are loaded in.
+
     Returns
     -------
     model : BertForSequenceClassification
+        The model, in evaluation mode.
     tokenizer : PreTrainedTokenizerFast
+        Its tokenizer.
     """
     from transformers import AutoTokenizer, BertForSequenceClassification
 
@@ -122,6 +131,18 @@ def convert_smollm2(cache_dir: str | os.PathLike | None = None, *, force: bool =
     checkpoint, its tokenizer and ``skebrm_source.json`` (the GGUF file's SHA-256). It is
     built under a temporary name and renamed, so a killed conversion leaves nothing that
     looks complete.
+
+    Parameters
+    ----------
+    cache_dir : path-like, optional
+        The cache root; default ``$SKEBRM_CACHE_DIR``, else ``~/.cache/skebrm``.
+    force : bool, default=False
+        Convert again even when a complete conversion exists.
+
+    Returns
+    -------
+    pathlib.Path
+        The converted checkpoint's directory.
     """
     gguf = smollm2_gguf_path()
     out = cache_root(cache_dir) / "smollm2-135m-instruct"
@@ -166,10 +187,21 @@ def load_smollm2(
     last token that is not its pad token (``<|im_end|>``); the scoring layer ``score`` is
     drawn from ``head_seed``.
 
+    Parameters
+    ----------
+    cache_dir : path-like, optional
+        The cache root of the conversion (see :func:`convert_smollm2`).
+    head_seed : int, default=0
+        Seeds the random scoring layer.
+    dtype : torch.dtype, default=torch.float32
+        The dtype the weights are loaded in.
+
     Returns
     -------
     model : LlamaForSequenceClassification
+        The model, in evaluation mode.
     tokenizer : PreTrainedTokenizerFast
+        Its tokenizer.
     """
     from transformers import AutoTokenizer, LlamaForSequenceClassification
 

@@ -80,7 +80,25 @@ def _store(cache_dir) -> ShardStore:
 
 @dataclass(kw_only=True)
 class CacheReport(ShardReport):
-    """What one :func:`extract_to_cache` call did."""
+    """What one :func:`extract_to_cache` call did.
+
+    Parameters
+    ----------
+    cache_dir : pathlib.Path
+        The cache directory.
+    n_shards : int
+        Shards in the cache's layout.
+    computed : list of int
+        The shards this call computed.
+    skipped : list of int
+        The shards this call found already complete and skipped.
+    seconds : float
+        Wall time spent computing shards.
+    n_rows : int
+        Rows in the cache.
+    rows_computed : int
+        Rows extracted by this call.
+    """
 
     n_rows: int
     rows_computed: int = 0
@@ -125,6 +143,7 @@ def extract_to_cache(
     X : list of pair dicts or of (prompt, response) tuples
         The whole dataset (every worker passes the same ``X``).
     cache_dir : path-like
+        The cache directory (created if missing).
     shard_index, num_shards : int, default=0, 1
         This worker computes shards ``shard_index, shard_index + num_shards, ...``.
     shard_size : int, default=1024
@@ -139,6 +158,7 @@ def extract_to_cache(
     Returns
     -------
     CacheReport
+        Which shards this call computed and skipped, and the rows it extracted.
     """
     shard_index, num_shards, shard_size = check_shard_args(
         "extract_to_cache", shard_index, num_shards, shard_size
@@ -261,6 +281,7 @@ def load_cache(
     Parameters
     ----------
     cache_dir : path-like
+        The directory written by :func:`extract_to_cache` (or :func:`merge_caches`).
     mmap : bool, default=True
         Memory-map the embeddings and rewards (a merged file is written once, streaming,
         next to the shards), so a cache larger than RAM can feed ``fit``. False reads
@@ -359,6 +380,18 @@ def merge_caches(sources, dest: str | os.PathLike) -> Path:
     Every source must hold the same key and layout. Shards are copied (atomically) in
     shard order, so the result does not depend on the order of ``sources``; a shard that
     two sources hold with different checksums is refused.
+
+    Parameters
+    ----------
+    sources : sequence of path-like
+        The cache directories the workers wrote, at least one.
+    dest : path-like
+        The directory of the combined cache.
+
+    Returns
+    -------
+    pathlib.Path
+        The combined cache's directory.
     """
     caller = "merge_caches"
     sources = [_store(s) for s in sources]

@@ -47,7 +47,7 @@ class SelfCheckError(RuntimeError):
 class ExtractionResult:
     """Embeddings and rewards of response rows, with pair metadata when pairs were given.
 
-    Attributes
+    Parameters
     ----------
     embeddings : ndarray of shape (n, d), float32
         Input of the model's final scoring layer, pooled as the model pools.
@@ -56,6 +56,7 @@ class ExtractionResult:
     pair_id, chosen : ndarray of shape (n,) or None
         Pair metadata (two rows per pair, chosen first) when the input was pairs.
     subset, section : object ndarray of shape (n,) or None
+        The ``subset`` and ``section`` labels of each row, when the input had them.
     groups : int ndarray of shape (n,) or None
         The prompt of each row, as an integer (rows with the same prompt share one, in
         order of first appearance; :func:`prompt_groups`).
@@ -294,6 +295,7 @@ class EmbeddingExtractor(TransformerMixin, BaseEstimator):
     trust_remote_code : bool, default=False
         Passed to ``from_pretrained`` when ``model`` is a path; off unless you turn it on.
     device : str, default="cpu"
+        The torch device the model runs on (a loaded model is moved there by ``fit``).
     dtype : None or {"float32", "bfloat16", "float16", "float64"}, default=None
         None keeps an instance's dtype and loads a path in float32. Embeddings and rewards
         are returned as float32.
@@ -438,9 +440,17 @@ class EmbeddingExtractor(TransformerMixin, BaseEstimator):
         to ``dtype`` and moved to ``device`` (in place, as ``nn.Module.to`` does) and put
         in eval mode.
 
+        Parameters
+        ----------
+        X : None
+            Ignored; present for scikit-learn API compatibility.
+        y : None
+            Ignored; present for scikit-learn API compatibility.
+
         Returns
         -------
-        self
+        self : EmbeddingExtractor
+            The fitted extractor.
         """
         return self._inspect()._place()
 
@@ -498,14 +508,27 @@ class EmbeddingExtractor(TransformerMixin, BaseEstimator):
 
     # ------------------------------------------------------------ identity
     def weights_fingerprint(self) -> str:
-        """SHA-256 of the fitted model's weights (computed once, for cache keys)."""
+        """SHA-256 of the fitted model's weights (computed once, for cache keys).
+
+        Returns
+        -------
+        str
+            The hex digest.
+        """
         check_is_fitted(self, "model_")
         if self._fingerprint is None:
             self._fingerprint = weights_fingerprint(self.model_, self.dtype_)
         return self._fingerprint
 
     def identity(self) -> dict:
-        """Everything that determines the output, for cache manifests."""
+        """Everything that determines the output, for cache manifests.
+
+        Returns
+        -------
+        dict
+            The model, its weights' and tokenizer's fingerprints, the scoring layer, the
+            template and the settings that change the output.
+        """
         from skebrm import __version__
 
         check_is_fitted(self, "model_")
@@ -648,7 +671,20 @@ class EmbeddingExtractor(TransformerMixin, BaseEstimator):
 
     # ------------------------------------------------------------ transform
     def extract(self, X) -> ExtractionResult:
-        """Embeddings, rewards and pair metadata of ``X`` (pairs give two rows each)."""
+        """Embeddings, rewards and pair metadata of ``X`` (pairs give two rows each).
+
+        Parameters
+        ----------
+        X : list of dict or list of tuple of (str, str)
+            Preference pairs (dicts with ``prompt``, ``chosen`` and ``rejected``) or
+            ``(prompt, response)`` rows.
+
+        Returns
+        -------
+        ExtractionResult
+            The embeddings, rewards and metadata of every row, pairs as chosen then
+            rejected.
+        """
         if not hasattr(self, "model_"):
             self.fit()
         rows = as_rows(X)
@@ -698,7 +734,19 @@ class EmbeddingExtractor(TransformerMixin, BaseEstimator):
         )
 
     def transform(self, X) -> np.ndarray:
-        """Embeddings ``(n_rows, d)`` of ``X``."""
+        """Embeddings ``(n_rows, d)`` of ``X``.
+
+        Parameters
+        ----------
+        X : list of dict or list of tuple of (str, str)
+            Preference pairs (dicts with ``prompt``, ``chosen`` and ``rejected``) or
+            ``(prompt, response)`` rows.
+
+        Returns
+        -------
+        ndarray of shape (n_rows, d)
+            The embeddings of :meth:`extract`.
+        """
         return self.extract(X).embeddings
 
     def get_feature_names_out(self, input_features=None):

@@ -88,15 +88,20 @@ def build_reward_model(
         a temporary name, then renamed into place. The folder's other files are kept.
     C : float, default=1.0
         Inverse L2 strength of the logistic regression.
-    max_length, batch_size, template
-        Passed to :class:`EmbeddingExtractor`; use the same values when extracting
-        from the saved model.
+    max_length : int, default=256
+        Token budget of a formatted row, passed to :class:`EmbeddingExtractor`.
+    batch_size : int, default=16
+        Rows per forward pass, passed to :class:`EmbeddingExtractor`.
+    template : {"auto", "chat"}, str or None, default="auto"
+        The row template, passed to :class:`EmbeddingExtractor`; use the same
+        ``max_length`` and ``template`` when extracting from the saved model.
     embedding_cache : path-like, optional
         Cache the backbone's embeddings there (resumable, see :func:`extract_to_cache`).
     overwrite : bool, default=False
         Write into a non-empty ``output_dir``: the files of a reward model saved there
         before that this one does not write are deleted; other files are never deleted.
     verbose : bool, default=False
+        Progress bar while the embeddings are extracted.
 
     Returns
     -------
