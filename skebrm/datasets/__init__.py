@@ -30,6 +30,7 @@ __all__ = [
 ]
 
 REQUIRED_FIELDS = ("prompt", "chosen", "rejected")
+"""The fields every record of the shared schema must have."""
 _BUNDLED = "hh_rlhf_harmless_base_test.jsonl.gz"
 
 
@@ -98,7 +99,21 @@ def load_pairs(
 
 
 def load_hh_rlhf_harmless(*, n: int | None = None, random_state: int | None = 0) -> list[dict]:
-    """The bundled Anthropic HH-RLHF harmless-base test split (2,312 pairs, MIT license)."""
+    """The bundled Anthropic HH-RLHF harmless-base test split (2,312 pairs, MIT license).
+
+    Parameters
+    ----------
+    n : int, optional
+        Keep a random subset of ``n`` pairs (drawn with ``random_state``), in file order;
+        by default all of them.
+    random_state : int, optional, default=0
+        Seed for the subset.
+
+    Returns
+    -------
+    list of dict
+        The pairs in the shared schema (``prompt``, ``chosen``, ``rejected``, ...).
+    """
     ref = resources.files(__name__).joinpath("data", _BUNDLED)
     with resources.as_file(ref) as path:
         return load_pairs(path, n=n, random_state=random_state)
@@ -157,6 +172,17 @@ def pairs_to_rows(pairs: Sequence[dict]) -> dict[str, np.ndarray]:
     ``pair_id`` (int index of the pair), ``chosen`` (bool), ``subset`` and ``section``
     (object arrays). This is the row layout that :class:`skebrm.EnergyRewardCalibrator`
     expects for ``pair_id`` / ``chosen``.
+
+    Parameters
+    ----------
+    pairs : sequence of dict
+        Records in the shared schema.
+
+    Returns
+    -------
+    dict of str to ndarray
+        ``prompt``, ``response``, ``pair_id``, ``chosen``, ``subset`` and ``section``,
+        each of shape ``(2 * len(pairs),)``.
     """
     n = len(pairs)
     rows = {
@@ -177,7 +203,18 @@ def pairs_to_rows(pairs: Sequence[dict]) -> dict[str, np.ndarray]:
 
 
 def dataset_fingerprint(pairs: Iterable[dict]) -> str:
-    """A SHA-256 over the texts and ids of the pairs, in order (for cache keys)."""
+    """A SHA-256 over the texts and ids of the pairs, in order (for cache keys).
+
+    Parameters
+    ----------
+    pairs : iterable of dict
+        Records in the shared schema.
+
+    Returns
+    -------
+    str
+        The hex digest.
+    """
     h = hashlib.sha256()
     for p in pairs:
         for key in ("id", "prompt", "chosen", "rejected"):

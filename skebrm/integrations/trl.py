@@ -40,6 +40,7 @@ import numpy as np
 __all__ = ["ROLE_LABELS", "completion_text", "prompt_text", "to_rows", "trl_reward"]
 
 ROLE_LABELS = {"user": "Human", "assistant": "Assistant", "system": "System"}
+"""The turn label of each message role when a conversation is flattened into a prompt."""
 
 
 def _content(message, where: str) -> str:
@@ -70,7 +71,21 @@ def _content(message, where: str) -> str:
 
 
 def prompt_text(prompt, where: str = "prompt") -> str:
-    """A TRL prompt (str or list of messages) as one prompt string (see module docstring)."""
+    """A TRL prompt (str or list of messages) as one prompt string (see module docstring).
+
+    Parameters
+    ----------
+    prompt : str or list of dict
+        A prompt string, or a conversation of ``{"role", "content"}`` messages.
+    where : str, default="prompt"
+        Names the prompt in error messages.
+
+    Returns
+    -------
+    str
+        The prompt itself, a lone user message's text, or the turns as
+        ``"<Label>: <text>"`` joined by blank lines.
+    """
     if isinstance(prompt, str):
         return prompt
     if not isinstance(prompt, (list, tuple)):
@@ -111,7 +126,20 @@ def _chat_prompt(prompt, tokenizer, template, where: str) -> str:
 
 
 def completion_text(completion, where: str = "completion") -> str:
-    """A TRL completion (str or list of messages) as the response string."""
+    """A TRL completion (str or list of messages) as the response string.
+
+    Parameters
+    ----------
+    completion : str or list of dict
+        A completion string, or a list of ``{"role", "content"}`` messages.
+    where : str, default="completion"
+        Names the completion in error messages.
+
+    Returns
+    -------
+    str
+        The completion itself, or its messages' texts joined by blank lines.
+    """
     if isinstance(completion, str):
         return completion
     if not isinstance(completion, (list, tuple)):
@@ -143,10 +171,18 @@ def to_rows(
     caller : str
         Named in error messages.
     tokenizer : PreTrainedTokenizerBase, optional
+        The RM's tokenizer.
     template : RowTemplate, optional
-        The RM's tokenizer and row template. When the template is the tokenizer's chat
-        template, conversation prompts go through it; otherwise they are flattened (see
-        the module docstring).
+        The RM's row template. When the template is the tokenizer's chat template,
+        conversation prompts go through it; otherwise they are flattened (see the module
+        docstring).
+
+    Returns
+    -------
+    prompts : list of str
+        The prompt string of each completion.
+    completions : list of str
+        The completion strings.
     """
     for name, value in (("prompts", prompts), ("completions", completions)):
         if value is None:
@@ -179,6 +215,21 @@ def trl_reward(bundle, prompts, completions, **kwargs) -> list[float | None]:
     Rows whose prompt and completion are both empty (nothing to score) get ``None``.
     Conversations go through the RM's chat template when its row template is one, else
     they are flattened (see the module docstring).
+
+    Parameters
+    ----------
+    bundle : RefinedRewardModel
+        The bundle that scores the completions.
+    prompts, completions : list
+        Strings or conversations (lists of messages), one per completion.
+    **kwargs
+        Further arguments TRL passes; only ``log_metric`` is used.
+
+    Returns
+    -------
+    list of float or None
+        One reward per completion; ``None`` where there is nothing to score or the
+        reward is not finite.
     """
     extractor = getattr(bundle, "extractor", None)
     p, c = to_rows(

@@ -75,13 +75,14 @@ THREADED_PARSE_BYTES = 256 * 1024
 class ServerSettings:
     """Limits and batching of the reward server.
 
-    Attributes
+    Parameters
     ----------
     max_batch_size : int
         Texts scored together (concurrent requests are micro-batched up to this).
     max_wait_ms : float
         How long a request waits for others to join its batch.
     max_texts_per_request : int
+        Texts in one request's ``query``.
     max_chars_per_text : int
         Characters of one ``query`` entry.
     max_request_bytes : int
@@ -150,7 +151,15 @@ class ServerSettings:
 
 
 class RequestError(ValueError):
-    """A request the server refuses; ``status`` is its HTTP status code."""
+    """A request the server refuses; ``status`` is its HTTP status code.
+
+    Parameters
+    ----------
+    status : int
+        The HTTP status code of the answer.
+    detail : str
+        The message sent back as the answer's ``detail``.
+    """
 
     def __init__(self, status: int, detail: str):
         super().__init__(detail)
@@ -205,6 +214,12 @@ def special_tokens(tokenizer) -> tuple[tuple[str, str], ...]:
     Parameters
     ----------
     tokenizer : PreTrainedTokenizerBase
+        The tokenizer to read the tokens from.
+
+    Returns
+    -------
+    tuple of (str, str)
+        ``(token, attribute)`` per token, pad, eos, BOS in that order, without duplicates.
     """
     out = []
     for attribute in ("pad_token", "eos_token", "bos_token"):
@@ -230,10 +245,13 @@ def strip_token_sources(
     extra : sequence of str
         Further tokens (``skebrm-serve --strip-token``).
     include_rm : bool, default=True
+        Include the RM tokenizer's tokens.
 
     Returns
     -------
     list of (token, source)
+        Each token with where it comes from (e.g. ``"RM eos_token"``,
+        ``"--strip-token"``), first source first.
     """
     out: list[tuple[str, str]] = []
     sources = []
@@ -274,7 +292,22 @@ def _json_type(value) -> str:
 
 
 def parse_reward_request(payload, settings: ServerSettings) -> tuple[list[str], list[str]]:
-    """``(prompts, responses)`` of a ``/get_reward`` payload, or :class:`RequestError`."""
+    """``(prompts, responses)`` of a ``/get_reward`` payload, or :class:`RequestError`.
+
+    Parameters
+    ----------
+    payload : object
+        The request's JSON value: an object with ``query`` and optionally ``prompts``.
+    settings : ServerSettings
+        The limits checked and the tokens and suffixes stripped.
+
+    Returns
+    -------
+    prompts : list of str
+        The prompt of each query (empty strings without ``prompts``).
+    responses : list of str
+        The rest of each query after its prompt, stripped.
+    """
     if not isinstance(payload, dict):
         raise RequestError(
             422,
@@ -351,7 +384,18 @@ async def _read_body(request: Request, limit: int) -> bytes:
 
 
 def parse_json(body: bytes):
-    """The JSON value of a request body, or :class:`RequestError` (400) with a fixed message."""
+    """The JSON value of a request body, or :class:`RequestError` (400) with a fixed message.
+
+    Parameters
+    ----------
+    body : bytes
+        The request body.
+
+    Returns
+    -------
+    object
+        The parsed JSON value.
+    """
     try:
         return json.loads(body)
     except (UnicodeDecodeError, json.JSONDecodeError) as exc:
@@ -387,7 +431,15 @@ def create_app(bundle, settings: ServerSettings | None = None) -> FastAPI:
     Parameters
     ----------
     bundle : RefinedRewardModel
+        The bundle whose ``score`` answers the requests.
     settings : ServerSettings, optional
+        Limits and batching; default ``ServerSettings()``, with the strip tokens taken
+        from the bundle's tokenizer when ``strip_tokens`` is None.
+
+    Returns
+    -------
+    fastapi.FastAPI
+        The app, its micro-batcher started and stopped with the app's lifespan.
     """
     settings = settings or ServerSettings()
     if settings.strip_tokens is None:

@@ -117,7 +117,20 @@ class MicroBatcher:
         self._worker = None
 
     async def submit(self, prompts: list, completions: list):
-        """Score one request; returns its ``RewardScores``."""
+        """Score one request; returns its ``RewardScores``.
+
+        Parameters
+        ----------
+        prompts : list of str
+            The request's prompts.
+        completions : list of str
+            Its completions, one per prompt.
+
+        Returns
+        -------
+        RewardScores
+            The scores of the request's texts.
+        """
         if self._worker is None or self._worker.done():
             raise RuntimeError("MicroBatcher: not running (call start() first).")
         n = len(prompts)
