@@ -88,10 +88,12 @@ def markdown_element_count(text: str) -> int:
     Parameters
     ----------
     text : str
+        A response text.
 
     Returns
     -------
     int
+        The number of markdown elements found.
 
     Examples
     --------
@@ -128,6 +130,7 @@ def response_features(texts: Sequence[str], feature: str = "chars") -> np.ndarra
     Parameters
     ----------
     texts : sequence of str
+        The response texts.
     feature : {"chars", "words", "markdown"}, default="chars"
         Length in characters, length in whitespace-separated words, or
         :func:`markdown_element_count`. Token counts need a tokenizer:
@@ -136,6 +139,7 @@ def response_features(texts: Sequence[str], feature: str = "chars") -> np.ndarra
     Returns
     -------
     ndarray of shape (n_texts,), float64
+        The feature of each text.
 
     Examples
     --------
@@ -165,6 +169,7 @@ def token_lengths(texts: Sequence[str], tokenizer) -> np.ndarray:
     Parameters
     ----------
     texts : sequence of str
+        The response texts.
     tokenizer : Hugging Face tokenizer or callable
         An object with ``encode(text, add_special_tokens=False)`` (a Hugging Face
         tokenizer: special tokens are not counted), or a callable ``text -> tokens``.
@@ -172,6 +177,7 @@ def token_lengths(texts: Sequence[str], tokenizer) -> np.ndarray:
     Returns
     -------
     ndarray of shape (n_texts,), float64
+        The token count of each text.
 
     Examples
     --------
@@ -344,7 +350,8 @@ class LengthDebiaser(BaseEstimator):
 
         Returns
         -------
-        self
+        self : LengthDebiaser
+            The fitted debiaser.
         """
         caller = f"{type(self).__name__}.fit"
         x = self._feature_values(X, caller)
@@ -387,6 +394,16 @@ class LengthDebiaser(BaseEstimator):
         """The fitted curve ``b̂`` at each feature value (n_samples,), before ``alpha``.
 
         Linear between the knots, constant beyond the first and the last.
+
+        Parameters
+        ----------
+        X : array-like of shape (n_samples,) or sequence of str
+            The feature of each response, or the response texts.
+
+        Returns
+        -------
+        ndarray of shape (n_samples,)
+            The fitted bias of each response.
         """
         check_is_fitted(self)
         x = self._feature_values(X, f"{type(self).__name__}.bias")
@@ -407,6 +424,7 @@ class LengthDebiaser(BaseEstimator):
         Returns
         -------
         ndarray of shape (n_samples,)
+            The debiased reward of each response.
         """
         b = self.bias(X)
         r = self._rewards(y, b.shape[0], f"{type(self).__name__}.transform")
@@ -415,7 +433,20 @@ class LengthDebiaser(BaseEstimator):
         return r - self.alpha * b
 
     def fit_transform(self, X, y) -> np.ndarray:
-        """Fit on ``(X, y)`` and debias those same rewards (the transductive mode)."""
+        """Fit on ``(X, y)`` and debias those same rewards (the transductive mode).
+
+        Parameters
+        ----------
+        X : array-like of shape (n_samples,) or sequence of str
+            The feature of each response, or the response texts.
+        y : array-like of shape (n_samples,)
+            Their rewards.
+
+        Returns
+        -------
+        ndarray of shape (n_samples,)
+            The debiased reward of each response.
+        """
         return self.fit(X, y).transform(X, y)
 
     # ----------------------------------------------------------- persistence
@@ -448,6 +479,16 @@ class LengthDebiaser(BaseEstimator):
     @classmethod
     def from_dict(cls, data: dict) -> LengthDebiaser:
         """Restore a debiaser saved by :meth:`to_dict`.
+
+        Parameters
+        ----------
+        data : dict
+            The output of :meth:`to_dict` (e.g. read back from JSON).
+
+        Returns
+        -------
+        LengthDebiaser
+            The fitted debiaser.
 
         Raises
         ------

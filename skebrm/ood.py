@@ -54,6 +54,7 @@ def ood_auroc(scores_in, scores_out) -> float:
     Returns
     -------
     float
+        The AUROC, in [0, 1].
 
     Examples
     --------
@@ -130,11 +131,13 @@ class MahalanobisScorer(BaseEstimator):
         ----------
         X : array-like of shape (n_samples, n_features)
             Embeddings of the rows the reward model was trained (or calibrated) on.
-        y : ignored
+        y : None
+            Ignored; present for scikit-learn API compatibility.
 
         Returns
         -------
-        self
+        self : MahalanobisScorer
+            The fitted scorer.
         """
         from sklearn.covariance import LedoitWolf, empirical_covariance, shrunk_covariance
 
@@ -173,10 +176,12 @@ class MahalanobisScorer(BaseEstimator):
         Parameters
         ----------
         X : array-like of shape (n_samples, n_features)
+            Embeddings of the rows to score.
 
         Returns
         -------
         ndarray of shape (n_samples,)
+            The Mahalanobis distance of each row to the training mean.
         """
         check_is_fitted(self)
         X = validate_data(self, X, dtype=np.float64, reset=False)
@@ -191,7 +196,18 @@ class MahalanobisScorer(BaseEstimator):
         return out
 
     def decision_function(self, X) -> np.ndarray:
-        """Same as :meth:`score_samples`: the distance, higher = further out of distribution."""
+        """Same as :meth:`score_samples`: the distance, higher = further out of distribution.
+
+        Parameters
+        ----------
+        X : array-like of shape (n_samples, n_features)
+            Embeddings of the rows to score.
+
+        Returns
+        -------
+        ndarray of shape (n_samples,)
+            The Mahalanobis distance of each row to the training mean.
+        """
         return self.score_samples(X)
 
     def outlier_probability(self, X) -> np.ndarray:
@@ -201,6 +217,16 @@ class MahalanobisScorer(BaseEstimator):
         with ``d = n_features_in_`` degrees of freedom, so this is the fraction of
         in-distribution rows that lie closer. It is a monotone function of ``D``: same
         ranking, same AUROC.
+
+        Parameters
+        ----------
+        X : array-like of shape (n_samples, n_features)
+            Embeddings of the rows to score.
+
+        Returns
+        -------
+        ndarray of shape (n_samples,)
+            ``P(χ²_d ≤ D²)`` of each row, in [0, 1].
         """
         from scipy.stats import chi2
 
@@ -235,6 +261,16 @@ class MahalanobisScorer(BaseEstimator):
     @classmethod
     def from_dict(cls, data: dict) -> MahalanobisScorer:
         """Restore a scorer saved by :meth:`to_dict`.
+
+        Parameters
+        ----------
+        data : dict
+            The output of :meth:`to_dict` (e.g. read back from JSON).
+
+        Returns
+        -------
+        MahalanobisScorer
+            The fitted scorer.
 
         Raises
         ------

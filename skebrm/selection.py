@@ -96,6 +96,7 @@ def selective_risk(accepted, correct) -> tuple[float, float]:
     Parameters
     ----------
     accepted : array-like of bool, shape (n_pairs,)
+        Whether each pair's ordering is accepted.
     correct : array-like of bool, shape (n_pairs,)
         Whether each pair's predicted ordering is right.
 
@@ -164,6 +165,20 @@ def binomial_p_values(n_wrong, n_accepted, alpha: float) -> np.ndarray:
     their misorderings are independent with the threshold's misorder rate, so this is a
     valid p-value (1 where nothing is accepted). It is MAPIE's Hoeffding–Bentkus p-value
     for a binary loss (its Bentkus term, the smaller one), computed from integer counts.
+
+    Parameters
+    ----------
+    n_wrong : array-like of int
+        Misordered pairs among those each threshold accepts.
+    n_accepted : array-like of int
+        Pairs each threshold accepts, aligned with ``n_wrong``.
+    alpha : float
+        The misorder rate of the null hypothesis, in (0, 1).
+
+    Returns
+    -------
+    ndarray
+        The p-value of each threshold, with the shape of the broadcast counts.
 
     Examples
     --------
@@ -295,7 +310,8 @@ class PairSelector(BaseEstimator):
 
         Returns
         -------
-        self
+        self : PairSelector
+            The calibrated selector.
         """
         caller = f"{type(self).__name__}.fit"
         c = _check_confidence(confidence, caller)
@@ -371,6 +387,16 @@ class PairSelector(BaseEstimator):
         ``"ltt"``: ``confidence >= threshold_``, pair by pair. ``"conformal"``: decided
         for the batch passed (Benjamini–Hochberg over its conformal p-values); a
         :class:`SelectionWarning` says when it accepts none.
+
+        Parameters
+        ----------
+        confidence : array-like of shape (n_pairs,)
+            The confidence of each pair's predicted ordering (higher = surer).
+
+        Returns
+        -------
+        ndarray of bool, shape (n_pairs,)
+            True where the pair's ordering is accepted.
         """
         check_is_fitted(self)
         caller = f"{type(self).__name__}.predict"
@@ -394,6 +420,16 @@ class PairSelector(BaseEstimator):
         ``p_j = (1 + #{misordered calibration pairs with confidence ≥ c_j}) / (n + 1)``, the
         p-value of the null "pair ``j`` is misordered": small where few misordered
         calibration pairs are as confident.
+
+        Parameters
+        ----------
+        confidence : array-like of shape (n_pairs,)
+            The confidence of each pair's predicted ordering (higher = surer).
+
+        Returns
+        -------
+        ndarray of shape (n_pairs,)
+            The conformal p-value of each pair, in (0, 1].
         """
         check_is_fitted(self)
         self._require_conformal("conformal_p_values")
@@ -408,6 +444,16 @@ class PairSelector(BaseEstimator):
         Benjamini–Hochberg at level ``alpha``: with the batch's p-values sorted,
         ``k = max{k : p_(k) ≤ alpha k / m}``; the ``k`` most confident pairs (and any tied
         with the ``k``-th) are accepted.
+
+        Parameters
+        ----------
+        confidence : array-like of shape (n_pairs,)
+            The confidence of each pair's predicted ordering (higher = surer).
+
+        Returns
+        -------
+        float
+            The lowest accepted confidence, or ``inf`` when the batch accepts none.
         """
         self._require_conformal("batch_threshold")
         c = _check_confidence(confidence, f"{type(self).__name__}.batch_threshold")
@@ -431,6 +477,13 @@ class PairSelector(BaseEstimator):
 
     def risk_coverage(self, confidence, correct) -> tuple[float, float]:
         """The realised misorder rate among accepted pairs and the coverage on labelled pairs.
+
+        Parameters
+        ----------
+        confidence : array-like of shape (n_pairs,)
+            The confidence of each pair's predicted ordering (higher = surer).
+        correct : array-like of bool or 0/1, shape (n_pairs,)
+            Whether each pair's predicted ordering is right.
 
         Returns
         -------

@@ -43,7 +43,7 @@ _VERSION = 1
 class StepChoice:
     """The step :func:`choose_step` chose, and the evidence for it.
 
-    Attributes
+    Parameters
     ----------
     step : str
         The chosen candidate's name (``base`` when no other candidate passed).
@@ -94,7 +94,13 @@ class StepChoice:
         )
 
     def to_dict(self) -> dict:
-        """A JSON-ready dict (:meth:`from_dict` reads it back)."""
+        """A JSON-ready dict (:meth:`from_dict` reads it back).
+
+        Returns
+        -------
+        dict
+            ``format``, ``version`` and the choice's fields.
+        """
         return {
             "format": _FORMAT,
             "version": _VERSION,
@@ -108,7 +114,18 @@ class StepChoice:
 
     @classmethod
     def from_dict(cls, data: Mapping) -> StepChoice:
-        """The choice saved by :meth:`to_dict`."""
+        """The choice saved by :meth:`to_dict`.
+
+        Parameters
+        ----------
+        data : mapping
+            The output of :meth:`to_dict` (e.g. read back from JSON).
+
+        Returns
+        -------
+        StepChoice
+            The saved choice.
+        """
         check_saved_header(
             data, fmt=_FORMAT, version=_VERSION, what="StepChoice", caller="StepChoice.from_dict"
         )
@@ -172,6 +189,7 @@ def choose_step(
     Returns
     -------
     StepChoice
+        The chosen step, with each candidate's accuracy and test.
     """
     caller = "choose_step"
     if not isinstance(candidates, Mapping) or not candidates:
