@@ -57,9 +57,6 @@ class ExtractionResult:
         Pair metadata (two rows per pair, chosen first) when the input was pairs.
     subset, section : object ndarray of shape (n,) or None
         The ``subset`` and ``section`` labels of each row, when the input had them.
-    groups : int ndarray of shape (n,) or None
-        The prompt of each row, as an integer (rows with the same prompt share one, in
-        order of first appearance; :func:`prompt_groups`).
     n_truncated : int
         Rows whose prompt was cut (from the left) to fit ``max_length``.
     n_response_truncated : int
@@ -67,6 +64,9 @@ class ExtractionResult:
     info : dict
         ``n_tokens`` (real tokens), ``n_batch_tokens`` (tokens run, padding included),
         ``max_tokens``; for a loaded cache, its directory and key.
+    groups : int ndarray of shape (n,) or None
+        The prompt of each row, as an integer (rows with the same prompt share one, in
+        order of first appearance; :func:`prompt_groups`).
     """
 
     embeddings: np.ndarray
