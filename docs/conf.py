@@ -56,15 +56,11 @@ numpydoc_xref_param_type = False
 # numpydoc validation of the public docstrings ("all" then the checks not enforced).
 # Style choices the docstrings do not follow: GL01, GL02 (quote placement), SS03, SS05,
 # SS06 (summary punctuation and length), PR08 (capitalised descriptions), RT02, PR02, YD01;
-# sections not required everywhere: GL08, SA01, EX01, ES01. SS01, SS02: constants
-# re-exported from a private module (skebrm.metrics.IMPLICIT_SECTION, the two
-# REWARDBENCH_* tables, skebrm.extraction.DEFAULT_TEMPLATE) keep their docstring where they
-# are defined, so autodoc shows that of their type (str, dict), which fails these checks.
+# sections not required everywhere: GL08, SA01, EX01, ES01.
 numpydoc_validation_checks = {
     "all",
     *("GL01", "GL02", "SS03", "SS05", "SS06", "PR08", "RT02", "PR02", "YD01"),
     *("GL08", "SA01", "EX01", "ES01"),
-    *("SS01", "SS02"),
 }
 numpydoc_validation_exclude = {
     r"\.__init__$",

@@ -7,7 +7,7 @@ embedding ``e`` (input of its final scoring layer) and its reward ``r``;
 offline.
 """
 
-from skebrm.extraction._formatting import DEFAULT_TEMPLATE
+from skebrm.extraction import _formatting
 from skebrm.extraction._heads import HeadAdapter, find_scoring_head
 from skebrm.extraction.backbones import convert_smollm2, load_minilm, load_smollm2
 from skebrm.extraction.cache import (
@@ -21,6 +21,10 @@ from skebrm.extraction.cache import (
 )
 from skebrm.extraction.extractor import EmbeddingExtractor, ExtractionResult, SelfCheckError
 from skebrm.extraction.reward_model import build_reward_model
+
+# bound here, with its documentation, so that it is found under this module's name
+DEFAULT_TEMPLATE: str = _formatting.DEFAULT_TEMPLATE
+"""Template for tokenizers without a chat template (special tokens are added by the tokenizer)."""
 
 __all__ = [
     "DEFAULT_TEMPLATE",

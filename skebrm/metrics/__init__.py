@@ -21,10 +21,8 @@ canvas, so they never touch the global pyplot state.
 
 from __future__ import annotations
 
+from skebrm.metrics import _accuracy
 from skebrm.metrics._accuracy import (
-    IMPLICIT_SECTION,
-    REWARDBENCH_EXAMPLE_COUNTS,
-    REWARDBENCH_SUBSET_MAPPING,
     best_of_k_accuracy,
     best_of_k_correct,
     pairwise_accuracy,
@@ -61,6 +59,16 @@ from skebrm.metrics._uncertainty import (
     misorder_auroc,
     paired_bootstrap,
 )
+
+# bound here, with their documentation, so that it is found under this module's name
+IMPLICIT_SECTION: str = _accuracy.IMPLICIT_SECTION
+"""Name of the single section of a dataset whose rows carry no section label."""
+
+REWARDBENCH_EXAMPLE_COUNTS: dict[str, int] = _accuracy.REWARDBENCH_EXAMPLE_COUNTS
+"""RewardBench's per-subset weights (``rewardbench/constants.py::EXAMPLE_COUNTS``)."""
+
+REWARDBENCH_SUBSET_MAPPING: dict[str, tuple[str, ...]] = _accuracy.REWARDBENCH_SUBSET_MAPPING
+"""RewardBench's sections (``rewardbench/constants.py::SUBSET_MAPPING``)."""
 
 __all__ = [
     "IMPLICIT_SECTION",
