@@ -320,14 +320,55 @@ def response_lengths(pairs: Sequence[dict]) -> tuple[np.ndarray, np.ndarray]:
     return response_features(texts, "chars"), response_features(texts, "markdown")
 
 
+def code_fingerprint(source: str) -> str:
+    """SHA-256 of Python ``source``'s syntax tree without its docstrings.
+
+    Comments, docstrings, blank lines and line positions do not enter it, so a change to
+    the documentation of the code leaves it unchanged; any change to what the code does
+    changes it.
+
+    Parameters
+    ----------
+    source : str
+        The text of a Python module.
+
+    Returns
+    -------
+    str
+        The hexadecimal digest.
+    """
+    import ast
+
+    tree = ast.parse(source)
+    for node in ast.walk(tree):
+        if isinstance(node, (ast.Module, ast.ClassDef, ast.FunctionDef, ast.AsyncFunctionDef)):
+            body = node.body
+            if body and isinstance(body[0], ast.Expr) and isinstance(body[0].value, ast.Constant):
+                if isinstance(body[0].value.value, str):
+                    body = body[1:]
+            # attribute docstrings: a string statement right after an assignment
+            node.body = [
+                b
+                for b in body
+                if not (
+                    isinstance(b, ast.Expr)
+                    and isinstance(b.value, ast.Constant)
+                    and isinstance(b.value.value, str)
+                )
+            ] or [ast.Pass()]
+    return hashlib.sha256(ast.dump(tree).encode()).hexdigest()
+
+
 def _extraction_source_sha() -> str:
-    """SHA-256 of the extraction code, so that a change to it invalidates cached embeddings."""
+    """SHA-256 of the extraction code (:func:`code_fingerprint` of each module), so that a
+    change to the code invalidates cached embeddings and a change to its docstrings does
+    not."""
     import skebrm.extraction as extraction
 
     h = hashlib.sha256()
     for path in sorted(Path(extraction.__file__).parent.glob("*.py")):
         h.update(path.name.encode())
-        h.update(path.read_bytes())
+        h.update(code_fingerprint(path.read_text(encoding="utf-8")).encode())
     return h.hexdigest()
 
 
