@@ -412,9 +412,16 @@ class _BareWorker:
             raise RuntimeError("the bare-forward worker did not start")
 
     def rate(self, batch_size: int, order: str) -> float:
+        """Texts/s of one pass; :attr:`cpu_share` is then the worker's CPU time over its
+        wall time × the cores."""
+        cpu0, t0 = _process_cpu_seconds(self.proc.pid), time.perf_counter()
         self.proc.stdin.write(json.dumps([batch_size, order]) + "\n")
         self.proc.stdin.flush()
-        return float(self.proc.stdout.readline())
+        rate = float(self.proc.stdout.readline())
+        wall = time.perf_counter() - t0
+        cpu = _process_cpu_seconds(self.proc.pid) - cpu0
+        self.cpu_share = cpu / (wall * (os.cpu_count() or 1))
+        return rate
 
     def close(self) -> None:
         self.proc.stdin.close()
@@ -457,6 +464,7 @@ def bench_throughput(
     }
     variants = [(b, o) for b in sorted({rm_batch_size, max_batch_size}) for o in orders]
     bare = {f"batch {b}, {o}": [] for b, o in variants}
+    bare_cpu = {name: [] for name in bare}
     # the server's default chunk is the RM batch size
     chunks = [c or rm_batch_size for c in score_chunk_sizes]
     configs = [(i, c, d) for i, (c, d) in enumerate(zip(chunks, score_chunk_sizes))]
@@ -478,6 +486,7 @@ def bench_throughput(
             for k in range(rounds):
                 for b, o in variants:
                     bare[f"batch {b}, {o}"].append(worker.rate(b, o))
+                    bare_cpu[f"batch {b}, {o}"].append(worker.cpu_share)
                 for (i, _, _), (proc, url, _) in zip(configs, servers):
                     for clients in clients_list:
                         before = httpx.get(f"{url}/health", timeout=5).json()
@@ -561,6 +570,7 @@ def bench_throughput(
         "exit_codes": codes,
         "rounds": rounds,
         "bare_texts_per_second": bare,
+        "bare_cpu_share": bare_cpu,
         "bare_fastest_per_round": best_per_round,
         "runs": runs,
         "exit_code": code,
@@ -604,7 +614,12 @@ def _tables(result: dict) -> str:
             )
     tp = result.get("throughput")
     if tp:
-        bare = "; ".join(f"{k}: {np.median(v):.1f}" for k, v in tp["bare_texts_per_second"].items())
+        shares = tp.get("bare_cpu_share", {})
+        bare = "; ".join(
+            f"{k}: {np.median(v):.1f}"
+            + (f" (CPU share {100 * np.median(shares[k]):.0f} %)" if shares.get(k) else "")
+            for k, v in tp["bare_texts_per_second"].items()
+        )
         lines += [
             "",
             f"Bare RM forward, texts/s (median of {tp['rounds']} rounds): {bare}.",

@@ -346,7 +346,7 @@ def code_fingerprint(source: str) -> str:
             if body and isinstance(body[0], ast.Expr) and isinstance(body[0].value, ast.Constant):
                 if isinstance(body[0].value.value, str):
                     body = body[1:]
-            # attribute docstrings: a string statement right after an assignment
+            # attribute docstrings, and any other bare string statement (it does nothing)
             node.body = [
                 b
                 for b in body
