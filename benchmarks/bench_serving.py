@@ -52,7 +52,6 @@ import datetime as dt
 import json
 import os
 import platform
-import resource
 import signal
 import socket
 import subprocess
@@ -259,14 +258,14 @@ def load_test(url, requests_rows, reference, clients: int, tol: float) -> dict:
                 )
 
     threads = [threading.Thread(target=worker) for _ in range(clients)]
-    cpu0 = _own_cpu_seconds()
+    cpu0 = _process_cpu_seconds(os.getpid())
     t0 = time.perf_counter()
     for t in threads:
         t.start()
     for t in threads:
         t.join()
     wall = time.perf_counter() - t0
-    client_cpu = _own_cpu_seconds() - cpu0
+    client_cpu = _process_cpu_seconds(os.getpid()) - cpu0
     lat = np.asarray(latencies)
     n_texts = sum(len(p) for p, _ in requests_rows)
     done = [d for d in diffs if d is not None]
@@ -293,19 +292,20 @@ def load_test(url, requests_rows, reference, clients: int, tol: float) -> dict:
         "texts_per_second": n_texts / wall,
         # CPU the clients (this process's threads) took from the cores the server runs on
         "client_cpu_seconds": client_cpu,
-        "client_cpu_share": client_cpu / (wall * (os.cpu_count() or 1)),
+        "client_cpu_share": _cpu_share(client_cpu, wall),
     }
 
 
-def _own_cpu_seconds() -> float:
-    usage = resource.getrusage(resource.RUSAGE_SELF)
-    return usage.ru_utime + usage.ru_stime
-
-
 def _process_cpu_seconds(pid: int) -> float:
-    """User + system CPU seconds of process ``pid`` so far (Linux ``/proc``)."""
+    """User + system CPU seconds of process ``pid`` so far, all its threads (Linux
+    ``/proc``)."""
     fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
     return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
+def _cpu_share(cpu_seconds: float, wall_seconds: float) -> float:
+    """CPU time over the wall time × the machine's cores."""
+    return cpu_seconds / (wall_seconds * (os.cpu_count() or 1))
 
 
 def _requests_rows(n_requests: int, per_request: int) -> list[tuple[list, list]]:
@@ -420,7 +420,7 @@ class _BareWorker:
         rate = float(self.proc.stdout.readline())
         wall = time.perf_counter() - t0
         cpu = _process_cpu_seconds(self.proc.pid) - cpu0
-        self.cpu_share = cpu / (wall * (os.cpu_count() or 1))
+        self.cpu_share = _cpu_share(cpu, wall)
         return rate
 
     def close(self) -> None:
@@ -496,9 +496,7 @@ def bench_throughput(
                         after = httpx.get(f"{url}/health", timeout=5).json()
                         n_batches = max(1, after["batches"] - before["batches"])
                         out["mean_texts_per_batch"] = (after["texts"] - before["texts"]) / n_batches
-                        out["server_cpu_share"] = server_cpu / (
-                            out["wall_seconds"] * (os.cpu_count() or 1)
-                        )
+                        out["server_cpu_share"] = _cpu_share(server_cpu, out["wall_seconds"])
                         served[(i, clients)].append(out)
                 print(
                     f"round {k}: bare "

@@ -342,14 +342,11 @@ def code_fingerprint(source: str) -> str:
     tree = ast.parse(source)
     for node in ast.walk(tree):
         if isinstance(node, (ast.Module, ast.ClassDef, ast.FunctionDef, ast.AsyncFunctionDef)):
-            body = node.body
-            if body and isinstance(body[0], ast.Expr) and isinstance(body[0].value, ast.Constant):
-                if isinstance(body[0].value.value, str):
-                    body = body[1:]
-            # attribute docstrings, and any other bare string statement (it does nothing)
+            # docstrings, attribute docstrings and any other bare string statement (none
+            # of them does anything)
             node.body = [
                 b
-                for b in body
+                for b in node.body
                 if not (
                     isinstance(b, ast.Expr)
                     and isinstance(b.value, ast.Constant)
