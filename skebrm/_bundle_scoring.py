@@ -245,7 +245,7 @@ def _score_rows(bundle, prompts: list, completions: list, *, gated: bool) -> Rew
     # as EnergyRewardCalibrator.predict(X, base_reward=base, return_std=True), and the
     # mean from the same distribution
     base_served = gated and cal._serves_base()
-    refined = base.copy() if base_served else post.refine(X, base, settings)
+    refined = cal._refine_checked(X, base, gated=gated)
     dist = post.distribution(X, settings, mode=False)
     parts = {}
     deb = bundle.debiaser

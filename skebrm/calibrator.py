@@ -468,10 +468,18 @@ class EnergyRewardCalibrator(
                 return dist.mode, dist.std()
             return post.global_mode(X, settings)
         base = check_rewards(base_reward, X.shape[0], "base_reward", caller)
-        refined = base.copy() if self._serves_base() else post.refine(X, base, settings)
+        refined = self._refine_checked(X, base)
         if return_std:
             return refined, post.distribution(X, settings, mode=False).std()
         return refined
+
+    def _refine_checked(self, X: np.ndarray, base: np.ndarray, *, gated: bool = True):
+        """The refined reward of checked rows ``X`` from checked ``base`` rewards: the
+        base itself (a copy) where the guard serves it and ``gated``, else the ascent.
+        :meth:`predict` and the bundle's scoring both refine through this."""
+        if gated and self._serves_base():
+            return base.copy()
+        return self.posterior_.refine(X, base, self._settings())
 
     def score(self, X, y, *, pair_id=None, chosen=None, sample_weight=None) -> float:
         """Pairwise accuracy of the refined rewards; R² without pair metadata.

@@ -281,7 +281,9 @@ def test_round_trip_keeps_step_debiaser_and_choice(parts, tmp_path):
     assert loaded.step_choice_ == bundle.step_choice_
     assert loaded.debiaser.to_dict() == deb.to_dict()
     a, b = bundle.score(prompts, chosen), loaded.score(prompts, chosen)
-    np.testing.assert_array_equal(a.served(LAM), b.served(LAM))
+    # the reloaded RM's float32 logits may differ by an ulp (the BLAS kernel depends on
+    # where the weights lie in memory), so the served rewards agree to float32 precision
+    np.testing.assert_allclose(a.served(LAM), b.served(LAM), rtol=1e-6, atol=1e-6)
     # the model's name is not saved; everything from the penalty on is
     assert repr(loaded).split("penalty=")[1] == repr(bundle).split("penalty=")[1]
 
