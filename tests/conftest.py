@@ -199,10 +199,13 @@ def tiny_bundle_parts():
     )
 
 
-def openrlhf_payload_today(tok, prompt, response):
+def openrlhf_payload_today(tok, prompt, response, max_prompt_tokens=None):
     """A request as OpenRLHF's SingleTurnAgentExecutor sends it: one query,
-    decode(prompt ids + response ids) with the policy's eos."""
+    decode(prompt ids + response ids) with the policy's eos; a prompt longer than
+    ``max_prompt_tokens`` keeps its last tokens, and the whole prompt is sent beside."""
     prompt_ids = tok(prompt, add_special_tokens=False)["input_ids"]
+    if max_prompt_tokens is not None and len(prompt_ids) > max_prompt_tokens:
+        prompt_ids = prompt_ids[-max_prompt_tokens:]
     response_ids = tok(response, add_special_tokens=False)["input_ids"] + [tok.eos_token_id]
     query = tok.decode(prompt_ids + response_ids, skip_special_tokens=False)
     return {"query": [query], "prompts": [prompt], "labels": [None]}

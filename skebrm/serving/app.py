@@ -10,7 +10,11 @@ answers::
 
 one entry per text, in order. Each ``query`` is prompt + response: with ``prompts`` the
 response is what follows the prompt (a query that does not start with its prompt is
-refused); without them the whole query is scored as a response to an empty prompt.
+refused, unless it starts with the prompt's last :data:`MIN_PROMPT_OVERLAP` or more
+characters: OpenRLHF cuts a prompt too long for its budget from the left, keeping its
+last tokens, and sends the whole prompt beside the query; the RM then scores the response
+against the whole prompt); without them the whole query is scored as a response to an
+empty prompt.
 ``labels`` are accepted and ignored. The rewards are those of the bundle's step served
 (``RewardScores.served``; by default ``refined − λ·std``). ``GET /health`` reports the
 model, the step served (``step``) and why it was chosen (``step_reason``: the reason of
@@ -69,6 +73,9 @@ __all__ = [
 
 #: Bodies larger than this are parsed on a worker thread instead of the event loop.
 THREADED_PARSE_BYTES = 256 * 1024
+#: The fewest characters of a prompt's end that a query must start with to be read as
+#: that prompt cut from the left (OpenRLHF keeps a long prompt's last tokens).
+MIN_PROMPT_OVERLAP = 32
 
 
 @dataclass(frozen=True)
@@ -176,6 +183,40 @@ def _strip(text: str, suffixes: tuple) -> str:
                 text = text[: -len(s)]
                 changed = True
     return text
+
+
+def _prompt_overlap(prompt: str, query: str) -> int:
+    """The length of the longest end of ``prompt`` that ``query`` starts with
+    (Knuth–Morris–Pratt: the query's start is the pattern, the prompt the text)."""
+    pattern = query[: len(prompt)]
+    if not pattern:
+        return 0
+    fail, k = [0] * len(pattern), 0
+    for i in range(1, len(pattern)):
+        while k and pattern[i] != pattern[k]:
+            k = fail[k - 1]
+        if pattern[i] == pattern[k]:
+            k += 1
+        fail[i] = k
+    k = 0
+    for ch in prompt:
+        while k and (k == len(pattern) or ch != pattern[k]):
+            k = fail[k - 1]
+        if k < len(pattern) and ch == pattern[k]:
+            k += 1
+    return k
+
+
+def _response_start(prompt: str, query: str) -> int | None:
+    """Where the response starts in ``query``: after the whole ``prompt``, or after the
+    end of it that the query starts with, when the policy's trainer cut the prompt from
+    the left (at least :data:`MIN_PROMPT_OVERLAP` characters; a replacement character
+    left by a cut through a multi-byte character is skipped). None: neither."""
+    if query.startswith(prompt):
+        return len(prompt)
+    lead = len(query) - len(query.lstrip("\ufffd"))
+    overlap = _prompt_overlap(prompt, query[lead:])
+    return lead + overlap if overlap >= MIN_PROMPT_OVERLAP else None
 
 
 def _strip_ends(text: str, tokens: tuple) -> str:
@@ -351,13 +392,15 @@ def parse_reward_request(payload, settings: ServerSettings) -> tuple[list[str], 
                     422, f"'prompts'[{i}] must be a string, got a JSON {_json_type(p)}."
                 )
             p = prompts[i] = _strip_ends(p, tokens)
-            if not q.startswith(p):
+            start = _response_start(p, q)
+            if start is None:
                 raise RequestError(
                     422,
-                    f"'query'[{i}] does not start with 'prompts'[{i}]; each query must be its "
-                    "prompt followed by the response.",
+                    f"'query'[{i}] does not start with 'prompts'[{i}], nor with its last "
+                    f"{MIN_PROMPT_OVERLAP} or more characters (a prompt cut from the left); "
+                    "each query must be its prompt followed by the response.",
                 )
-            responses.append(_strip_ends(q[len(p) :], tokens))
+            responses.append(_strip_ends(q[start:], tokens))
     if payload.get("labels") is not None:
         _check_list(payload, "labels", len(query), settings)
     responses = [_strip(r, settings.strip_suffixes) for r in responses]

@@ -8,6 +8,8 @@ import time
 
 import numpy as np
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 pytest.importorskip("fastapi")
 
@@ -275,6 +277,52 @@ def test_openrlhf_today_payload_loses_the_policy_eos():
     prompts, responses = parse_reward_request(payload, s)
     assert responses == ["Simmer it for 9 minutes."]
     assert prompts == [prompt.removeprefix("<s>")]
+
+
+def test_openrlhf_prompt_cut_from_the_left_is_read_as_its_end():
+    tok = _policy()
+    prompt = _chat_prompt(tok, "Tell me, in a few words, " + "how an egg boils " * 12 + "?")
+    response = "Simmer it for 9 minutes."
+    n_prompt = len(tok(prompt, add_special_tokens=False)["input_ids"])
+    payload = openrlhf_payload_today(tok, prompt, response, max_prompt_tokens=n_prompt - 5)
+    assert not payload["query"][0].startswith(prompt)
+    s = ServerSettings(strip_tokens=tuple(t for t, _ in _special(tok)))
+    prompts, responses = parse_reward_request(payload, s)
+    assert responses == [response]
+    # the RM scores the response against the whole prompt, as sent beside the query
+    assert prompts == [prompt.removeprefix("<s>")]
+    # a query that keeps fewer than MIN_PROMPT_OVERLAP characters of its prompt is refused
+    from skebrm.serving.app import MIN_PROMPT_OVERLAP
+
+    short = openrlhf_payload_today(tok, prompt, response, max_prompt_tokens=2)
+    kept = short["query"][0].removesuffix(response + "</s>")
+    assert 0 < len(kept) < MIN_PROMPT_OVERLAP and prompt.endswith(kept)
+    with pytest.raises(RequestError, match="nor with its last 32 or more characters"):
+        parse_reward_request(short, s)
+
+
+@given(
+    prompt=st.text(alphabet="ab", max_size=40),
+    query=st.text(alphabet="ab", max_size=40),
+)
+@settings(max_examples=300, deadline=None)
+def test_prompt_overlap_is_the_longest_prompt_end_the_query_starts_with(prompt, query):
+    from skebrm.serving.app import _prompt_overlap
+
+    naive = max(m for m in range(min(len(prompt), len(query)) + 1) if prompt.endswith(query[:m]))
+    assert _prompt_overlap(prompt, query) == naive
+
+
+def test_response_start_skips_a_replacement_character_left_by_a_cut():
+    from skebrm.serving.app import MIN_PROMPT_OVERLAP, _response_start
+
+    prompt = "Ünïcödé prompt, long enough to be cut by the policy's trainer: x" * 2
+    kept = prompt[-40:]
+    assert _response_start(prompt, prompt + " answer") == len(prompt)
+    assert _response_start(prompt, "\ufffd" + kept + " answer") == 1 + len(kept)
+    assert _response_start(prompt, kept[-MIN_PROMPT_OVERLAP:] + "!") == MIN_PROMPT_OVERLAP
+    assert _response_start(prompt, kept[-MIN_PROMPT_OVERLAP + 1 :] + "!") is None
+    assert _response_start(prompt, "unrelated query") is None
 
 
 def test_openrlhf_old_left_padded_batch_with_a_doubled_bos():
