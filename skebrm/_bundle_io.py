@@ -281,7 +281,10 @@ def _read_first_format(path: Path, caller: str) -> dict | None:
 def load_bundle(cls, pretrained_directory, *, device="cpu", penalty=None, batch_size=None):
     """Load a bundle written by :func:`save_bundle` (see the module docstring)."""
     from skebrm._bundle_args import _check_batch_size, _check_penalty, _device, _embedding_diff
-    from skebrm.extraction.extractor import remember_weights_fingerprint
+    from skebrm.extraction.extractor import (
+        _legacy_tokenizer_fingerprint,
+        remember_weights_fingerprint,
+    )
 
     caller = "RefinedRewardModel.from_pretrained"
     folder = Path(pretrained_directory)
@@ -346,6 +349,9 @@ def load_bundle(cls, pretrained_directory, *, device="cpu", penalty=None, batch_
             f"({type(exc).__name__}: {exc}); they were not written by save_pretrained or "
             "were edited."
         ) from exc
+    if settings.get("tokenizer_sha256") == _legacy_tokenizer_fingerprint(bundle.tokenizer):
+        # saved by skebrm 0.2.0, whose fingerprint included the truncation and padding state
+        settings = {**settings, "tokenizer_sha256": bundle.extraction_settings["tokenizer_sha256"]}
     diff = _embedding_diff(
         settings, bundle.extraction_settings, "saved", "loaded", recorded_only=False
     )

@@ -244,14 +244,37 @@ def weights_fingerprint(model: nn.Module, dtype: torch.dtype | None = None) -> s
 
 
 def _tokenizer_fingerprint(tokenizer) -> str:
-    """SHA-256 of a fast tokenizer's full definition (else of its vocabulary)."""
+    """SHA-256 of a fast tokenizer's full definition (else of its vocabulary).
+
+    The truncation and padding settings are left out: a call such as
+    ``tokenizer(texts, truncation=True, padding=True)`` stores them on the backend, so
+    they record how the tokenizer was last used, not what it is. They are cleared on a
+    copy; the caller's tokenizer is not changed.
+    """
     backend = getattr(tokenizer, "backend_tokenizer", None)
     if backend is not None:
         text = backend.to_str()
+        if backend.truncation is not None or backend.padding is not None:
+            from tokenizers import Tokenizer
+
+            copy = Tokenizer.from_str(text)
+            copy.no_truncation()
+            copy.no_padding()
+            text = copy.to_str()
     else:
         text = json.dumps(sorted(tokenizer.get_vocab().items()))
     special = json.dumps(getattr(tokenizer, "special_tokens_map", {}), sort_keys=True, default=str)
     return hashlib.sha256((text + special).encode("utf-8")).hexdigest()
+
+
+def _legacy_tokenizer_fingerprint(tokenizer) -> str:
+    """The fingerprint skebrm 0.2.0 recorded: the backend's definition with its truncation
+    and padding settings. Bundles saved then are checked against it on load."""
+    backend = getattr(tokenizer, "backend_tokenizer", None)
+    if backend is None:
+        return _tokenizer_fingerprint(tokenizer)
+    special = json.dumps(getattr(tokenizer, "special_tokens_map", {}), sort_keys=True, default=str)
+    return hashlib.sha256((backend.to_str() + special).encode("utf-8")).hexdigest()
 
 
 class EmbeddingExtractor(TransformerMixin, BaseEstimator):

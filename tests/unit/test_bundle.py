@@ -411,6 +411,42 @@ def test_another_tokenizer_is_refused(saved):
         RefinedRewardModel.from_pretrained(saved)
 
 
+def test_a_tokenizer_with_truncation_settings_round_trips(parts, tmp_path):
+    """A tokenizer.json may carry truncation and padding settings (many hub RMs' do), and
+    every call of the tokenizer changes them; the fingerprint leaves them out."""
+    import copy
+
+    tokenizer = copy.deepcopy(parts.tokenizer)
+    tokenizer.backend_tokenizer.enable_truncation(32)
+    tokenizer.backend_tokenizer.enable_padding(length=32)
+    bundle = RefinedRewardModel(
+        parts.model, tokenizer, parts.calibrator, max_length=parts.max_length
+    )
+    prompts, completions = _rows(parts, n=4)
+    want = bundle.score(prompts, completions).refined_reward
+    tokenizer(["some text"] * 2, truncation=True, max_length=8, padding="max_length")
+    saved = bundle.save_pretrained(tmp_path / "new")
+    loaded = RefinedRewardModel.from_pretrained(saved)
+    assert (
+        loaded.extraction_settings["tokenizer_sha256"]
+        == bundle.extraction_settings["tokenizer_sha256"]
+    )
+    # the reloaded RM runs its forward pass again: equal to float32 precision
+    np.testing.assert_allclose(loaded.score(prompts, completions).refined_reward, want, atol=1e-5)
+
+
+def test_a_bundle_saved_with_the_old_tokenizer_fingerprint_still_loads(saved, monkeypatch):
+    """skebrm 0.2.0 fingerprinted the tokenizer with its truncation and padding state; a
+    bundle whose recorded value is that of the loaded tokenizer loads."""
+    import skebrm.extraction.extractor as extractor_module
+
+    _resign(saved, lambda c: c["extraction"].update(tokenizer_sha256="1" * 64))
+    with pytest.raises(BundleMismatchError, match="tokenizer_sha256"):
+        RefinedRewardModel.from_pretrained(saved)
+    monkeypatch.setattr(extractor_module, "_legacy_tokenizer_fingerprint", lambda tok: "1" * 64)
+    RefinedRewardModel.from_pretrained(saved)
+
+
 @pytest.mark.parametrize(
     "edit",
     [
