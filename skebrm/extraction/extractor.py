@@ -263,6 +263,10 @@ def _tokenizer_fingerprint(tokenizer) -> str:
             text = copy.to_str()
     else:
         text = json.dumps(sorted(tokenizer.get_vocab().items()))
+    return _sha256_with_specials(text, tokenizer)
+
+
+def _sha256_with_specials(text: str, tokenizer) -> str:
     special = json.dumps(getattr(tokenizer, "special_tokens_map", {}), sort_keys=True, default=str)
     return hashlib.sha256((text + special).encode("utf-8")).hexdigest()
 
@@ -273,8 +277,7 @@ def _legacy_tokenizer_fingerprint(tokenizer) -> str:
     backend = getattr(tokenizer, "backend_tokenizer", None)
     if backend is None:
         return _tokenizer_fingerprint(tokenizer)
-    special = json.dumps(getattr(tokenizer, "special_tokens_map", {}), sort_keys=True, default=str)
-    return hashlib.sha256((backend.to_str() + special).encode("utf-8")).hexdigest()
+    return _sha256_with_specials(backend.to_str(), tokenizer)
 
 
 class EmbeddingExtractor(TransformerMixin, BaseEstimator):
