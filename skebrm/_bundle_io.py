@@ -349,9 +349,13 @@ def load_bundle(cls, pretrained_directory, *, device="cpu", penalty=None, batch_
             f"({type(exc).__name__}: {exc}); they were not written by save_pretrained or "
             "were edited."
         ) from exc
-    if settings.get("tokenizer_sha256") == _legacy_tokenizer_fingerprint(bundle.tokenizer):
+    saved_tok, loaded_tok = (
+        settings.get("tokenizer_sha256"),
+        bundle.extraction_settings["tokenizer_sha256"],
+    )
+    if saved_tok != loaded_tok and saved_tok == _legacy_tokenizer_fingerprint(bundle.tokenizer):
         # saved by skebrm 0.2.0, whose fingerprint included the truncation and padding state
-        settings = {**settings, "tokenizer_sha256": bundle.extraction_settings["tokenizer_sha256"]}
+        settings = {**settings, "tokenizer_sha256": loaded_tok}
     diff = _embedding_diff(
         settings, bundle.extraction_settings, "saved", "loaded", recorded_only=False
     )
