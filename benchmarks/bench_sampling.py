@@ -13,9 +13,10 @@ sample, temperature 1, top-p / top-k off:
   binding's low-level API; the high-level one has no multi-sequence generation).
 
 Every figure is printed as a ratio against the batch-16 ``generate`` baseline and written
-to ``benchmarks/results/sampling-<UTC time>.json`` (atomically). Run under the CPU lock::
+to ``benchmarks/results/sampling-<UTC time>.json`` (atomically). Run it with nothing
+else busy on the machine::
 
-    flock /work/cpu.lock python benchmarks/bench_sampling.py
+    python benchmarks/bench_sampling.py
 
 ``--quick`` runs a few rows per configuration (a smoke test, minutes).
 """

@@ -41,7 +41,7 @@ Three sections (``--sections overhead,load,throughput``):
 
 Writes ``benchmarks/results/serving-<UTC stamp>.json`` (atomically) and prints the
 Markdown tables for ``benchmarks/README.md``. Run:
-``flock /work/cpu.lock python benchmarks/bench_serving.py``.
+``python benchmarks/bench_serving.py``.
 """
 
 from __future__ import annotations

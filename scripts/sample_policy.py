@@ -6,7 +6,7 @@ through the same cache, so the run afterwards finds it warm. The cache is writte
 atomic shards: a killed run picks up at the first missing shard, and a cache written with
 other settings is refused.
 
-    nohup flock /work/cpu.lock python scripts/sample_policy.py experiment=overoptimization \\
+    nohup python scripts/sample_policy.py experiment=overoptimization \\
         > sample_policy.log 2>&1 &
     python scripts/sample_policy.py experiment=overoptimization sampler=llama_cpp
 """
