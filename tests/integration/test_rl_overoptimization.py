@@ -457,6 +457,8 @@ def test_real_and_gpu_configs_compose():
             GRPOConfig, {**grpo, "bf16": False}, output_dir="unused", beta=c.rl.beta, use_cpu=True
         )
         assert args.gradient_checkpointing == c.rl.grpo.gradient_checkpointing
+        # a constant rate: a run stopped early is the start of the longer run
+        assert args.lr_scheduler_type == "constant"
 
 
 @pytest.mark.parametrize("option", ["smollm2", "smollm2_1.7b", "tiny"])
