@@ -429,6 +429,18 @@ def test_report_from_synthetic_json_lines(tmp_path):
         summarise_run(runs[0]["records"] + runs[0]["records"][:1])
 
 
+def test_plot_styles_one_colour_per_proxy_one_dash_per_beta():
+    from skebrm.experiments.rl.report import _line_styles
+
+    runs = [
+        {"folder": f"{p}-{b}", "meta": {"proxy": p, "beta": b}, "records": []}
+        for p, b in (("base", 0.02), ("base", 0.0), ("ebrm", 0.0), ("ebrm", 0.02))
+    ]
+    styles = _line_styles(runs)
+    assert styles[0][0] == styles[1][0] != styles[2][0] == styles[3][0]
+    assert styles[1][1] == styles[2][1] == "-" and styles[0][1] == styles[3][1] == "--"
+
+
 def test_real_and_gpu_configs_compose():
     cfg = _compose(["experiment=rl_overoptimization"])
     assert cfg.task == "rl_overoptimization" and cfg.policy.name == "smollm2"

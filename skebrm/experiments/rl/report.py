@@ -231,11 +231,37 @@ def _curve(records: list[dict], key: str):
     return x[order], mean[order], half[order]
 
 
+_LINESTYLES = ("-", "--", ":", "-.")
+
+
+def _line_styles(runs: list[dict]) -> list[tuple[str, str]]:
+    """A ``(colour, linestyle)`` per run: one colour per proxy, one line style per β, so
+    the runs of one proxy at several β read as one family."""
+    proxies, betas = [], []
+    for run in runs:
+        meta = run.get("meta") or {}
+        key = meta.get("proxy", run_label(run))
+        if key not in proxies:
+            proxies.append(key)
+        beta = float(meta.get("beta", 0.0))
+        if beta not in betas:
+            betas.append(beta)
+    betas.sort()
+    styles = []
+    for run in runs:
+        meta = run.get("meta") or {}
+        colour = f"C{proxies.index(meta.get('proxy', run_label(run))) % 10}"
+        dash = _LINESTYLES[betas.index(float(meta.get("beta", 0.0))) % len(_LINESTYLES)]
+        styles.append((colour, dash))
+    return styles
+
+
 def plot_rl_overoptimization(runs: list[dict], path: str | os.PathLike, *, title: str = ""):
     """Gold reward (left) and proxy reward (right) against √KL, one line per run.
 
-    Bands are 95 % normal intervals of the mean over evaluation prompts. Points are in
-    order of √KL (the KL of a run need not grow at every step).
+    One colour per proxy and one line style per β (solid for the smallest). Bands are 95 %
+    normal intervals of the mean over evaluation prompts. Points are in order of √KL (the
+    KL of a run need not grow at every step).
     """
     import matplotlib
 
@@ -245,12 +271,12 @@ def plot_rl_overoptimization(runs: list[dict], path: str | os.PathLike, *, title
     from skebrm._io import write_bytes_atomic
 
     fig, axes = plt.subplots(1, 2, figsize=(11, 4.2))
-    for run in runs:
+    for run, (colour, dash) in zip(runs, _line_styles(runs)):
         label = run_label(run)
         for ax, key in zip(axes, ("gold", "proxy")):
             x, mean, half = _curve(run["records"], key)
-            (line,) = ax.plot(x, mean, marker=".", label=label)
-            ax.fill_between(x, mean - half, mean + half, color=line.get_color(), alpha=0.2)
+            ax.plot(x, mean, marker=".", color=colour, linestyle=dash, label=label)
+            ax.fill_between(x, mean - half, mean + half, color=colour, alpha=0.15)
     axes[0].set_ylabel("gold reward")
     axes[1].set_ylabel("proxy reward (its own units)")
     for ax in axes:
