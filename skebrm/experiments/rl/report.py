@@ -67,12 +67,18 @@ def load_rl_runs(roots: Iterable[str | os.PathLike]) -> list[dict]:
     return runs
 
 
+def _proxy_and_beta(run: dict) -> tuple[str, float]:
+    """The proxy of a run (its folder name when ``run.json`` is missing) and its β."""
+    meta = run.get("meta") or {}
+    return meta.get("proxy", Path(run["folder"]).name), float(meta.get("beta", 0.0))
+
+
 def run_label(run: dict) -> str:
     """``<proxy>, β=<beta>`` of a run (its folder name when ``run.json`` is missing)."""
-    meta = run.get("meta") or {}
-    if "proxy" not in meta:
+    if "proxy" not in (run.get("meta") or {}):
         return Path(run["folder"]).name
-    return f"{meta['proxy']}, β={float(meta.get('beta', 0.0)):g}"
+    proxy, beta = _proxy_and_beta(run)
+    return f"{proxy}, β={beta:g}"
 
 
 def summarise_run(records: list[dict]) -> dict:
@@ -173,10 +179,9 @@ def answer_rl_overoptimization(runs: list[dict], *, reference: str = "base") -> 
     run over-optimised (:func:`summarise_run`), that none did and the KL each reached."""
     by_beta: dict[float, dict[str, dict]] = {}
     for run in runs:
-        meta = run.get("meta") or {}
-        if "proxy" in meta:
-            beta = float(meta.get("beta", 0.0))
-            by_beta.setdefault(beta, {})[meta["proxy"]] = summarise_run(run["records"])
+        if "proxy" in (run.get("meta") or {}):
+            proxy, beta = _proxy_and_beta(run)
+            by_beta.setdefault(beta, {})[proxy] = summarise_run(run["records"])
     parts = []
     for beta in sorted(by_beta):
         s = by_beta[beta]
@@ -237,23 +242,13 @@ _LINESTYLES = ("-", "--", ":", "-.")
 def _line_styles(runs: list[dict]) -> list[tuple[str, str]]:
     """A ``(colour, linestyle)`` per run: one colour per proxy, one line style per β, so
     the runs of one proxy at several β read as one family."""
-    proxies, betas = [], []
-    for run in runs:
-        meta = run.get("meta") or {}
-        key = meta.get("proxy", run_label(run))
-        if key not in proxies:
-            proxies.append(key)
-        beta = float(meta.get("beta", 0.0))
-        if beta not in betas:
-            betas.append(beta)
-    betas.sort()
-    styles = []
-    for run in runs:
-        meta = run.get("meta") or {}
-        colour = f"C{proxies.index(meta.get('proxy', run_label(run))) % 10}"
-        dash = _LINESTYLES[betas.index(float(meta.get("beta", 0.0))) % len(_LINESTYLES)]
-        styles.append((colour, dash))
-    return styles
+    keys = [_proxy_and_beta(run) for run in runs]
+    proxies = list(dict.fromkeys(proxy for proxy, _ in keys))
+    betas = sorted({beta for _, beta in keys})
+    return [
+        (f"C{proxies.index(proxy) % 10}", _LINESTYLES[betas.index(beta) % len(_LINESTYLES)])
+        for proxy, beta in keys
+    ]
 
 
 def plot_rl_overoptimization(runs: list[dict], path: str | os.PathLike, *, title: str = ""):
