@@ -4,10 +4,13 @@ One configuration of the RL over-optimisation study's training loop: the policy
 (``--policy``: ``tiny``, the random one-layer Llama of the tests; ``smollm2``,
 SmolLM2-135M-Instruct offline; or a model folder), ``--prompts`` prompts x
 ``--generations`` completions of up to ``--max-new-tokens`` tokens per step, full
-fine-tuning in float32 on CPU (``--device cuda --dtype bfloat16`` on a GPU), and a reward (``--reward``: ``length``, a free function of
-the text, so the figure is the trainer's own cost; or ``minilm``, the MiniLM reward model
-through :class:`skebrm.experiments.rl.TextReward`, as a proxy costs). Chat-templated
-prompts of the bundled HH-RLHF sample.
+fine-tuning in float32 on CPU (``--device cuda --dtype bfloat16`` on a GPU), and a
+reward (``--reward``: ``length``, a free function of the text, so the figure is the
+trainer's own cost; or ``minilm``, the MiniLM reward model through
+:class:`skebrm.experiments.rl.TextReward`, as a proxy costs). Chat-templated prompts of
+the bundled HH-RLHF sample. ``--beta`` is TRL's KL coefficient: above 0 the trainer
+also runs the frozen reference model on every batch, so comparing ``--beta 0`` with
+``--beta 0.02`` on the same machine gives the cost of the KL penalty.
 
 The baseline, measured in the same run after training, is one ``model.generate`` call of
 the same batch (same prompts x generations, same token budget, sampling at temperature 1):
@@ -17,6 +20,7 @@ over the timed steps, after ``--warmup`` untimed ones. The result goes to
 
     python benchmarks/bench_grpo.py --policy tiny --steps 5
     python benchmarks/bench_grpo.py --policy smollm2 --reward minilm --steps 5 --threads 2
+    python benchmarks/bench_grpo.py --policy smollm2 --reward minilm --steps 5 --beta 0.02
 """
 
 from __future__ import annotations
@@ -52,12 +56,13 @@ def _prompts(n: int) -> list[str]:
     return out
 
 
-def _policy(name: str, dtype: str):
-    from skebrm.experiments.rl import build_tiny_policy, load_policy
+def _policy(name: str, dtype: str, folder: Path):
+    """The policy; the tiny one is saved to ``folder`` first, since TRL builds the
+    reference model (``--beta`` > 0) from the policy's path."""
+    from skebrm.experiments.rl import load_policy, save_tiny_policy
 
     if name == "tiny":
-        model, tok = build_tiny_policy()
-        return model, tok
+        name = str(save_tiny_policy(str(folder / "tiny-policy")))
     return load_policy(name, dtype=dtype)
 
 
@@ -107,11 +112,16 @@ def main(argv=None) -> dict:
     ap.add_argument("--steps", type=int, default=3, help="timed steps")
     ap.add_argument("--warmup", type=int, default=1)
     ap.add_argument("--learning-rate", type=float, default=1e-5)
+    ap.add_argument(
+        "--beta", type=float, default=0.0, help="KL coefficient (0: no reference model)"
+    )
     ap.add_argument("--threads", type=int, default=None)
     ap.add_argument("--device", default="cpu", help="cpu or cuda")
     ap.add_argument("--dtype", default="float32", choices=["float32", "bfloat16"])
     ap.add_argument("--out", default=str(HERE / "results"))
     args = ap.parse_args(argv)
+    if args.beta < 0:
+        ap.error(f"--beta must be >= 0, got {args.beta}")
     if args.threads:
         torch.set_num_threads(args.threads)
 
@@ -120,12 +130,12 @@ def main(argv=None) -> dict:
 
     from skebrm.experiments.rl import grpo_config
 
-    model, tok = _policy(args.policy, args.dtype)
     n_steps = args.warmup + args.steps
     prompts = _prompts(args.prompts * n_steps)
     dataset = datasets.Dataset.from_dict({"prompt": [prompt_messages(p) for p in prompts]})
     timer = _StepTimer()
     with tempfile.TemporaryDirectory() as tmp:
+        model, tok = _policy(args.policy, args.dtype, Path(tmp))
         config = grpo_config(
             GRPOConfig,
             {"gradient_checkpointing": False},
@@ -135,6 +145,7 @@ def main(argv=None) -> dict:
             max_completion_length=args.max_new_tokens,
             max_steps=n_steps,
             learning_rate=args.learning_rate,
+            beta=args.beta,
             temperature=1.0,
             logging_steps=1,
             save_strategy="no",
@@ -157,6 +168,8 @@ def main(argv=None) -> dict:
         trainer.train()
     step_times = timer.times[args.warmup :]
     completion_tokens = [h["num_tokens"] for h in trainer.state.log_history if "num_tokens" in h]
+    # TRL logs the per-token KL to the reference model only when beta > 0
+    kl_logged = [h["kl"] for h in trainer.state.log_history if "kl" in h]
 
     # the baseline: one generate call of a batch of the same shape, same budget
     model = trainer.model.eval()
@@ -202,6 +215,7 @@ def main(argv=None) -> dict:
         "generate_seconds_all": gen_times,
         "step_over_generate": step / gen,
         "num_tokens_logged": completion_tokens,
+        "kl_logged": kl_logged,
         "torch_threads": torch.get_num_threads(),
         "machine": {"cpu_count": os.cpu_count(), "platform": platform.platform()},
         "versions": {
@@ -211,7 +225,8 @@ def main(argv=None) -> dict:
         },
     }
     print(
-        f"GRPO step: {step:.3f} s (median of {len(step_times)}); bare generate of the same "
+        f"GRPO step (beta = {args.beta:g}): {step:.3f} s (median of {len(step_times)}); "
+        f"bare generate of the same "
         f"batch: {gen:.3f} s; step / generate = {step / gen:.2f}x"
     )
     stamp = dt.datetime.now(dt.timezone.utc).strftime("%Y%m%dT%H%M%SZ")

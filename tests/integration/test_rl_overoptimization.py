@@ -522,12 +522,23 @@ def test_cli_multirun_over_proxies_resumes_and_reports(tmp_path):
 
 
 @pytest.mark.slow
-def test_grpo_benchmark_runs_on_the_tiny_policy(tmp_path, load_script):
+@pytest.mark.parametrize("beta", [0.0, 0.02])
+def test_grpo_benchmark_runs_on_the_tiny_policy(tmp_path, load_script, beta):
     bench = load_script("benchmarks/bench_grpo.py")
     argv = ["--policy", "tiny", "--steps", "2", "--warmup", "0", "--prompts", "1"]
     argv += ["--generations", "2", "--max-new-tokens", "4", "--out", str(tmp_path)]
-    res = bench.main(argv)
+    res = bench.main([*argv, "--beta", str(beta)])
     assert len(res["seconds_per_step_all"]) == 2 and len(res["generate_seconds_all"]) == 2
     assert res["step_over_generate"] == res["seconds_per_step"] / res["generate_seconds"]
+    # the KL to the reference model is computed (and logged by TRL) only when beta > 0
+    assert len(res["kl_logged"]) == (2 if beta > 0 else 0)
     saved = json.loads(next(tmp_path.glob("grpo-*.json")).read_text())
     assert saved["completions_per_step"] == 2 and saved["settings"]["policy"] == "tiny"
+    assert saved["settings"]["beta"] == beta
+
+
+def test_grpo_benchmark_rejects_a_negative_beta(load_script, capsys):
+    bench = load_script("benchmarks/bench_grpo.py")
+    with pytest.raises(SystemExit):
+        bench.main(["--beta", "-0.1"])
+    assert "--beta must be >= 0, got -0.1" in capsys.readouterr().err
