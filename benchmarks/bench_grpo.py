@@ -226,8 +226,7 @@ def main(argv=None) -> dict:
     }
     print(
         f"GRPO step (beta = {args.beta:g}): {step:.3f} s (median of {len(step_times)}); "
-        f"bare generate of the same "
-        f"batch: {gen:.3f} s; step / generate = {step / gen:.2f}x"
+        f"bare generate of the same batch: {gen:.3f} s; step / generate = {step / gen:.2f}x"
     )
     stamp = dt.datetime.now(dt.timezone.utc).strftime("%Y%m%dT%H%M%SZ")
     path = write_json_atomic(Path(args.out) / f"grpo-{stamp}.json", result)

@@ -67,18 +67,16 @@ def load_rl_runs(roots: Iterable[str | os.PathLike]) -> list[dict]:
     return runs
 
 
-def _proxy_and_beta(run: dict) -> tuple[str, float]:
-    """The proxy of a run (its folder name when ``run.json`` is missing) and its β."""
+def _proxy_and_beta(run: dict) -> tuple[str | None, float]:
+    """The proxy of a run (``None`` when ``run.json`` is missing) and its β."""
     meta = run.get("meta") or {}
-    return meta.get("proxy", Path(run["folder"]).name), float(meta.get("beta", 0.0))
+    return meta.get("proxy"), float(meta.get("beta", 0.0))
 
 
 def run_label(run: dict) -> str:
     """``<proxy>, β=<beta>`` of a run (its folder name when ``run.json`` is missing)."""
-    if "proxy" not in (run.get("meta") or {}):
-        return Path(run["folder"]).name
     proxy, beta = _proxy_and_beta(run)
-    return f"{proxy}, β={beta:g}"
+    return Path(run["folder"]).name if proxy is None else f"{proxy}, β={beta:g}"
 
 
 def summarise_run(records: list[dict]) -> dict:
@@ -179,8 +177,8 @@ def answer_rl_overoptimization(runs: list[dict], *, reference: str = "base") -> 
     run over-optimised (:func:`summarise_run`), that none did and the KL each reached."""
     by_beta: dict[float, dict[str, dict]] = {}
     for run in runs:
-        if "proxy" in (run.get("meta") or {}):
-            proxy, beta = _proxy_and_beta(run)
+        proxy, beta = _proxy_and_beta(run)
+        if proxy is not None:
             by_beta.setdefault(beta, {})[proxy] = summarise_run(run["records"])
     parts = []
     for beta in sorted(by_beta):
@@ -242,7 +240,10 @@ _LINESTYLES = ("-", "--", ":", "-.")
 def _line_styles(runs: list[dict]) -> list[tuple[str, str]]:
     """A ``(colour, linestyle)`` per run: one colour per proxy, one line style per β, so
     the runs of one proxy at several β read as one family."""
-    keys = [_proxy_and_beta(run) for run in runs]
+    keys = [
+        (run_label(run) if proxy is None else proxy, beta)
+        for run, (proxy, beta) in zip(runs, map(_proxy_and_beta, runs))
+    ]
     proxies = list(dict.fromkeys(proxy for proxy, _ in keys))
     betas = sorted({beta for _, beta in keys})
     return [
