@@ -201,6 +201,28 @@ def test_the_agreement_gate_refuses_or_warns(tmp_path):
         )
 
 
+@pytest.mark.filterwarnings("ignore:`is_gradient_checkpointing` is deprecated:FutureWarning")
+def test_at_a_kl_penalty_the_tracker_shares_trls_reference_model(tmp_path, monkeypatch):
+    import skebrm.experiments.rl as rl_module
+
+    loads = []
+    load_policy = rl_module.load_policy
+
+    def counted(*args, **kwargs):
+        loads.append(kwargs.get("name_or_path", args[0] if args else None))
+        return load_policy(*args, **kwargs)
+
+    monkeypatch.setattr(rl_module, "load_policy", counted)
+    cfg = _compose(_tiny_overrides(tmp_path, **{"rl.beta": 0.02, "rl.grpo.max_steps": 2}))
+    run_rl_overoptimization(cfg, tmp_path / "run", echo=lambda s: None)
+    # the policy only: the reference the KL is tracked against is the one TRL loaded
+    assert len(loads) == 1
+    records = read_jsonl(tmp_path / "run" / "tracking.jsonl")
+    assert [r["step"] for r in records] == [0, 1, 2]
+    assert abs(records[0]["kl"]) < 1e-4  # TRL's reference is the initial policy
+    assert records[-1]["kl"] != records[0]["kl"]
+
+
 def test_lora_run_measures_kl_with_the_adapters_disabled(tmp_path):
     pytest.importorskip("peft")
     lora = "{_target_:peft.LoraConfig,r:4,lora_alpha:8,target_modules:[q_proj,v_proj]}"

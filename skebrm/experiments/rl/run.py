@@ -331,9 +331,13 @@ def _run(cfg, out: Path, echo, callbacks) -> dict:
         )
         load = _build(cfg.policy.model)
         policy, tok = load()
+        # the frozen initial policy, for the KL estimate. A peft policy disables its adapters
+        # instead; at beta > 0 TRL loads one of its own, which the tracker shares unless TRL
+        # moves it towards the policy (sync_ref_model)
+        shares_trls = float(rl.beta) > 0 and not grpo.get("sync_ref_model", False)
         ref_model = None
-        if rl.get("peft") is None:
-            ref_model, _ = load()  # the frozen initial policy, for the KL estimate
+        if rl.get("peft") is None and not shares_trls:
+            ref_model, _ = load()
             ref_model.eval().requires_grad_(False)
         dataset = datasets.Dataset.from_dict(
             {
@@ -376,6 +380,8 @@ def _run(cfg, out: Path, echo, callbacks) -> dict:
         tracker.trainer = trainer
         if ref_model is not None:
             ref_model.to(trainer.accelerator.device)
+        elif shares_trls and trainer.ref_model is not None:
+            tracker.ref_model = trainer.accelerator.unwrap_model(trainer.ref_model)
         trainer.train(resume_from_checkpoint=last)
 
     # 4: the report of this run
