@@ -441,7 +441,21 @@ def test_report_from_synthetic_json_lines(tmp_path):
     assert "| ebrm_minus_1std, β=0 |" in md and "22.0 → 24.0" in md
     answer = answer_rl_overoptimization(runs)
     assert answer.startswith("At β = 0: base peaks at gold 0.800 at KL 4.00 (step 20) and falls")
-    assert "ebrm_minus_1std peaks later and higher (gold 1.000 at KL 16.00, step 40, no" in answer
+    assert (
+        "ebrm_minus_1std peaks higher (gold 1.000) at a larger KL (16.00 nats) and a later "
+        "step (40), with no significant fall" in answer
+    )
+    # a peak later in steps can still be at a smaller KL: each is said separately
+    slow = [dict(r, kl=r["kl"] / 8) for r in runs[1]["records"]]
+    mixed = answer_rl_overoptimization([runs[0], {**runs[1], "records": slow}])
+    assert "peaks higher (gold 1.000) at a smaller KL (2.00 nats) and a later step (40)" in mixed
+    lower = [
+        dict(r, gold=r["gold"] / 2, gold_per_prompt=[g / 2 for g in r["gold_per_prompt"]])
+        for r in runs[0]["records"]
+    ]
+    both = answer_rl_overoptimization([runs[0], {**runs[1], "records": lower}])
+    assert "peaks lower (gold 0.400) at the same KL (4.00 nats) and the same step (20)" in both
+    assert "then falls by 0.500 by step 40" in both
     flat = [dict(r, gold=0.1 * r["step"]) for r in runs[0]["records"]]
     none = answer_rl_overoptimization([{**runs[0], "records": flat}])
     assert "no proxy over-optimised" in none and "base 16.00 nats after 40 steps" in none

@@ -210,15 +210,27 @@ def answer_rl_overoptimization(runs: list[dict], *, reference: str = "base") -> 
         for name, v in s.items():
             if name == reference:
                 continue
-            when = "later" if v["peak_kl"] > ref["peak_kl"] else "not later"
-            level = "higher" if v["peak_gold"] > ref["peak_gold"] else "not higher"
+            # in KL and in steps separately: a slower proxy can peak later at a smaller KL
+            level = _compare(v["peak_gold"], ref["peak_gold"], "higher", "lower", "as high")
+            kl = _compare(v["peak_kl"], ref["peak_kl"], "a larger", "a smaller", "the same", 2)
+            step = _compare(v["peak_step"], ref["peak_step"], "a later", "an earlier", "the same")
             lines.append(
-                f"{name} peaks {when} and {level} (gold {v['peak_gold']:.3f} at KL "
-                f"{v['peak_kl']:.2f}, step {v['peak_step']}"
-                + (", then falls)" if v["over_optimises"] else ", no significant fall)")
+                f"{name} peaks {level} (gold {v['peak_gold']:.3f}) at {kl} KL "
+                f"({v['peak_kl']:.2f} nats) and {step} step ({v['peak_step']}), "
+                + (
+                    f"then falls by {v['drop_from_peak']:.3f} by step {v['final_step']}"
+                    if v["over_optimises"]
+                    else "with no significant fall"
+                )
             )
         parts.append(head + "; ".join(lines) + ".")
     return "\n\n".join(parts)
+
+
+def _compare(value, reference, more: str, less: str, same: str, digits: int = 3) -> str:
+    """The word for ``value`` against ``reference`` at the precision the answer prints."""
+    a, b = round(float(value), digits), round(float(reference), digits)
+    return more if a > b else less if a < b else same
 
 
 def _curve(records: list[dict], key: str):
