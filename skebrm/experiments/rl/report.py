@@ -173,8 +173,9 @@ def format_rl_overoptimization(runs: list[dict]) -> str:
 
 def answer_rl_overoptimization(runs: list[dict], *, reference: str = "base") -> str:
     """The study's answer in plain words, for each β: where each proxy's gold peak is
-    against the ``reference`` proxy's (later or earlier in KL, higher or lower), or, when no
-    run over-optimised (:func:`summarise_run`), that none did and the KL each reached."""
+    against the ``reference`` proxy's (higher or lower, at a larger or smaller KL, at a
+    later or earlier step) and whether it then falls, or, when no run over-optimised
+    (:func:`summarise_run`), that none did and the KL each reached."""
     by_beta: dict[float, dict[str, dict]] = {}
     for run in runs:
         proxy, beta = _proxy_and_beta(run)
