@@ -129,7 +129,8 @@ def _rl_section(folder: Path, runs: list[dict], figures: Path, docs: Path) -> li
         "",
         answer_rl_overoptimization(runs),
         "",
-        f"![gold and proxy reward against sqrt(KL)]({_link(plot, docs)})",
+        "![gold and proxy reward against sqrt(KL), gold reward against the step]"
+        f"({_link(plot, docs)})",
         "",
     ]
 

@@ -465,6 +465,27 @@ def test_report_from_synthetic_json_lines(tmp_path):
         summarise_run(runs[0]["records"] + runs[0]["records"][:1])
 
 
+def test_curves_keep_step_order_when_the_kl_falls_back(tmp_path):
+    from skebrm.experiments.rl.report import _curve
+
+    rng = np.random.default_rng(0)
+    # the KL rises, then falls back (as a run's can): the curve must not be re-sorted by KL
+    records = _records([0.1, 0.3, 0.2, 0.25], [1.0, 9.0, 4.0, 2.0], rng)
+    shuffled = [records[i] for i in (2, 0, 3, 1)]
+    x, mean, half = _curve(shuffled, "gold")
+    np.testing.assert_allclose(x, [1.0, 3.0, 2.0, math.sqrt(2.0)])
+    np.testing.assert_allclose(mean, [0.1, 0.3, 0.2, 0.25])
+    pp = np.asarray(records[1]["gold_per_prompt"])
+    assert math.isclose(half[1], 1.96 * pp.std(ddof=1) / math.sqrt(len(pp)))
+    steps, mean_by_step, _ = _curve(shuffled, "gold", x="step")
+    np.testing.assert_array_equal(steps, [0, 10, 20, 30])
+    np.testing.assert_allclose(mean_by_step, mean)
+    with pytest.raises(ValueError, match="x must be 'sqrt_kl' or 'step', got 'kl'"):
+        _curve(records, "gold", x="kl")
+    run = {"folder": tmp_path, "meta": {"proxy": "base", "beta": 0.0}, "records": records}
+    assert plot_rl_overoptimization([run], tmp_path / "rl.png").read_bytes()[:4] == b"\x89PNG"
+
+
 def test_plot_styles_one_colour_per_proxy_one_dash_per_beta():
     from skebrm.experiments.rl.report import _line_styles
 

@@ -12,7 +12,7 @@ with the gold RM) and ``tracking.jsonl`` (one record per evaluation of
   higher than the base proxy; or, when nothing over-optimised, the KL reached);
 * :func:`plot_rl_overoptimization`: gold reward against √KL, the proxy reward on a second
   panel, one line per run with bands over the evaluation prompts (the layout of Gao et
-  al. 2023, Fig. 1).
+  al. 2023, Fig. 1), and gold reward against the training step on a third.
 
 Runs still in progress are reported as far as they got.
 """
@@ -234,8 +234,16 @@ def _compare(value, reference, more: str, less: str, same: str, digits: int = 3)
     return more if a > b else less if a < b else same
 
 
-def _curve(records: list[dict], key: str):
-    x = np.sqrt(np.maximum([r["kl"] for r in records], 0.0))
+def _curve(records: list[dict], key: str, *, x: str = "sqrt_kl"):
+    """``(x, mean, half-width of the 95 % band)`` of ``key`` over a run's evaluations, in
+    step order, against √KL (``x="sqrt_kl"``) or the training step (``x="step"``)."""
+    if x not in ("sqrt_kl", "step"):
+        raise ValueError(f"_curve: x must be 'sqrt_kl' or 'step', got {x!r}.")
+    records = sorted(records, key=lambda r: r["step"])
+    if x == "step":
+        xs = np.array([r["step"] for r in records], dtype=float)
+    else:
+        xs = np.sqrt(np.maximum([r["kl"] for r in records], 0.0))
     mean = np.array([r[key] for r in records], dtype=float)
     half = np.zeros_like(mean)
     for j, r in enumerate(records):
@@ -243,8 +251,7 @@ def _curve(records: list[dict], key: str):
         pp = pp[np.isfinite(pp)]
         if len(pp) > 1:
             half[j] = 1.96 * pp.std(ddof=1) / np.sqrt(len(pp))
-    order = np.argsort(x, kind="stable")
-    return x[order], mean[order], half[order]
+    return xs, mean, half
 
 
 _LINESTYLES = ("-", "--", ":", "-.")
@@ -266,11 +273,14 @@ def _line_styles(runs: list[dict]) -> list[tuple[str, str]]:
 
 
 def plot_rl_overoptimization(runs: list[dict], path: str | os.PathLike, *, title: str = ""):
-    """Gold reward (left) and proxy reward (right) against √KL, one line per run.
+    """Gold reward and proxy reward against √KL, and gold reward against the training
+    step, one line per run.
 
     One colour per proxy and one line style per β (solid for the smallest). Bands are 95 %
-    normal intervals of the mean over evaluation prompts. Points are in order of √KL (the
-    KL of a run need not grow at every step).
+    normal intervals of the mean over evaluation prompts. Every line joins its points in
+    step order and ends in a ring: the KL of a run need not grow at every step, and where
+    it falls back the √KL panels show the path turning back, which the step panel
+    resolves.
     """
     import matplotlib
 
@@ -279,17 +289,20 @@ def plot_rl_overoptimization(runs: list[dict], path: str | os.PathLike, *, title
 
     from skebrm._io import write_bytes_atomic
 
-    fig, axes = plt.subplots(1, 2, figsize=(11, 4.2))
+    panels = (("gold", "sqrt_kl"), ("proxy", "sqrt_kl"), ("gold", "step"))
+    fig, axes = plt.subplots(1, len(panels), figsize=(16, 4.2))
     for run, (colour, dash) in zip(runs, _line_styles(runs)):
         label = run_label(run)
-        for ax, key in zip(axes, ("gold", "proxy")):
-            x, mean, half = _curve(run["records"], key)
-            ax.plot(x, mean, marker=".", color=colour, linestyle=dash, label=label)
-            ax.fill_between(x, mean - half, mean + half, color=colour, alpha=0.15)
+        for ax, (key, x) in zip(axes, panels):
+            xs, mean, half = _curve(run["records"], key, x=x)
+            ax.plot(xs, mean, marker=".", color=colour, linestyle=dash, label=label)
+            ax.plot(xs[-1:], mean[-1:], marker="o", markerfacecolor="none", color=colour)
+            ax.fill_between(xs, mean - half, mean + half, color=colour, alpha=0.15)
     axes[0].set_ylabel("gold reward")
     axes[1].set_ylabel("proxy reward (its own units)")
-    for ax in axes:
-        ax.set_xlabel("√KL(π ‖ π_ref)  (nats^½)")
+    axes[2].set_ylabel("gold reward")
+    for ax, (_, x) in zip(axes, panels):
+        ax.set_xlabel("√KL(π ‖ π_ref)  (nats^½)" if x == "sqrt_kl" else "GRPO step")
         ax.grid(alpha=0.3)
     axes[0].legend(fontsize=8)
     if title:
