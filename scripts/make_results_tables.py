@@ -50,6 +50,7 @@ from skebrm.experiments.report import (
 from skebrm.experiments.report_posthoc import posthoc_tables
 from skebrm.experiments.rl.report import (
     answer_rl_overoptimization,
+    format_length_preference,
     format_rl_overoptimization,
     load_rl_runs,
     plot_rl_overoptimization,
@@ -119,10 +120,11 @@ def _link(path: Path, base: Path) -> str:
 
 
 def _rl_section(folder: Path, runs: list[dict], figures: Path, docs: Path) -> list[str]:
-    """The GRPO over-optimisation runs under ``folder``: the table, the answer, the plot."""
+    """The GRPO over-optimisation runs under ``folder``: the table, the answer, the plot and,
+    where the runs recorded it, each reward's length preference."""
     plot = figures / f"rl_overoptimization-{folder.name}.png"
     plot_rl_overoptimization(runs, plot, title=folder.name)
-    return [
+    lines = [
         f"### rl_overoptimization ({folder.name})",
         "",
         format_rl_overoptimization(runs),
@@ -133,6 +135,10 @@ def _rl_section(folder: Path, runs: list[dict], figures: Path, docs: Path) -> li
         f"({_link(plot, docs)})",
         "",
     ]
+    lengths = format_length_preference(runs)
+    if lengths:
+        lines += ["#### Length preference of each reward", "", lengths, ""]
+    return lines
 
 
 def build_markdown(folders: list[Path], figures: Path, docs: Path) -> str:

@@ -41,10 +41,10 @@ def main(argv: list[str]) -> dict:
     start = time.perf_counter()
     out = policy_samples(context, **source.keywords)
     seconds = time.perf_counter() - start
-    for part, (prompts, texts, n_tokens, stopped, folder) in out.items():
+    for part, (prompts, texts, n_tokens, finished, folder) in out.items():
         print(
             f"{part}: {len(prompts)} prompts x {texts.shape[1]} samples, mean "
-            f"{n_tokens.mean():.1f} tokens, {stopped:.0%} stopped, cache {folder}",
+            f"{n_tokens.mean():.1f} tokens, {finished.mean():.0%} stopped, cache {folder}",
             flush=True,
         )
     print(f"{seconds:.0f} s", flush=True)

@@ -75,6 +75,10 @@ class BestOfNData:
     train_gold : ndarray of shape (n_train_prompts, k)
     eval_features : ndarray of shape (n_eval_prompts, N, d)
     eval_gold : ndarray of shape (n_eval_prompts, N)
+    eval_n_tokens : ndarray of shape (n_eval_prompts, N) or None
+        Tokens of each evaluation sample (policy samples only).
+    eval_finished : bool ndarray of shape (n_eval_prompts, N) or None
+        Whether each evaluation sample ended before the token budget (policy samples only).
     info : dict
         Provenance (prompt counts, token statistics, cache folders).
     """
@@ -84,6 +88,8 @@ class BestOfNData:
     eval_features: np.ndarray
     eval_gold: np.ndarray
     info: dict = field(default_factory=dict)
+    eval_n_tokens: np.ndarray | None = None
+    eval_finished: np.ndarray | None = None
 
     def __post_init__(self):
         for part in ("train", "eval"):
@@ -98,6 +104,13 @@ class BestOfNData:
                 "BestOfNData: train and eval features must have the same dimension, got "
                 f"{self.train_features.shape[2]} and {self.eval_features.shape[2]}."
             )
+        for name in ("eval_n_tokens", "eval_finished"):
+            value = getattr(self, name)
+            if value is not None and np.shape(value) != self.eval_gold.shape:
+                raise ValueError(
+                    f"BestOfNData: {name} must have the shape of eval_gold "
+                    f"{self.eval_gold.shape}, got {np.shape(value)}."
+                )
 
 
 def select_prompts(
@@ -227,8 +240,8 @@ def _samples(context: BestOfNContext, prompts, n_samples, shard_size):
         completions = sampler.sample(prompts, n_samples, seed=context.seed)
         texts = np.array([[c.text for c in row] for row in completions], dtype=object)
         n_tok = np.array([[c.n_tokens for c in row] for row in completions])
-        stopped = np.mean([c.finish_reason == "stop" for row in completions for c in row])
-        return texts, n_tok, float(stopped), None
+        finished = np.array([[c.finish_reason == "stop" for c in row] for row in completions])
+        return texts, n_tok, finished, None
     folder = sample_cache_folder(
         context.cache_dir, sampler.identity(), prompts, n_samples, context.seed
     )
@@ -242,7 +255,7 @@ def _samples(context: BestOfNContext, prompts, n_samples, shard_size):
         verbose=context.verbose,
     )
     s = load_samples(folder)
-    return s.texts, s.n_tokens, float(np.mean(s.finish_reason == "stop")), str(folder)
+    return s.texts, s.n_tokens, np.asarray(s.finish_reason == "stop"), str(folder)
 
 
 def policy_samples(
@@ -264,7 +277,9 @@ def policy_samples(
     Returns
     -------
     dict
-        ``"train"`` and ``"eval"``: ``(prompts, texts, n_tokens, share stopped, folder)``.
+        ``"train"`` and ``"eval"``: ``(prompts, texts, n_tokens, finished, folder)``, where
+        ``texts``, ``n_tokens`` and ``finished`` (the sample ended before the token budget)
+        have shape ``(n_prompts, n_samples)``.
     """
     if context.sampler is None:
         raise ValueError("policy_samples: the context has no sampler.")
@@ -330,7 +345,7 @@ def policy_best_of_n_data(
     )
     parts, info = {}, {"sample_caches": {}}
     for part in ("train", "eval"):
-        prompts, texts, n_tok, stopped, folder = sampled[part]
+        prompts, texts, n_tok, finished, folder = sampled[part]
         n = texts.shape[1]
         rows = [(p, str(t)) for p, row in zip(prompts, texts) for t in row]
         common = {"cache_dir": context.cache_dir, "device": context.device}
@@ -357,6 +372,14 @@ def policy_best_of_n_data(
         info[f"{part}_prompts"] = len(prompts)
         info[f"{part}_samples_per_prompt"] = n
         info[f"{part}_mean_tokens"] = float(np.mean(n_tok))
-        info[f"{part}_stopped"] = stopped
+        info[f"{part}_stopped"] = float(np.mean(finished))
+        if part == "eval":
+            eval_n_tokens, eval_finished = np.asarray(n_tok), np.asarray(finished, dtype=bool)
     info["sampler"] = context.sampler.identity()
-    return BestOfNData(*parts["train"], *parts["eval"], info=info)
+    return BestOfNData(
+        *parts["train"],
+        *parts["eval"],
+        info=info,
+        eval_n_tokens=eval_n_tokens,
+        eval_finished=eval_finished,
+    )

@@ -21,6 +21,7 @@ GRPO against one proxy, tracked by the gold RM (resumes when run again)::
 
 from __future__ import annotations
 
+import math
 import os
 
 import hydra
@@ -39,8 +40,8 @@ register_resolvers()
 @hydra.main(config_path=str(conf_dir()), config_name="config", version_base="1.3")
 def main(cfg: DictConfig) -> float:
     """Run one job; returns the EBRM test accuracy, or for the over-optimisation study
-    EBRM's peak best-of-n gold reward, for the RL study the run's peak gold reward (for
-    Hydra sweepers that optimise)."""
+    EBRM's peak best-of-n gold reward, for the RL study the run's peak gold reward (NaN
+    for a dry run; for Hydra sweepers that optimise)."""
     output_dir = HydraConfig.get().runtime.output_dir
     if cfg.get("task") == "overoptimization":
         from skebrm.experiments.overoptimization import run_overoptimization
@@ -51,7 +52,7 @@ def main(cfg: DictConfig) -> float:
         from skebrm.experiments.rl import run_rl_overoptimization
 
         results = run_rl_overoptimization(cfg, output_dir)
-        return float(results["summary"]["peak_gold"])
+        return float(results["summary"]["peak_gold"]) if "summary" in results else math.nan
     results = run_experiment(cfg, output_dir)
     return float(results["test"]["methods"]["ebrm"]["accuracy"])
 

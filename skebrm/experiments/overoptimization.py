@@ -35,6 +35,7 @@ __all__ = [
     "fit_proxies",
     "format_overoptimization",
     "gold_labelled_pairs",
+    "length_preference",
     "pessimistic_against_ensembles",
     "proxy_agreement",
     "run_overoptimization",
@@ -199,6 +200,60 @@ def proxy_agreement(
         "ci_high": boot.ci_high,
         "n_pairs": int(len(correct)),
     }
+
+
+def length_preference(
+    reward: np.ndarray, n_tokens: np.ndarray, finished: np.ndarray | None = None
+) -> dict:
+    """How often a reward prefers the longer, and the cut-off, of two samples of one prompt.
+
+    Over every pair of samples of one prompt (rows are prompts): ``longer`` is the share of
+    the pairs of different lengths in which the reward is higher for the longer sample, and
+    ``cut_off`` the share of the pairs of one cut-off sample (it reached the token budget)
+    and one finished sample in which it is higher for the cut-off one. A tie in reward
+    counts one half, so 0.5 is no preference.
+
+    Parameters
+    ----------
+    reward, n_tokens : ndarray of shape (n_prompts, n_samples)
+    finished : bool ndarray of shape (n_prompts, n_samples), optional
+        Whether each sample ended before the token budget.
+
+    Returns
+    -------
+    dict
+        ``longer``, ``n_pairs_longer``, ``cut_off`` (``None`` without ``finished`` or
+        without such pairs) and ``n_pairs_cut_off``.
+    """
+    reward = np.asarray(reward, dtype=float)
+    n_tokens = np.asarray(n_tokens)
+    if reward.ndim != 2 or n_tokens.shape != reward.shape:
+        raise ValueError(
+            "length_preference: reward and n_tokens must be 2-D arrays of one shape "
+            f"(n_prompts, n_samples), got {reward.shape} and {n_tokens.shape}."
+        )
+    if finished is not None and np.shape(finished) != reward.shape:
+        raise ValueError(
+            f"length_preference: finished must have the shape of reward {reward.shape}, "
+            f"got {np.shape(finished)}."
+        )
+    # wins[i, a, b]: 1 if the reward prefers sample a to sample b of prompt i, 1/2 if tied
+    d = reward[:, :, None] - reward[:, None, :]
+    wins = (d > 0) + 0.5 * (d == 0)
+    longer = n_tokens[:, :, None] > n_tokens[:, None, :]
+    out = {
+        "longer": float(wins[longer].mean()) if longer.any() else None,
+        "n_pairs_longer": int(longer.sum()),
+        "cut_off": None,
+        "n_pairs_cut_off": 0,
+    }
+    if finished is not None:
+        cut = ~np.asarray(finished, dtype=bool)
+        against = cut[:, :, None] & ~cut[:, None, :]
+        if against.any():
+            out["cut_off"] = float(wins[against].mean())
+            out["n_pairs_cut_off"] = int(against.sum())
+    return out
 
 
 def summarise_curves(curves: dict[str, metrics.BestOfNCurve], reference: str = "base") -> dict:

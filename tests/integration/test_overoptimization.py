@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import gzip
 import json
+import math
 import subprocess
 import sys
 from pathlib import Path
@@ -28,6 +29,7 @@ from skebrm.experiments.bon_data import (
 from skebrm.experiments.overoptimization import (
     fit_proxies,
     gold_labelled_pairs,
+    length_preference,
     pessimistic_against_ensembles,
     proxy_agreement,
     run_overoptimization,
@@ -181,6 +183,40 @@ def test_proxy_agreement():
     assert flat["accuracy"] == 0.5 and flat["n_pairs"] == 300
 
 
+def _plain_length_preference(reward, n_tokens, finished):
+    longer, cut = [], []
+    for r, n, f in zip(reward, n_tokens, finished):
+        for a in range(len(r)):
+            for b in range(len(r)):
+                win = 1.0 if r[a] > r[b] else 0.5 if r[a] == r[b] else 0.0
+                if n[a] > n[b]:
+                    longer.append(win)
+                if not f[a] and f[b]:
+                    cut.append(win)
+    return np.mean(longer), len(longer), np.mean(cut), len(cut)
+
+
+def test_length_preference_against_plain_loops():
+    rng = np.random.default_rng(0)
+    n_tokens = rng.integers(5, 12, size=(6, 7))  # ties in length are left out
+    finished = n_tokens < 11  # cut off at the budget
+    reward = np.round(0.1 * n_tokens + rng.normal(scale=0.3, size=(6, 7)), 1)  # with ties
+    got = length_preference(reward, n_tokens, finished)
+    longer, n_longer, cut, n_cut = _plain_length_preference(reward, n_tokens, finished)
+    assert math.isclose(got["longer"], longer) and got["n_pairs_longer"] == n_longer
+    assert math.isclose(got["cut_off"], cut) and got["n_pairs_cut_off"] == n_cut
+    assert length_preference(n_tokens, n_tokens, finished)["longer"] == 1.0
+    assert length_preference(-n_tokens, n_tokens)["longer"] == 0.0
+    flat = length_preference(np.zeros((6, 7)), n_tokens, finished)
+    assert flat["longer"] == 0.5 and flat["cut_off"] == 0.5
+    assert length_preference(reward, n_tokens)["cut_off"] is None
+    assert length_preference(reward, n_tokens, np.ones_like(finished))["n_pairs_cut_off"] == 0
+    with pytest.raises(ValueError, match=r"reward and n_tokens must be 2-D arrays of one shape"):
+        length_preference(reward, n_tokens[:, :3])
+    with pytest.raises(ValueError, match=r"finished must have the shape of reward \(6, 7\)"):
+        length_preference(reward, n_tokens, finished[:2])
+
+
 def _write_pairs(path: Path, prompts: list[str]) -> str:
     with gzip.open(path, "wt", encoding="utf-8") as fh:
         for i, p in enumerate(prompts):
@@ -275,6 +311,8 @@ def test_synthetic_source_shapes_and_errors():
         ValueError, match=r"train_features must have shape \(n_prompts, n_samples, d\)"
     ):
         BestOfNData(np.zeros((2, 3)), np.zeros((2, 3)), np.zeros((1, 2, 3)), np.zeros((1, 2)))
+    with pytest.raises(ValueError, match=r"eval_n_tokens must have the shape of eval_gold"):
+        BestOfNData(*[np.zeros((1, 2, 3)), np.zeros((1, 2))] * 2, eval_n_tokens=np.zeros(2))
 
 
 def test_sample_policy_script_fills_the_runs_cache(tmp_path, load_script):

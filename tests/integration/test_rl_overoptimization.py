@@ -135,6 +135,12 @@ def test_tiny_run_tracks_the_gold_and_resumes_without_duplicates(tmp_path):
     expected |= {f"pessimistic_b{b:g}" for b in cfg.overoptimization.get("pessimistic_betas", [])}
     assert expected <= set(meta["agreement"])
     assert all(0 <= a["accuracy"] <= 1 for a in meta["agreement"].values())
+    # each reward's taste for long and cut-off samples, on the held-out policy samples
+    prefs = [meta["gold_length_preference"]]
+    prefs += [meta["agreement"][name]["length_preference"] for name in expected]
+    for pref in prefs:
+        assert pref["longer"] is None or 0 <= pref["longer"] <= 1
+        assert pref["n_pairs_longer"] >= 0 and pref["n_pairs_cut_off"] >= 0
 
     lines = []
     res = run_rl_overoptimization(cfg, run, echo=lines.append)  # the same command
@@ -167,6 +173,26 @@ def test_tiny_run_tracks_the_gold_and_resumes_without_duplicates(tmp_path):
     again = run_rl_overoptimization(cfg, run, echo=lambda s: None)
     assert [r["step"] for r in read_jsonl(run / "tracking.jsonl")] == [0, 1, 2, 3, 4]
     assert again["summary"] == res["summary"]
+
+
+def test_a_dry_run_fits_the_proxies_and_stops_before_grpo(tmp_path):
+    # the gate is reported, not enforced: a dry run is how one checks it before the RL
+    overrides = {"rl.dry_run": "true", "rl.agreement.min": 1.01, "rl.proxy": "ebrm"}
+    cfg = _compose(_tiny_overrides(tmp_path, **overrides))
+    lines = []
+    res = run_rl_overoptimization(cfg, tmp_path / "run", echo=lines.append)
+    assert res["dry_run"] and res["proxy"] == "ebrm" and "summary" not in res
+    assert any(
+        "dry run: proxy 'ebrm' agrees" in line and "below rl.agreement.min=1.01" in line
+        for line in lines
+    )
+    assert sorted(p.name for p in (tmp_path / "run").iterdir()) == ["run.json"]
+    meta = json.loads((tmp_path / "run" / "run.json").read_text())
+    assert meta["agreement"]["ebrm"]["accuracy"] == res["agreement"]["ebrm"]["accuracy"]
+    gold = meta["gold_length_preference"]
+    # 4 held-out prompts x 4 samples: each pair of unequal lengths is counted once
+    assert 0 <= gold["n_pairs_longer"] <= 4 * 4 * 3 // 2
+    assert "length_preference" in meta["agreement"]["ebrm"]
 
 
 # TRL 1.16 reads transformers' deprecated model.is_gradient_checkpointing when it scores

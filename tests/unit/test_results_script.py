@@ -145,7 +145,13 @@ def test_a_folder_of_rl_runs_gets_the_table_the_answer_and_the_plot(m, tmp_path)
     for proxy, gold in (("base", [0.0, 0.6, 0.1]), ("ebrm_minus_1std", [0.0, 0.3, 0.7])):
         folder = sweep / f"{proxy}-beta0.0-seed0"
         folder.mkdir(parents=True)
-        (folder / "run.json").write_text(json.dumps({"proxy": proxy, "beta": 0.0}))
+        meta = {"proxy": proxy, "beta": 0.0}
+        if proxy == "ebrm_minus_1std":  # the length preferences are read from any one run
+            pref = {"longer": 0.75, "n_pairs_longer": 1200, "cut_off": 0.625}
+            pref["n_pairs_cut_off"] = 400
+            agreement = {"accuracy": 0.7, "length_preference": {**pref, "longer": 0.5}}
+            meta.update(gold_length_preference=pref, agreement={"base": agreement})
+        (folder / "run.json").write_text(json.dumps(meta))
         for step, (g, kl) in enumerate(zip(gold, (0.0, 2.0, 6.0))):
             record = {"step": 10 * step, "gold": g, "proxy": g + 0.1 * step, "kl": kl}
             record.update(length=20.0 + step, distinct_2=0.8 - 0.1 * step)
@@ -161,3 +167,6 @@ def test_a_folder_of_rl_runs_gets_the_table_the_answer_and_the_plot(m, tmp_path)
     assert "At β = 0: base peaks at gold 0.600 at KL 2.00 (step 10)" in text
     assert "](../figures/rl_overoptimization-smollm2.png)" in text
     assert (figures / "rl_overoptimization-smollm2.png").read_bytes()[:4] == b"\x89PNG"
+    assert "#### Length preference of each reward" in text
+    assert "| gold RM | – | 0.750 | 0.625 |" in text and "| base | 0.700 | 0.500 | 0.625 |" in text
+    assert "(1,200 pairs of unequal length, 400 of one cut-off and one finished sample)" in text

@@ -9,6 +9,7 @@ its commands and its cost.
 
 from skebrm.experiments.rl.report import (
     answer_rl_overoptimization,
+    format_length_preference,
     format_rl_overoptimization,
     load_rl_runs,
     plot_rl_overoptimization,
@@ -42,6 +43,7 @@ __all__ = [
     "build_tiny_policy",
     "distinct_n",
     "fit_rl_proxies",
+    "format_length_preference",
     "format_rl_overoptimization",
     "grpo_config",
     "load_policy",

@@ -8,6 +8,8 @@ with the gold RM) and ``tracking.jsonl`` (one record per evaluation of
   step, the drop from the peak (with its standard error over the evaluation prompts),
   length and distinct-2 at the peak and at the end;
 * :func:`format_rl_overoptimization`: that summary as a Markdown table, one row per run;
+* :func:`format_length_preference`: how often the gold RM and each proxy prefer the longer,
+  and the cut-off, of two held-out policy samples (from ``run.json``);
 * :func:`answer_rl_overoptimization`: the plain answer (does a proxy peak later and
   higher than the base proxy; or, when nothing over-optimised, the KL reached);
 * :func:`plot_rl_overoptimization`: gold reward against √KL, the proxy reward on a second
@@ -31,6 +33,7 @@ from skebrm.experiments.rl.tracking import read_jsonl
 
 __all__ = [
     "answer_rl_overoptimization",
+    "format_length_preference",
     "format_rl_overoptimization",
     "load_rl_runs",
     "plot_rl_overoptimization",
@@ -169,6 +172,35 @@ def format_rl_overoptimization(runs: list[dict]) -> str:
             ]
         )
     return markdown_table(header, rows)
+
+
+def format_length_preference(runs: list[dict]) -> str:
+    """How often the gold RM and each proxy prefer the longer, and the cut-off, of two
+    samples of one held-out prompt, as Markdown (``""`` when no run recorded it).
+
+    Every run of a study fits the same proxies on the same samples, so the first run whose
+    ``run.json`` holds ``gold_length_preference`` (see
+    :func:`~skebrm.experiments.overoptimization.length_preference`) gives the table.
+    """
+    meta = next(
+        (r["meta"] for r in runs if (r.get("meta") or {}).get("gold_length_preference")), None
+    )
+    if meta is None:
+        return ""
+    header = ["reward", "agreement with gold", "prefers the longer", "prefers the cut-off"]
+    gold = meta["gold_length_preference"]
+    rows = [["gold RM", "–", _f(gold["longer"]), _f(gold["cut_off"])]]
+    for name, a in (meta.get("agreement") or {}).items():
+        pref = a.get("length_preference") or {}
+        rows.append([name, _f(a.get("accuracy")), _f(pref.get("longer")), _f(pref.get("cut_off"))])
+    n = f"{gold['n_pairs_longer']:,} pairs of unequal length"
+    if gold.get("n_pairs_cut_off"):
+        n += f", {gold['n_pairs_cut_off']:,} of one cut-off and one finished sample"
+    return (
+        markdown_table(header, rows)
+        + f"\n\nShares of held-out policy sample pairs ({n}); a tie counts one half, 0.5 is "
+        "no preference."
+    )
 
 
 def answer_rl_overoptimization(runs: list[dict], *, reference: str = "base") -> str:

@@ -133,23 +133,35 @@ def fit_rl_proxies(cfg, data, *, progress: bool = False) -> tuple[dict[str, Call
     scorers : dict of str to callable
         Proxy name -> ``score(embeddings)``.
     agreement : dict of str to dict
-        :func:`~skebrm.experiments.overoptimization.proxy_agreement` of each proxy.
+        :func:`~skebrm.experiments.overoptimization.proxy_agreement` of each proxy, and
+        where the data has the samples' lengths (policy samples) its
+        :func:`~skebrm.experiments.overoptimization.length_preference` on the same held-out
+        samples under ``length_preference``.
     """
-    from skebrm.experiments.overoptimization import fit_proxies, proxy_agreement, study_pairs
+    from skebrm.experiments.overoptimization import (
+        fit_proxies,
+        length_preference,
+        proxy_agreement,
+        study_pairs,
+    )
 
     ov, seed = cfg.overoptimization, int(cfg.seed)
     scorers, _ = fit_proxies(cfg, study_pairs(cfg, data), progress=progress)
     n_eval, n, d = data.eval_features.shape
     flat = data.eval_features.reshape(n_eval * n, d)
-    agreement = {
-        name: proxy_agreement(
-            np.asarray(f(flat), float).reshape(n_eval, n),
+    agreement = {}
+    for name, f in scorers.items():
+        scores = np.asarray(f(flat), float).reshape(n_eval, n)
+        agreement[name] = proxy_agreement(
+            scores,
             data.eval_gold,
             pairs_per_prompt=int(ov.eval_pairs_per_prompt),
             random_state=seed,
         )
-        for name, f in scorers.items()
-    }
+        if data.eval_n_tokens is not None:
+            agreement[name]["length_preference"] = length_preference(
+                scores, data.eval_n_tokens, data.eval_finished
+            )
     return scorers, agreement
 
 
@@ -267,7 +279,7 @@ def _run(cfg, out: Path, echo, callbacks) -> dict:
     from trl import GRPOConfig, GRPOTrainer
 
     from skebrm._io import write_json_atomic
-    from skebrm.experiments.overoptimization import build_context
+    from skebrm.experiments.overoptimization import build_context, length_preference
     from skebrm.experiments.report import _jsonable, write_json
     from skebrm.experiments.rl.tracking import GoldTracker
     from skebrm.sampling.base import prompt_messages
@@ -295,6 +307,12 @@ def _run(cfg, out: Path, echo, callbacks) -> dict:
         "n_train_prompts": len(train_prompts),
         "n_eval_prompts": len(eval_prompts),
         "initial_policy_gold_mean": float(data.eval_gold.mean()),
+        # the gold RM's own taste for length, beside each proxy's (in "agreement")
+        "gold_length_preference": (
+            None
+            if data.eval_n_tokens is None
+            else length_preference(data.eval_gold, data.eval_n_tokens, data.eval_finished)
+        ),
         "grpo": OmegaConf.to_container(rl.grpo, resolve=True),
         "tracking": OmegaConf.to_container(rl.tracking, resolve=True),
     }
@@ -303,6 +321,15 @@ def _run(cfg, out: Path, echo, callbacks) -> dict:
         "proxy-gold agreement on held-out policy pairs: "
         + ", ".join(f"{k} {v['accuracy']:.3f}" for k, v in agreement.items())
     )
+    if rl.get("dry_run", False):
+        # the proxies and the gate only: what a run would start from, without the RL
+        acc, gate = agreement[rl.proxy]["accuracy"], float(rl.agreement.min)
+        echo(
+            f"dry run: proxy {rl.proxy!r} agrees with the gold RM on {acc:.3f} of held-out "
+            f"policy pairs ({'passes' if acc >= gate else 'below'} rl.agreement.min={gate:g}); "
+            f"no GRPO step was run. {out / RUN_FILE}"
+        )
+        return {**meta, "task": "rl_overoptimization", "dry_run": True}
     _check_agreement(rl, agreement, echo)
 
     # 3: GRPO with gold tracking, resumed from the last checkpoint of this run folder
