@@ -53,6 +53,7 @@ from skebrm.experiments.rl.report import (
     format_length_preference,
     format_rl_overoptimization,
     load_rl_runs,
+    load_run_metas,
     plot_rl_overoptimization,
 )
 
@@ -135,7 +136,7 @@ def _rl_section(folder: Path, runs: list[dict], figures: Path, docs: Path) -> li
         f"({_link(plot, docs)})",
         "",
     ]
-    lengths = format_length_preference(runs)
+    lengths = format_length_preference(load_run_metas([folder]))
     if lengths:
         lines += ["#### Length preference of each reward", "", lengths, ""]
     return lines

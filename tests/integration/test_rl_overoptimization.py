@@ -26,8 +26,10 @@ from skebrm.experiments.rl import (
     append_jsonl,
     build_tiny_policy,
     distinct_n,
+    format_length_preference,
     format_rl_overoptimization,
     load_rl_runs,
+    load_run_metas,
     plot_rl_overoptimization,
     read_jsonl,
     run_rl_overoptimization,
@@ -487,6 +489,8 @@ def test_report_from_synthetic_json_lines(tmp_path):
     assert "no proxy over-optimised" in none and "base 16.00 nats after 40 steps" in none
     png = plot_rl_overoptimization(runs, tmp_path / "rl.png", title="t")
     assert png.read_bytes()[:4] == b"\x89PNG"
+    # runs that recorded no length preference give no table
+    assert format_length_preference(load_run_metas([tmp_path / "multirun"])) == ""
     with pytest.raises(ValueError, match="a step is recorded twice"):
         summarise_run(runs[0]["records"] + runs[0]["records"][:1])
 

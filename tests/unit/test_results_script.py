@@ -145,17 +145,19 @@ def test_a_folder_of_rl_runs_gets_the_table_the_answer_and_the_plot(m, tmp_path)
     for proxy, gold in (("base", [0.0, 0.6, 0.1]), ("ebrm_minus_1std", [0.0, 0.3, 0.7])):
         folder = sweep / f"{proxy}-beta0.0-seed0"
         folder.mkdir(parents=True)
-        meta = {"proxy": proxy, "beta": 0.0}
-        if proxy == "ebrm_minus_1std":  # the length preferences are read from any one run
-            pref = {"longer": 0.75, "n_pairs_longer": 1200, "cut_off": 0.625}
-            pref["n_pairs_cut_off"] = 400
-            agreement = {"accuracy": 0.7, "length_preference": {**pref, "longer": 0.5}}
-            meta.update(gold_length_preference=pref, agreement={"base": agreement})
-        (folder / "run.json").write_text(json.dumps(meta))
+        (folder / "run.json").write_text(json.dumps({"proxy": proxy, "beta": 0.0}))
         for step, (g, kl) in enumerate(zip(gold, (0.0, 2.0, 6.0))):
             record = {"step": 10 * step, "gold": g, "proxy": g + 0.1 * step, "kl": kl}
             record.update(length=20.0 + step, distinct_2=0.8 - 0.1 * step)
             append_jsonl(folder / "tracking.jsonl", record)
+    # a dry run (run.json alone) gives the length preferences of the gold RM and the proxies
+    pref = {"longer": 0.75, "n_pairs_longer": 1200, "cut_off": 0.625, "n_pairs_cut_off": 400}
+    agreement = {"accuracy": 0.7, "length_preference": {**pref, "longer": 0.5}}
+    meta = {"proxy": "base", "beta": 0.0, "gold_length_preference": pref}
+    (sweep / "dry-run").mkdir()
+    (sweep / "dry-run" / "run.json").write_text(
+        json.dumps({**meta, "agreement": {"base": agreement}})
+    )
     page = tmp_path / "docs" / "results" / "rl.md"
     page.parent.mkdir(parents=True)
     page.write_text("# RL\n\n<!-- results:start -->\n<!-- results:end -->\n")

@@ -9,7 +9,8 @@ with the gold RM) and ``tracking.jsonl`` (one record per evaluation of
   length and distinct-2 at the peak and at the end;
 * :func:`format_rl_overoptimization`: that summary as a Markdown table, one row per run;
 * :func:`format_length_preference`: how often the gold RM and each proxy prefer the longer,
-  and the cut-off, of two held-out policy samples (from ``run.json``);
+  and the cut-off, of two held-out policy samples (from the runs' ``run.json``,
+  :func:`load_run_metas`, dry runs included);
 * :func:`answer_rl_overoptimization`: the plain answer (does a proxy peak later and
   higher than the base proxy; or, when nothing over-optimised, the KL reached);
 * :func:`plot_rl_overoptimization`: gold reward against √KL, the proxy reward on a second
@@ -36,6 +37,7 @@ __all__ = [
     "format_length_preference",
     "format_rl_overoptimization",
     "load_rl_runs",
+    "load_run_metas",
     "plot_rl_overoptimization",
     "run_label",
     "summarise_run",
@@ -174,17 +176,29 @@ def format_rl_overoptimization(runs: list[dict]) -> str:
     return markdown_table(header, rows)
 
 
-def format_length_preference(runs: list[dict]) -> str:
+def load_run_metas(roots: Iterable[str | os.PathLike]) -> list[dict]:
+    """The ``run.json`` of every run folder under ``roots``, dry runs (no
+    ``tracking.jsonl``) included, sorted by folder."""
+    paths = set()
+    for root in roots:
+        root = Path(root)
+        if (root / RUN_FILE).is_file():
+            paths.add(root / RUN_FILE)
+        elif root.is_dir():
+            paths |= set(root.rglob(RUN_FILE))
+    return [json.loads(p.read_text(encoding="utf-8")) for p in sorted(paths)]
+
+
+def format_length_preference(metas: list[dict]) -> str:
     """How often the gold RM and each proxy prefer the longer, and the cut-off, of two
     samples of one held-out prompt, as Markdown (``""`` when no run recorded it).
 
-    Every run of a study fits the same proxies on the same samples, so the first run whose
-    ``run.json`` holds ``gold_length_preference`` (see
+    ``metas`` are runs' ``run.json`` (:func:`load_run_metas`). Every run of a study fits
+    the same proxies on the same samples, so the first that holds
+    ``gold_length_preference`` (see
     :func:`~skebrm.experiments.overoptimization.length_preference`) gives the table.
     """
-    meta = next(
-        (r["meta"] for r in runs if (r.get("meta") or {}).get("gold_length_preference")), None
-    )
+    meta = next((m for m in metas if m.get("gold_length_preference")), None)
     if meta is None:
         return ""
     header = ["reward", "agreement with gold", "prefers the longer", "prefers the cut-off"]
