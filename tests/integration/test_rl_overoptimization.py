@@ -457,7 +457,8 @@ def test_report_from_synthetic_json_lines(tmp_path):
         runs[0]["records"][i]["gold_per_prompt"], runs[0]["records"][-1]["gold_per_prompt"]
     )
     assert math.isclose(base["drop_se"], d.std(ddof=1) / math.sqrt(8))
-    assert base["over_optimises"]
+    # the gold falls while the proxy rises (2 KL: from 8 at the peak to 32 at the end)
+    assert base["falls"] and base["proxy_change"] == 24.0 and base["over_optimises"]
     assert base["length_at_peak"] == 22.0 and base["length_at_end"] == 24.0
     assert math.isclose(base["distinct_2_at_peak"], 0.7)
     assert math.isclose(base["distinct_2_at_end"], 0.5)
@@ -483,7 +484,19 @@ def test_report_from_synthetic_json_lines(tmp_path):
     ]
     both = answer_rl_overoptimization([runs[0], {**runs[1], "records": lower}])
     assert "peaks lower (gold 0.400) at the same KL (4.00 nats) and the same step (20)" in both
-    assert "then falls by 0.500 by step 40" in both
+    assert "then falls by 0.500 by step 40 while its proxy reward rises by 24.000" in both
+    assert answer.startswith(
+        "At β = 0: base peaks at gold 0.800 at KL 4.00 (step 20) and falls by 1.000 by step "
+        "40 while its proxy reward rises by 24.000 (over-optimisation)"
+    )
+    # a gold fall with the proxy falling too is the policy moving back, not over-optimisation
+    back = [dict(r, proxy=r["gold"]) for r in runs[0]["records"]]
+    moved = summarise_run(back)
+    assert moved["falls"] and moved["proxy_change"] == -1.0 and not moved["over_optimises"]
+    text = answer_rl_overoptimization([{**runs[0], "records": back}, runs[1]])
+    assert (
+        "(step 20) and falls by 1.000 by step 40, its proxy reward falling too (by 1.000)" in text
+    )
     flat = [dict(r, gold=0.1 * r["step"]) for r in runs[0]["records"]]
     none = answer_rl_overoptimization([{**runs[0], "records": flat}])
     assert "no proxy over-optimised" in none and "base 16.00 nats after 40 steps" in none

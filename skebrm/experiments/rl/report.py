@@ -93,8 +93,11 @@ def summarise_run(records: list[dict]) -> dict:
         ``peak_gold``, ``peak_step``, ``peak_kl``, ``final_step``, ``final_gold``,
         ``final_kl``, ``drop_from_peak`` (peak − final), ``drop_se`` (its standard error
         over the evaluation prompts, from the paired per-prompt differences; ``None``
-        without per-prompt values), ``over_optimises`` (the peak is before the last
-        evaluation and the drop exceeds two standard errors), ``length_at_peak``,
+        without per-prompt values), ``falls`` (the peak is before the last evaluation
+        and the drop exceeds two standard errors), ``proxy_change`` (the optimised proxy's
+        reward at the end minus at the gold peak), ``over_optimises`` (the gold falls
+        while the proxy reward rises: Gao et al.'s over-optimisation, as opposed to a
+        policy that moves back on both), ``length_at_peak``,
         ``length_at_end``, ``distinct_2_at_peak``, ``distinct_2_at_end``,
         ``n_evaluations``.
     """
@@ -112,7 +115,8 @@ def summarise_run(records: list[dict]) -> dict:
     if peak.get("gold_per_prompt") and end.get("gold_per_prompt"):
         diff = np.asarray(peak["gold_per_prompt"], float) - np.asarray(end["gold_per_prompt"])
         se = float(diff.std(ddof=1) / np.sqrt(len(diff))) if len(diff) > 1 else None
-    over = peak["step"] < end["step"] and drop > 0 and (se is None or drop > 2 * se)
+    falls = peak["step"] < end["step"] and drop > 0 and (se is None or drop > 2 * se)
+    proxy_change = float(end["proxy"] - peak["proxy"])
     return {
         "peak_gold": float(gold[i]),
         "peak_step": int(peak["step"]),
@@ -122,7 +126,9 @@ def summarise_run(records: list[dict]) -> dict:
         "final_kl": float(end["kl"]),
         "drop_from_peak": drop,
         "drop_se": se,
-        "over_optimises": bool(over),
+        "falls": bool(falls),
+        "proxy_change": proxy_change,
+        "over_optimises": bool(falls and proxy_change > 0),
         "length_at_peak": float(peak["length"]),
         "length_at_end": float(end["length"]),
         "distinct_2_at_peak": peak.get("distinct_2"),
@@ -220,7 +226,8 @@ def format_length_preference(metas: list[dict]) -> str:
 def answer_rl_overoptimization(runs: list[dict], *, reference: str = "base") -> str:
     """The study's answer in plain words, for each β: where each proxy's gold peak is
     against the ``reference`` proxy's (higher or lower, at a larger or smaller KL, at a
-    later or earlier step) and whether it then falls, or, when no run over-optimised
+    later or earlier step) and whether its gold then falls, and with its proxy reward
+    rising (over-optimisation) or falling too; or, when no gold curve fell
     (:func:`summarise_run`), that none did and the KL each reached."""
     by_beta: dict[float, dict[str, dict]] = {}
     for run in runs:
@@ -231,7 +238,7 @@ def answer_rl_overoptimization(runs: list[dict], *, reference: str = "base") -> 
     for beta in sorted(by_beta):
         s = by_beta[beta]
         head = f"At β = {beta:g}: "
-        if not any(v["over_optimises"] for v in s.values()):
+        if not any(v["falls"] for v in s.values()):
             reached = ", ".join(
                 f"{name} {v['final_kl']:.2f} nats after {v['final_step']} steps"
                 for name, v in s.items()
@@ -247,12 +254,7 @@ def answer_rl_overoptimization(runs: list[dict], *, reference: str = "base") -> 
             continue
         lines = [
             f"{reference} peaks at gold {ref['peak_gold']:.3f} at KL {ref['peak_kl']:.2f} "
-            f"(step {ref['peak_step']}) and "
-            + (
-                f"falls by {ref['drop_from_peak']:.3f} by step {ref['final_step']}"
-                if ref["over_optimises"]
-                else "does not fall significantly"
-            )
+            f"(step {ref['peak_step']}) and " + _fall(ref, "does not fall significantly")
         ]
         for name, v in s.items():
             if name == reference:
@@ -264,14 +266,22 @@ def answer_rl_overoptimization(runs: list[dict], *, reference: str = "base") -> 
             lines.append(
                 f"{name} peaks {level} (gold {v['peak_gold']:.3f}) at {kl} KL "
                 f"({v['peak_kl']:.2f} nats) and {step} step ({v['peak_step']}), "
-                + (
-                    f"then falls by {v['drop_from_peak']:.3f} by step {v['final_step']}"
-                    if v["over_optimises"]
-                    else "with no significant fall"
-                )
+                + ("then " + _fall(v, "") if v["falls"] else "with no significant fall")
             )
         parts.append(head + "; ".join(lines) + ".")
     return "\n\n".join(parts)
+
+
+def _fall(v: dict, none: str) -> str:
+    """What a run's gold does after its peak (see :func:`summarise_run`), in words."""
+    if not v["falls"]:
+        return none
+    fall = f"falls by {v['drop_from_peak']:.3f} by step {v['final_step']}"
+    if v["over_optimises"]:
+        return (
+            fall + f" while its proxy reward rises by {v['proxy_change']:.3f} (over-optimisation)"
+        )
+    return fall + f", its proxy reward falling too (by {-v['proxy_change']:.3f})"
 
 
 def _compare(value, reference, more: str, less: str, same: str, digits: int = 3) -> str:
