@@ -373,13 +373,12 @@ def policy_best_of_n_data(
         info[f"{part}_samples_per_prompt"] = n
         info[f"{part}_mean_tokens"] = float(np.mean(n_tok))
         info[f"{part}_stopped"] = float(np.mean(finished))
-        if part == "eval":
-            eval_n_tokens, eval_finished = np.asarray(n_tok), np.asarray(finished, dtype=bool)
     info["sampler"] = context.sampler.identity()
+    _, _, eval_n_tokens, eval_finished, _ = sampled["eval"]
     return BestOfNData(
         *parts["train"],
         *parts["eval"],
         info=info,
-        eval_n_tokens=eval_n_tokens,
-        eval_finished=eval_finished,
+        eval_n_tokens=np.asarray(eval_n_tokens),
+        eval_finished=np.asarray(eval_finished, dtype=bool),
     )

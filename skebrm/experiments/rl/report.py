@@ -47,6 +47,19 @@ TRACKING_FILE = "tracking.jsonl"
 RUN_FILE = "run.json"
 
 
+def _folders_holding(roots: Iterable[str | os.PathLike], name: str) -> list[Path]:
+    """The folders under ``roots`` (a root itself included) that hold a file ``name``,
+    sorted."""
+    folders = set()
+    for root in roots:
+        root = Path(root)
+        if (root / name).is_file():
+            folders.add(root)
+        elif root.is_dir():
+            folders |= {p.parent for p in root.rglob(name)}
+    return sorted(folders)
+
+
 def load_rl_runs(roots: Iterable[str | os.PathLike]) -> list[dict]:
     """Every run folder under ``roots`` (a folder holding ``tracking.jsonl``), sorted.
 
@@ -55,15 +68,8 @@ def load_rl_runs(roots: Iterable[str | os.PathLike]) -> list[dict]:
     list of dict
         ``folder``, ``meta`` (``run.json``, empty if absent) and ``records`` (sorted by step).
     """
-    folders = set()
-    for root in roots:
-        root = Path(root)
-        if (root / TRACKING_FILE).is_file():
-            folders.add(root)
-        elif root.is_dir():
-            folders |= {p.parent for p in root.rglob(TRACKING_FILE)}
     runs = []
-    for folder in sorted(folders):
+    for folder in _folders_holding(roots, TRACKING_FILE):
         meta_path = folder / RUN_FILE
         meta = json.loads(meta_path.read_text(encoding="utf-8")) if meta_path.is_file() else {}
         records = sorted(read_jsonl(folder / TRACKING_FILE), key=lambda r: r["step"])
@@ -185,14 +191,10 @@ def format_rl_overoptimization(runs: list[dict]) -> str:
 def load_run_metas(roots: Iterable[str | os.PathLike]) -> list[dict]:
     """The ``run.json`` of every run folder under ``roots``, dry runs (no
     ``tracking.jsonl``) included, sorted by folder."""
-    paths = set()
-    for root in roots:
-        root = Path(root)
-        if (root / RUN_FILE).is_file():
-            paths.add(root / RUN_FILE)
-        elif root.is_dir():
-            paths |= set(root.rglob(RUN_FILE))
-    return [json.loads(p.read_text(encoding="utf-8")) for p in sorted(paths)]
+    return [
+        json.loads((folder / RUN_FILE).read_text(encoding="utf-8"))
+        for folder in _folders_holding(roots, RUN_FILE)
+    ]
 
 
 def format_length_preference(metas: list[dict]) -> str:
@@ -254,7 +256,8 @@ def answer_rl_overoptimization(runs: list[dict], *, reference: str = "base") -> 
             continue
         lines = [
             f"{reference} peaks at gold {ref['peak_gold']:.3f} at KL {ref['peak_kl']:.2f} "
-            f"(step {ref['peak_step']}) and " + _fall(ref, "does not fall significantly")
+            f"(step {ref['peak_step']}) and "
+            + (_fall(ref) if ref["falls"] else "does not fall significantly")
         ]
         for name, v in s.items():
             if name == reference:
@@ -266,16 +269,15 @@ def answer_rl_overoptimization(runs: list[dict], *, reference: str = "base") -> 
             lines.append(
                 f"{name} peaks {level} (gold {v['peak_gold']:.3f}) at {kl} KL "
                 f"({v['peak_kl']:.2f} nats) and {step} step ({v['peak_step']}), "
-                + ("then " + _fall(v, "") if v["falls"] else "with no significant fall")
+                + ("then " + _fall(v) if v["falls"] else "with no significant fall")
             )
         parts.append(head + "; ".join(lines) + ".")
     return "\n\n".join(parts)
 
 
-def _fall(v: dict, none: str) -> str:
-    """What a run's gold does after its peak (see :func:`summarise_run`), in words."""
-    if not v["falls"]:
-        return none
+def _fall(v: dict) -> str:
+    """The fall of a run whose gold falls after its peak (see :func:`summarise_run`), and
+    what its proxy reward did meanwhile, in words."""
     fall = f"falls by {v['drop_from_peak']:.3f} by step {v['final_step']}"
     if v["over_optimises"]:
         return (
